@@ -1,0 +1,15 @@
+"""cellmamba: Mamba single-cell foundation models, reproduced end to end and measured honestly.
+
+The package does the work of the Snakemake workflow in this repository; it never imports
+snakemake and never reads YAML itself (configuration arrives as dataclasses / parameters).
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cellmamba")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+from .errors import CellmambaError, CorruptFileError, InputError
+
+__all__ = ["__version__", "CellmambaError", "InputError", "CorruptFileError"]
