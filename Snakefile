@@ -1,0 +1,28 @@
+# cellmamba: Census -> QC -> tokenization shards -> pretraining -> fine-tuning -> metrics -> tables.
+# Wiring only; the work is done by the cellmamba package (src/cellmamba) through workflow_scripts/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/census.smk"
+include: "rules/preprocess.smk"
+include: "rules/tokenize.smk"
+
+
+localrules: all, corpus
+
+
+rule all:
+    input:
+        all_targets(),
+
+
+rule corpus:
+    """Named target: the tokenized pretraining corpus (every configured tokenizer)."""
+    input:
+        token_manifests(),

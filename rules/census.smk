@@ -1,0 +1,61 @@
+# CELLxGENE Census -> raw-count shards (results/census/shards/{shard}.h5ad).
+
+
+rule build_demo_census:
+    """Demo only: a local Census-shaped SOMA store from the real data in resources/demo."""
+    input:
+        celltypist=RESOURCES["celltypist"],
+        kang=RESOURCES["kang"],
+        gene_table=RESOURCES["gene_table"],
+        id2name=RESOURCES["id2name"],
+    output:
+        store=directory(config["census"]["uri"] or "results/demo/census_soma"),
+    params:
+        census_version=config["census"]["census_version"],
+    log:
+        "logs/build_demo_census/build_demo_census.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/build_demo_census.py"
+
+
+rule census_plan:
+    """Query census obs once: filter, exclusions, and the static split into shards."""
+    input:
+        store=census_store(),
+    output:
+        plan="results/census/plan.parquet",
+    params:
+        census=census_params(),
+    log:
+        "logs/census_plan/census_plan.log",
+    resources:
+        mem_mb=32000,
+        runtime=120,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/census_plan.py"
+
+
+rule census_download:
+    """Stream one shard's raw counts from the Census in bounded-memory chunks."""
+    input:
+        plan="results/census/plan.parquet",
+        store=census_store(),
+    output:
+        shard="results/census/shards/{shard}.h5ad",
+    params:
+        census=census_params(),
+    log:
+        "logs/census_download/{shard}.log",
+    benchmark:
+        "logs/census_download/{shard}.benchmark.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/census_download.py"

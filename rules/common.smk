@@ -1,0 +1,67 @@
+# Helpers and config validation; no rules here.
+from snakemake.utils import validate
+
+
+validate(config, "../config/schema.yaml")
+
+SHARDS = [str(i) for i in range(config["census"]["n_shards"])]
+TOKENIZERS = list(config["tokenize"]["tokenizers"])
+
+RESOURCES = {
+    "celltypist": "resources/demo/celltypist_sample_counts.h5ad",
+    "kang": "resources/demo/kang2018_pbmc_ctrl_stim_subset.h5ad",
+    "gene_table": "resources/genes/cellxgene_genes_homo_sapiens_gencode48.csv.gz",
+    "id2name": "resources/genes/gencode44_gene_id2name.csv.gz",
+    "positions": "resources/genes/human_gene_positions_hg38.tsv.gz",
+}
+
+
+wildcard_constraints:
+    shard=r"\d+",
+    tokenizer="|".join(["rank", "binned", "patch"]),
+
+
+def census_store():
+    """The local SOMA store the census rules read, as an input list ([] for the public Census)."""
+    if config["demo_census"]["build"]:
+        if not config["census"]["uri"]:
+            raise ValueError("config: demo_census.build is true but census.uri is null; give the path to build the store at")
+        return [config["census"]["uri"]]
+    return []
+
+
+def census_params():
+    """The census sub-tree a census rule needs (what cellmamba.census.CensusConfig takes)."""
+    return dict(config["census"])
+
+
+def qc_shards():
+    return expand("results/qc/{shard}.h5ad", shard=SHARDS)
+
+
+def tokenize_params(wildcards):
+    """Settings of one tokenizer, plus the chunk size."""
+    return dict(config["tokenize"][wildcards.tokenizer], chunk_cells=config["tokenize"]["chunk_cells"])
+
+
+def tokenize_inputs(wildcards):
+    """A QC shard; corpus gene statistics for the rank tokenizer; gene positions for patches."""
+    inputs = {"shard": f"results/qc/{wildcards.shard}.h5ad"}
+    if wildcards.tokenizer == "rank":
+        inputs["gene_stats"] = "results/qc/gene_stats.tsv"
+    elif wildcards.tokenizer == "patch":
+        inputs["positions"] = RESOURCES["positions"]
+    return inputs
+
+
+def token_shards(wildcards):
+    return expand("results/tokens/{tokenizer}/{shard}", tokenizer=wildcards.tokenizer, shard=SHARDS)
+
+
+def token_manifests():
+    return expand("results/tokens/{tokenizer}/manifest.json", tokenizer=TOKENIZERS)
+
+
+def all_targets():
+    """Everything `snakemake all` builds (grows as the workflow's stages land)."""
+    return token_manifests()

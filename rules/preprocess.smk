@@ -1,0 +1,41 @@
+# QC per shard (no highly-variable-gene selection) and exact corpus gene statistics.
+
+
+rule qc:
+    """scanpy QC metrics and cell filters; raw counts and size factors kept."""
+    input:
+        shard="results/census/shards/{shard}.h5ad",
+    output:
+        shard="results/qc/{shard}.h5ad",
+    params:
+        qc=config["qc"],
+    log:
+        "logs/qc/{shard}.log",
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/qc.py"
+
+
+rule gene_stats:
+    """Per-gene non-zero medians and detection counts over every QC shard (bounded memory)."""
+    input:
+        shards=qc_shards(),
+    output:
+        stats="results/qc/gene_stats.tsv",
+    params:
+        target_sum=config["gene_stats"]["target_sum"],
+    log:
+        "logs/gene_stats/gene_stats.log",
+    benchmark:
+        "logs/gene_stats/gene_stats.benchmark.tsv"
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/gene_stats.py"

@@ -1,0 +1,36 @@
+# Token shards: rank (genemamba), binned (scmamba2), patch (scmamba).
+
+
+rule tokenize:
+    """One QC shard -> one memory-mappable token shard directory."""
+    input:
+        unpack(tokenize_inputs),
+    output:
+        shard=directory("results/tokens/{tokenizer}/{shard}"),
+    params:
+        settings=tokenize_params,
+    log:
+        "logs/tokenize/{tokenizer}_{shard}.log",
+    benchmark:
+        "logs/tokenize/{tokenizer}_{shard}.benchmark.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/tokenize.py"
+
+
+rule token_manifest:
+    """The corpus manifest of one tokenizer: its shards in order, cell counts, checksums."""
+    input:
+        shards=token_shards,
+    output:
+        manifest="results/tokens/{tokenizer}/manifest.json",
+    log:
+        "logs/token_manifest/{tokenizer}.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/token_manifest.py"

@@ -1,0 +1,15 @@
+"""Rule build_demo_census: a local Census-shaped SOMA store from the real data in resources/demo."""
+from cellmamba.runlog import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from cellmamba.census_store import build_demo_census
+
+build_demo_census(
+    snakemake.input.celltypist,
+    snakemake.input.kang,
+    snakemake.output.store,
+    gene_table=snakemake.input.gene_table,
+    id2name=snakemake.input.id2name,
+    census_version=snakemake.params.census_version,
+)

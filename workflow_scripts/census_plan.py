@@ -1,0 +1,8 @@
+"""Rule census_plan: filter census obs, apply exclusions, assign cells to the static shards."""
+from cellmamba.runlog import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from cellmamba.census import CensusConfig, plan_census
+
+plan_census(CensusConfig(**snakemake.params.census), snakemake.output.plan)

@@ -1,0 +1,8 @@
+"""Rule gene_stats: exact per-gene non-zero medians and detection counts over all QC shards."""
+from cellmamba.runlog import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from cellmamba.genestats import compute_gene_stats
+
+compute_gene_stats(list(snakemake.input.shards), snakemake.output.stats, target_sum=snakemake.params.target_sum)

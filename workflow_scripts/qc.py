@@ -1,0 +1,8 @@
+"""Rule qc: cell QC of one shard; raw counts and size factors kept, no HVG selection."""
+from cellmamba.runlog import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from cellmamba.qc import QCConfig, qc_shard
+
+qc_shard(snakemake.input.shard, snakemake.output.shard, config=QCConfig(**snakemake.params.qc))
