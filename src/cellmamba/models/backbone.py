@@ -1,0 +1,245 @@
+"""Backbones with one interface: BiMamba (Mamba2 or Mamba1), unidirectional Mamba, Transformer.
+
+``Backbone(config)(x, attention_mask)`` maps embeddings x: (batch, seq_len, d_model) and a
+right-padded mask (batch, seq_len) to a :class:`BackboneOutput`. Padding rules and the two
+bidirectional forms are described in :mod:`cellmamba.models.bimamba`.
+
+"Same size" (DESIGN.md): same d_model and depth, and a parameter count within 10%;
+:func:`same_size_transformer` picks the Transformer's MLP width to get there.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+from ._backend import BACKENDS
+from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, both_directions, \
+    check_right_padded, split_directions
+from .ssm import Mamba1Mixer, Mamba2Mixer
+from .transformer import TransformerBlock
+
+__all__ = ["ARCHS", "BackboneConfig", "BackboneOutput", "Backbone", "count_parameters", "same_size_transformer"]
+
+#: the accepted values of ``BackboneConfig.arch``
+ARCHS = ("bimamba_mamba2", "bimamba_mamba1", "mamba2", "mamba1", "transformer")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Backbone hyper-parameters (JSON-serialisable; stored in every checkpoint's config.json)."""
+
+    arch: str = "bimamba_mamba2"  # "bimamba_mamba2" | "bimamba_mamba1" | "mamba2" | "mamba1" (unidirectional) | "transformer"
+    d_model: int = 512  # width of the residual stream
+    n_layers: int = 6  # depth (number of residual blocks)
+    # --- Mamba layers (ignored by "transformer") ---
+    d_state: int = 128  # SSM state size (mamba_ssm's Mamba2 default; Mamba1 models usually use 16)
+    expand: int = 2  # d_inner = expand * d_model
+    headdim: int = 64  # Mamba2 head width; expand * d_model must be a multiple of it
+    ngroups: int = 1  # Mamba2 groups sharing B and C
+    d_conv: int = 4  # width of the causal depthwise convolution
+    chunk_size: int = 256  # tokens per chunk: SSD kernels and references, Mamba1 reference scan
+    merge: str = "mean"  # how the two directions are merged: "mean" | "sum" | "gate" (learned sigmoid gate)
+    merge_every: str = "stack"  # "stack": run the stack per direction, merge at the end (leak-free directions); "layer": merge in every layer
+    backend: str = "auto"  # "auto" (kernels on CUDA if installed, else reference) | "torch" (reference) | "cuda" (kernels or error)
+    # --- Transformer (ignored by the Mamba archs) ---
+    n_heads: int = 8  # attention heads; d_model must be a multiple
+    mlp_ratio: float = 4.0  # MLP hidden width = round(mlp_ratio * d_model); see same_size_transformer
+    # --- all ---
+    dropout: float = 0.0  # dropout on every residual update (and attention weights)
+
+    def __post_init__(self):
+        def bad(msg):
+            raise InputError(f"BackboneConfig: {msg}")
+
+        if self.arch not in ARCHS:
+            bad(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.merge not in MERGES:
+            bad(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.merge_every not in ("stack", "layer"):
+            bad(f"merge_every must be 'stack' or 'layer', got {self.merge_every!r}")
+        if self.backend not in BACKENDS:
+            bad(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("d_model", "n_layers", "d_state", "expand", "headdim", "ngroups", "d_conv", "chunk_size", "n_heads"):
+            if int(getattr(self, name)) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.arch.endswith("mamba2") and (self.expand * self.d_model) % (self.headdim * self.ngroups):
+            bad(f"expand * d_model = {self.expand * self.d_model} must be a multiple of headdim * ngroups = "
+                f"{self.headdim * self.ngroups}")
+        if self.arch == "transformer":
+            if self.d_model % self.n_heads:
+                bad(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
+            if self.mlp_hidden < 1:
+                bad(f"mlp_ratio={self.mlp_ratio} gives an empty MLP")
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.arch.startswith("bimamba")
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The Transformer's MLP hidden width."""
+        return int(round(self.mlp_ratio * self.d_model))
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns; heads take it.
+
+    Attributes
+    ----------
+    hidden : (batch, seq_len, d_model)
+        Final states (bidirectional: merged), zero at padded positions.
+    attention_mask : (batch, seq_len) bool
+        True at real tokens.
+    forward : (batch, seq_len, d_model) or None
+        Forward-direction states before the merge; position i depends on tokens <= i only.
+        Set for "bimamba_*" with merge_every="stack" and for the unidirectional Mamba archs.
+    reverse : (batch, seq_len, d_model) or None
+        Reverse-direction states before the merge, in the original token order; position i
+        depends on real tokens >= i only. Set for "bimamba_*" with merge_every="stack".
+    """
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    forward: torch.Tensor | None = None
+    reverse: torch.Tensor | None = None
+
+
+def _mixer(config: BackboneConfig) -> nn.Module:
+    common = dict(d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
+                  chunk_size=config.chunk_size, backend=config.backend)
+    if config.arch.endswith("mamba2"):
+        return Mamba2Mixer(config.d_model, headdim=config.headdim, ngroups=config.ngroups, **common)
+    return Mamba1Mixer(config.d_model, **common)
+
+
+class Backbone(nn.Module):
+    """The sequence model: embeddings in, per-token states out.
+
+    State dict: ``layers.{i}.norm.weight``, ``layers.{i}.mixer.*`` (exactly mamba_ssm's Mamba2 /
+    Mamba keys), ``layers.{i}.merge.gate.*`` (merge_every="layer", merge="gate"), ``norm_f.*``,
+    ``merge.gate.*`` (merge_every="stack", merge="gate"); Transformer: ``layers.{i}.{ln1,qkv,
+    attn_out,ln2,mlp}.*``, ``norm_f.*``.
+    """
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.arch == "transformer":
+            self.layers = nn.ModuleList(
+                TransformerBlock(c.d_model, n_heads=c.n_heads, mlp_hidden=c.mlp_hidden, dropout=c.dropout)
+                for _ in range(c.n_layers))
+            self.norm_f = nn.LayerNorm(c.d_model)
+        elif c.bidirectional and c.merge_every == "layer":
+            self.layers = nn.ModuleList(
+                BiMambaLayer(_mixer(c), c.d_model, merge=c.merge, dropout=c.dropout) for _ in range(c.n_layers))
+            self.norm_f = RMSNorm(c.d_model)
+        else:
+            self.layers = nn.ModuleList(ResidualBlock(_mixer(c), c.d_model, dropout=c.dropout) for _ in range(c.n_layers))
+            self.norm_f = RMSNorm(c.d_model)
+            if c.bidirectional:
+                self.merge = DirectionMerge(c.d_model, merge=c.merge)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BackboneOutput:
+        """Run the backbone.
+
+        Parameters
+        ----------
+        x : (batch, seq_len, d_model)
+            Input embeddings.
+        attention_mask : (batch, seq_len) bool, optional
+            True at real tokens, right-padded; all True when omitted.
+
+        Returns
+        -------
+        BackboneOutput
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        lengths = check_right_padded(attention_mask)
+        attention_mask = attention_mask.bool()
+        mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        c = self.config
+        forward = reverse = None
+        if c.arch == "transformer":
+            # a cell without real tokens attends to its padding rather than to nothing (NaN)
+            key_mask = (attention_mask | (lengths == 0)[:, None])[:, None, None, :]
+            h = x
+            for layer in self.layers:
+                h = layer(h, key_mask, mask)
+            hidden = self.norm_f(h)
+        elif c.bidirectional and c.merge_every == "layer":
+            h = x
+            for layer in self.layers:
+                h = layer(h, mask, lengths)
+            hidden = self.norm_f(h)
+        elif c.bidirectional:
+            # both directions as one batch through the shared stack
+            h, mask2 = both_directions(x, lengths), torch.cat([mask, mask], dim=0)
+            for layer in self.layers:
+                h = layer(h, mask2)
+            forward, reverse = split_directions(self.norm_f(h), lengths)
+            forward, reverse = forward * mask, reverse * mask
+            hidden = self.merge(forward, reverse)
+        else:
+            h = x
+            for layer in self.layers:
+                h = layer(h, mask)
+            hidden = forward = self.norm_f(h) * mask
+        return BackboneOutput(hidden=hidden * mask, attention_mask=attention_mask, forward=forward, reverse=reverse)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (elements) of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _meta_count(config: BackboneConfig) -> int:
+    with torch.device("meta"):
+        return count_parameters(Backbone(config))
+
+
+def same_size_transformer(config: BackboneConfig, *, tolerance: float = 0.10) -> BackboneConfig:
+    """A Transformer config with ``config``'s d_model and depth and (nearly) its parameter count.
+
+    The MLP hidden width is solved for (parameters are linear in it); ``n_heads`` and
+    ``dropout`` are taken from ``config``.
+
+    Parameters
+    ----------
+    config
+        The Mamba backbone to match.
+    tolerance
+        Largest accepted relative difference of the parameter counts.
+
+    Returns
+    -------
+    BackboneConfig
+        arch="transformer", with ``mlp_ratio`` set.
+
+    Raises
+    ------
+    InputError
+        When even a one-unit MLP leaves the Transformer outside the tolerance (its attention alone
+        is larger than the Mamba model).
+    """
+    target = _meta_count(dataclasses.replace(config, backend="torch"))
+    base = dataclasses.replace(config, arch="transformer", backend="torch")
+    d = config.d_model
+    p1 = _meta_count(dataclasses.replace(base, mlp_ratio=1 / d))
+    p2 = _meta_count(dataclasses.replace(base, mlp_ratio=2 / d))
+    hidden = max(1, round(1 + (target - p1) / (p2 - p1)))
+    out = dataclasses.replace(config, arch="transformer", mlp_ratio=hidden / d)
+    got = _meta_count(dataclasses.replace(out, backend="torch"))
+    if abs(got - target) > tolerance * target:
+        raise InputError(f"same_size_transformer: a Transformer with d_model={d}, n_layers={config.n_layers} has at "
+                         f"least {got} parameters, more than {1 + tolerance:.2f} x the {target} of the {config.arch} "
+                         "model; change d_model, d_state or expand")
+    return out

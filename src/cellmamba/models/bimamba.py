@@ -1,0 +1,161 @@
+"""Bidirectional Mamba: pad-aware reversal, direction merge, residual blocks and the two BiMamba forms.
+
+Padding contract (every module here): ``attention_mask`` (batch, seq_len) bool, True at real
+tokens, RIGHT-padded (each row is ``[True] * length + [False] * (seq_len - length)``; anything
+else raises :class:`~cellmamba.errors.InputError`).
+
+- Forward direction: mixers are causal, and padding comes after the real tokens, so no pad
+  reaches a real token.
+- Reverse direction: :func:`reverse_padded` reverses each cell's real tokens only and leaves
+  the padding where it is, so the reversed sequence is right-padded too and the same argument
+  holds. The reverse outputs are put back in the original order by the same function (it is an
+  involution).
+- Mixer inputs are zeroed at padded positions and block outputs there are zero updates,
+  so the residual stream of a pad keeps its embedding and never grows.
+
+Two bidirectional forms, both with one set of weights shared by the two directions:
+
+- ``merge_every="stack"`` (the default, in :class:`~cellmamba.models.backbone.Backbone`): the whole layer stack runs on the
+  sequence and on its reversal (as one batch of twice the size), and the two final states are
+  merged once. The direction-wise states are causal in their direction, which a leak-free
+  next-token objective needs (forward states at i see tokens <= i, reverse states >= i).
+- :class:`BiMambaLayer` (``merge_every="layer"``, Caduceus / SC-MAMBA2 style): each layer merges
+  its two directions before the next layer, so every state sees the whole cell; use it only with
+  masked objectives.
+
+Merge: "mean" ``(f + r) / 2``; "sum" ``f + r``; "gate" ``g * f + (1 - g) * r`` with
+``g = sigmoid(W [f; r] + b)`` (one learned gate per channel and token, GeneMamba Fig. 2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+
+__all__ = [
+    "MERGES", "RMSNorm", "check_right_padded", "reverse_padded", "ResidualBlock",
+    "DirectionMerge", "BiMambaLayer", "both_directions", "split_directions",
+]
+
+#: the accepted values of ``merge``
+MERGES = ("mean", "sum", "gate")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale; statistics in (at least) float32. x: (..., dim)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cd = torch.promote_types(x.dtype, torch.float32)
+        h = x.to(cd)
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + self.eps)
+        return (h * self.weight.to(cd)).to(x.dtype)
+
+
+def check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Validate a right-padded mask and return the lengths.
+
+    Parameters
+    ----------
+    attention_mask : (batch, seq_len)
+        True (or 1) at real tokens.
+
+    Returns
+    -------
+    lengths : (batch,) int64
+    """
+    if attention_mask.dim() != 2:
+        raise InputError(f"attention_mask must be (batch, seq_len), got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    lengths = mask.sum(1)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    if not torch.equal(mask, positions < lengths[:, None]):
+        raise InputError("attention_mask is not right-padded: every row must be True for its real tokens, "
+                         "then False for padding (left or interleaved padding is not supported)")
+    return lengths
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's first ``lengths[b]`` positions, leaving the padding in place.
+
+    Its own inverse. x: (batch, seq_len, ...) -> same shape; lengths: (batch,).
+    """
+    seq_len = x.shape[1]
+    pos = torch.arange(seq_len, device=x.device)
+    src = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (batch, seq_len)
+    src = src.view(*src.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 1, src)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual block around a causal mixer: ``h + dropout(mixer(norm(h) * m)) * m``.
+
+    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float (1 = real token).
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.mixer = mixer
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.mixer(self.norm(x) * mask)) * mask
+
+
+class DirectionMerge(nn.Module):
+    """Merge forward and (un-reversed) reverse states: "mean" | "sum" | "gate".
+
+    forward, reverse: (batch, seq_len, d_model) -> (batch, seq_len, d_model).
+    """
+
+    def __init__(self, d_model: int, *, merge: str = "mean"):
+        super().__init__()
+        if merge not in MERGES:
+            raise InputError(f"merge must be one of {MERGES}, got {merge!r}")
+        self.merge = merge
+        self.gate = nn.Linear(2 * d_model, d_model) if merge == "gate" else None
+
+    def forward(self, forward: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor:
+        if self.merge == "mean":
+            return 0.5 * (forward + reverse)
+        if self.merge == "sum":
+            return forward + reverse
+        g = torch.sigmoid(self.gate(torch.cat([forward, reverse], dim=-1)))
+        return g * forward + (1 - g) * reverse
+
+
+def both_directions(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Stack x and its pad-aware reversal along the batch: (2 * batch, seq_len, ...)."""
+    return torch.cat([x, reverse_padded(x, lengths)], dim=0)
+
+
+def split_directions(y: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`both_directions`: (forward, reverse in the original order)."""
+    forward, reverse = y.chunk(2, dim=0)
+    return forward, reverse_padded(reverse, lengths)
+
+
+class BiMambaLayer(nn.Module):
+    """One bidirectional layer: one mixer (shared weights) on both directions, merged, residual.
+
+    ``h + dropout(merge(mixer(u), rev(mixer(rev(u))))) * m`` with ``u = norm(h) * m``.
+    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float, lengths: (batch,).
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, *, merge: str = "mean", dropout: float = 0.0):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.mixer = mixer
+        self.merge = DirectionMerge(d_model, merge=merge)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        u = self.norm(x) * mask
+        forward, reverse = split_directions(self.mixer(both_directions(u, lengths)), lengths)
+        return x + self.dropout(self.merge(forward, reverse)) * mask

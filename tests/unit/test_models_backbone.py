@@ -1,0 +1,161 @@
+"""Backbones: padding never matters, directions are causal, layers learn, same-size Transformer."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cellmamba.errors import InputError
+from cellmamba.models import (
+    Backbone, BackboneConfig, BiMambaLayer, Mamba1Mixer, Mamba2Mixer, ResidualBlock, check_right_padded,
+    count_parameters, reverse_padded, same_size_transformer,
+)
+
+f64 = torch.float64
+LENGTHS = (13, 29)  # neither a multiple of the chunk size (8)
+SEQ_LEN = 32
+
+
+def small(arch, **kw):
+    base = dict(arch=arch, d_model=16, n_layers=2, d_state=8, headdim=8, chunk_size=8, n_heads=2, backend="torch")
+    return BackboneConfig(**{**base, **kw})
+
+
+CASES = [small(a, merge=m, merge_every=e)
+         for a in ("bimamba_mamba2", "bimamba_mamba1") for m in ("mean", "sum", "gate") for e in ("stack", "layer")]
+CASES += [small("mamba2"), small("mamba1"), small("transformer")]
+
+
+def _id(c):
+    return f"{c.arch}-{c.merge}-{c.merge_every}"
+
+
+def padded_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(LENGTHS), SEQ_LEN, 16, generator=g, dtype=f64)
+    mask = torch.arange(SEQ_LEN) < torch.tensor(LENGTHS)[:, None]
+    x[~mask] = 1e3 * torch.randn(int((~mask).sum()), 16, generator=g, dtype=f64)  # loud padding
+    return x, mask
+
+
+@pytest.mark.parametrize("config", CASES, ids=_id)
+def test_padded_batch_equals_per_cell_runs(config):
+    torch.manual_seed(0)
+    model = Backbone(config).double().eval()
+    x, mask = padded_batch()
+    with torch.no_grad():
+        out = model(x, mask)
+        for b, n in enumerate(LENGTHS):
+            one = model(x[b:b + 1, :n])  # no padding at all
+            for name in ("hidden", "forward", "reverse"):
+                got, want = getattr(out, name), getattr(one, name)
+                assert (got is None) == (want is None)
+                if got is not None:
+                    torch.testing.assert_close(got[b, :n], want[0], rtol=1e-10, atol=1e-10, msg=f"{name}, cell {b}")
+                    assert torch.all(got[b, n:] == 0), f"{name} is not zero at padding"
+    if config.arch.startswith("bimamba") and config.merge_every == "stack":
+        assert out.forward is not None and out.reverse is not None
+
+
+@pytest.mark.parametrize("arch", ["bimamba_mamba2", "bimamba_mamba1"])
+def test_direction_states_are_causal_in_their_direction(arch):
+    """Forward states at i see tokens <= i; reverse states at i see real tokens >= i (leak-free next-token)."""
+    torch.manual_seed(0)
+    model = Backbone(small(arch, merge="gate")).double().eval()
+    x, mask = padded_batch()
+    j = 9
+    x2 = x.clone()
+    x2[:, j] += 1.0
+    with torch.no_grad():
+        a, b = model(x, mask), model(x2, mask)
+    torch.testing.assert_close(a.forward[:, :j], b.forward[:, :j], rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.reverse[:, j + 1:], b.reverse[:, j + 1:], rtol=0, atol=1e-12)
+    assert (a.forward[:, j:] - b.forward[:, j:]).abs().max() > 1e-6
+    assert (a.reverse[:, :j + 1] - b.reverse[:, :j + 1]).abs().max() > 1e-6
+
+
+def test_reverse_padded_reverses_real_tokens_only_and_is_an_involution():
+    x = torch.arange(12.0).view(2, 6, 1)
+    lengths = torch.tensor([4, 6])
+    r = reverse_padded(x, lengths)
+    assert r[0, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
+    assert r[1, :, 0].tolist() == [11, 10, 9, 8, 7, 6]
+    assert torch.equal(reverse_padded(r, lengths), x)
+
+
+def test_left_or_interleaved_padding_is_refused():
+    assert check_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]])).tolist() == [2, 3]
+    for bad in ([[0, 1, 1]], [[1, 0, 1]]):
+        with pytest.raises(InputError, match="right-padded"):
+            check_right_padded(torch.tensor(bad, dtype=torch.bool))
+    model = Backbone(small("bimamba_mamba2"))
+    with pytest.raises(InputError, match="right-padded"):
+        model(torch.randn(1, 3, 16), torch.tensor([[False, True, True]]))
+
+
+def _check_learns(module, *args):
+    x = args[0]
+    out = module(*args)
+    assert (out - x).abs().max() > 1e-3, "the layer returns its input"
+    out.pow(2).sum().backward()
+    dead = [n for n, p in module.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+@pytest.mark.parametrize("mixer_cls", [Mamba2Mixer, Mamba1Mixer])
+@pytest.mark.parametrize("merge", ["mean", "sum", "gate"])
+def test_bimamba_layer_is_not_identity_and_every_parameter_learns(mixer_cls, merge):
+    torch.manual_seed(0)
+    kw = dict(headdim=8) if mixer_cls is Mamba2Mixer else {}
+    layer = BiMambaLayer(mixer_cls(16, d_state=8, chunk_size=8, backend="torch", **kw), 16, merge=merge)
+    x = torch.randn(2, 20, 16)
+    mask = (torch.arange(20) < torch.tensor([[15], [20]])).unsqueeze(-1).float()
+    _check_learns(layer, x, mask, torch.tensor([15, 20]))
+
+
+@pytest.mark.parametrize("config", [c for c in CASES if c.merge == "gate" or not c.arch.startswith("bimamba")], ids=_id)
+def test_every_backbone_parameter_learns(config):
+    torch.manual_seed(0)
+    model = Backbone(config)
+    x, mask = padded_batch()
+    out = model(x.float(), mask)
+    assert (out.hidden - x.float())[mask].abs().max() > 1e-3
+    (out.hidden.pow(2).sum() + (0 if out.forward is None else out.forward.sum())).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_residual_block_leaves_padding_untouched():
+    torch.manual_seed(0)
+    block = ResidualBlock(Mamba2Mixer(16, d_state=8, headdim=8, chunk_size=8, backend="torch"), 16)
+    x = torch.randn(1, 10, 16)
+    mask = (torch.arange(10) < 6).view(1, 10, 1).float()
+    assert torch.equal(block(x, mask)[:, 6:], x[:, 6:])
+
+
+@pytest.mark.parametrize("arch", ["bimamba_mamba2", "bimamba_mamba1", "mamba2"])
+@pytest.mark.parametrize("d_model,n_layers", [(32, 2), (512, 6)])
+def test_same_size_transformer_is_within_ten_percent(arch, d_model, n_layers):
+    mamba = BackboneConfig(arch=arch, d_model=d_model, n_layers=n_layers, d_state=16 if arch.endswith("1") else 64,
+                           headdim=16 if d_model == 32 else 64, merge="gate", backend="torch")
+    peer = same_size_transformer(mamba)
+    assert peer.arch == "transformer" and peer.d_model == mamba.d_model and peer.n_layers == mamba.n_layers
+    with torch.device("meta"):
+        n_mamba, n_peer = count_parameters(Backbone(mamba)), count_parameters(Backbone(peer))
+    assert abs(n_peer - n_mamba) <= 0.10 * n_mamba, (n_peer, n_mamba)
+    assert torch.equal(torch.tensor(peer.mlp_hidden), torch.tensor(round(peer.mlp_ratio * d_model)))
+
+
+def test_same_size_transformer_refuses_an_impossible_match():
+    tiny = BackboneConfig(arch="mamba2", d_model=64, n_layers=2, d_state=1, expand=1, headdim=64, backend="torch")
+    with pytest.raises(InputError, match="same_size_transformer"):
+        same_size_transformer(tiny, tolerance=0.01)
+
+
+@pytest.mark.parametrize("bad", [dict(arch="bimamba"), dict(merge="max"), dict(backend="gpu"),
+                                 dict(d_model=20, headdim=16), dict(arch="transformer", n_heads=3), dict(dropout=1.0),
+                                 dict(merge_every="block")])
+def test_backbone_config_rejects_bad_values(bad):
+    with pytest.raises(InputError, match="BackboneConfig"):
+        dataclasses.replace(small("bimamba_mamba2"), **bad)
