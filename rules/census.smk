@@ -26,6 +26,7 @@ rule census_plan:
         store=census_store(),
     output:
         plan="results/census/plan.parquet",
+        genes="results/census/genes.tsv",
     params:
         census=census_params(),
     log:
