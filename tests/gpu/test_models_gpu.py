@@ -31,10 +31,11 @@ def test_mamba2_state_dict_round_trip_with_mamba_ssm():
     from mamba_ssm.modules.mamba2 import Mamba2
 
     torch.manual_seed(0)
-    theirs = Mamba2(64, d_state=32, headdim=32, chunk_size=64, use_mem_eff_path=False).to(DEV)
-    ours = Mamba2Mixer(64, d_state=32, headdim=32, chunk_size=64, backend="torch").to(DEV)
+    # headdim 16: mamba_ssm's unfused path needs in_proj's width (2*128 + 2*32 + nheads) to be a multiple of 8
+    theirs = Mamba2(64, d_state=32, headdim=16, chunk_size=64, use_mem_eff_path=False).to(DEV)
+    ours = Mamba2Mixer(64, d_state=32, headdim=16, chunk_size=64, backend="torch").to(DEV)
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    back = Mamba2(64, d_state=32, headdim=32, chunk_size=64, use_mem_eff_path=False).to(DEV)
+    back = Mamba2(64, d_state=32, headdim=16, chunk_size=64, use_mem_eff_path=False).to(DEV)
     back.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(2, 200, 64, device=DEV)
     with torch.no_grad():

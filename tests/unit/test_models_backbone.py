@@ -159,3 +159,25 @@ def test_same_size_transformer_refuses_an_impossible_match():
 def test_backbone_config_rejects_bad_values(bad):
     with pytest.raises(InputError, match="BackboneConfig"):
         dataclasses.replace(small("bimamba_mamba2"), **bad)
+
+
+def test_int32_pieces_cut_the_batch_under_the_kernel_limit(monkeypatch):
+    """Inputs over 2**31 elements are run in batch pieces (mamba_ssm indexes with int32)."""
+    import torch
+
+    from cellmamba.models import ssm
+
+    monkeypatch.setattr(ssm, "_INT32_LIMIT", 3 * 5 * 4)  # 3 rows of 5 x 4 per piece
+    seen = []
+
+    def fn(t, scale):
+        seen.append(t.shape[0])
+        return t * scale
+
+    x = torch.randn(8, 5, 4)
+    out = ssm._in_int32_pieces(fn, x, 2.0)
+    assert seen == [3, 3, 2]
+    assert torch.equal(out, x * 2.0)
+    seen.clear()
+    ssm._in_int32_pieces(fn, x, 1.0, width=40)  # one row of 5 x 40 > limit: one row per piece
+    assert seen == [1] * 8

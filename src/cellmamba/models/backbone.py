@@ -166,11 +166,14 @@ class Backbone(nn.Module):
         lengths = check_right_padded(attention_mask)
         attention_mask = attention_mask.bool()
         mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        # nothing padded (the usual pretraining batch): the blocks skip their masking passes
+        block_mask = mask if not bool(attention_mask.all()) else None
         c = self.config
         forward = reverse = None
         if c.arch == "transformer":
             # a cell without real tokens attends to its padding rather than to nothing (NaN)
-            key_mask = (attention_mask | (lengths == 0)[:, None])[:, None, None, :]
+            # no mask at all when nothing is padded, so SDPA may pick its flash kernel
+            key_mask = None if bool(attention_mask.all()) else (attention_mask | (lengths == 0)[:, None])[:, None, None, :]
             h = x
             for layer in self.layers:
                 h = layer(h, key_mask, mask)
@@ -182,7 +185,8 @@ class Backbone(nn.Module):
             hidden = self.norm_f(h)
         elif c.bidirectional:
             # both directions as one batch through the shared stack
-            h, mask2 = both_directions(x, lengths), torch.cat([mask, mask], dim=0)
+            h = both_directions(x, lengths)
+            mask2 = None if block_mask is None else torch.cat([block_mask, block_mask], dim=0)
             for layer in self.layers:
                 h = layer(h, mask2)
             forward, reverse = split_directions(self.norm_f(h), lengths)
@@ -191,7 +195,7 @@ class Backbone(nn.Module):
         else:
             h = x
             for layer in self.layers:
-                h = layer(h, mask)
+                h = layer(h, block_mask)
             hidden = forward = self.norm_f(h) * mask
         return BackboneOutput(hidden=hidden * mask, attention_mask=attention_mask, forward=forward, reverse=reverse)
 

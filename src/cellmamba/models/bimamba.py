@@ -28,6 +28,8 @@ Merge: "mean" ``(f + r) / 2``; "sum" ``f + r``; "gate" ``g * f + (1 - g) * r`` w
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -51,10 +53,23 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = _fused_rms_norm() if x.is_cuda else None
+        if fused is not None:  # mamba_ssm's Triton kernel: one pass instead of six elementwise ops
+            return fused(x, self.weight, None, eps=self.eps)
         cd = torch.promote_types(x.dtype, torch.float32)
         h = x.to(cd)
         h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + self.eps)
         return (h * self.weight.to(cd)).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_rms_norm():
+    """mamba_ssm's Triton RMSNorm where it imports (CUDA only), else None."""
+    try:
+        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
+    except Exception:
+        return None
+    return rms_norm_fn
 
 
 def check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -95,7 +110,8 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 class ResidualBlock(nn.Module):
     """Pre-norm residual block around a causal mixer: ``h + dropout(mixer(norm(h) * m)) * m``.
 
-    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float (1 = real token).
+    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float (1 = real token), or None
+    when nothing is padded.
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, *, dropout: float = 0.0):
@@ -104,7 +120,9 @@ class ResidualBlock(nn.Module):
         self.mixer = mixer
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:  # nothing padded: skip the two masking passes
+            return x + self.dropout(self.mixer(self.norm(x)))
         return x + self.dropout(self.mixer(self.norm(x) * mask)) * mask
 
 

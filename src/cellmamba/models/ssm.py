@@ -111,7 +111,7 @@ class Mamba2Mixer(nn.Module):
         zxbcdt = self.in_proj(u)
         A = -torch.exp(_f32(self.A_log))
         if resolve_backend(self.backend, u.device, self.kind) == "cuda":
-            return self._forward_cuda(zxbcdt, A)
+            return _in_int32_pieces(self._forward_cuda, zxbcdt, A)
         batch, seq_len, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
@@ -143,6 +143,24 @@ class Mamba2Mixer(nn.Module):
             self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
         )
         return self.out_proj(self.norm(y.flatten(-2), z))
+
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def _in_int32_pieces(fn, t: torch.Tensor, *args, width: int | None = None) -> torch.Tensor:
+    """Run ``fn(t, *args)`` on batch pieces small enough for mamba_ssm's kernels.
+
+    mamba_ssm's kernels index with 32-bit offsets: a (batch, seq_len, width) input of more than
+    2**31 elements reads out of bounds ("illegal memory access", seen on an H100 with
+    bidirectional batch 16 x 60,530 tokens x 2,320 channels). Rows are independent, so the
+    batch is cut into pieces under the limit and the outputs concatenated (autograd-safe).
+    """
+    per_row = t.shape[1] * (width or t.shape[2])
+    rows = max(1, _INT32_LIMIT // per_row)
+    if t.shape[0] <= rows:
+        return fn(t, *args)
+    return torch.cat([fn(piece, *args) for piece in t.split(rows)], dim=0)
 
 
 class Mamba1Mixer(nn.Module):
@@ -193,7 +211,8 @@ class Mamba1Mixer(nn.Module):
         """u: (batch, seq_len, d_model) -> (batch, seq_len, d_model)."""
         A = -torch.exp(_f32(self.A_log))
         if resolve_backend(self.backend, u.device, self.kind) == "cuda":
-            return self._forward_cuda(u, A)
+            # the projection is 2 * expand wide: split on its size, not on u's
+            return _in_int32_pieces(self._forward_cuda, u, A, width=2 * self.d_inner)
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = _causal_conv(self.conv1d, x)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)

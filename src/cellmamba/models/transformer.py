@@ -15,7 +15,8 @@ __all__ = ["TransformerBlock"]
 class TransformerBlock(nn.Module):
     """``h + attn(ln1(h))``, then ``h + mlp(ln2(h))``; MLP hidden width ``mlp_hidden``, GELU.
 
-    x: (batch, seq_len, d_model); key_mask: (batch, 1, 1, seq_len) bool (True = attend);
+    x: (batch, seq_len, d_model); key_mask: (batch, 1, 1, seq_len) bool (True = attend), or None
+    when nothing is padded;
     mask: (batch, seq_len, 1) float (1 = real token).
     """
 
@@ -31,7 +32,7 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_model))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         batch, seq_len, d_model = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(batch, seq_len, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
