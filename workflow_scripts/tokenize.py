@@ -3,16 +3,15 @@ from cellmamba.runlog import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from cellmamba.tokenize import tokenize_h5ad, tokenizer_config
+from cellmamba.tokenize import tokenize_h5ad
 
-name = snakemake.wildcards.tokenizer
 settings = dict(snakemake.params.settings)
 chunk_cells = settings.pop("chunk_cells")
 tokenize_h5ad(
     snakemake.input.shard,
     snakemake.output.shard,
-    tokenizer=name,
-    config=tokenizer_config(name, **settings),
+    tokenizer=snakemake.wildcards.tokenizer,
+    config=settings,
     gene_stats=snakemake.input.get("gene_stats"),
     positions=snakemake.input.get("positions"),
     chunk_cells=chunk_cells,
