@@ -1,0 +1,381 @@
+"""Token shards on disk: writer, checksummed manifests, memory-mapped random-access readers.
+
+Layout (docs/architecture.md, "Token shards"): one directory per shard holding
+
+- ``offsets.npy`` int64 (n_cells + 1,): row pointer into the flat arrays;
+- ``tokens.npy`` uint32 (n_tokens,): vocabulary ids (patch: positions in genomic order);
+- ``values.npy`` (n_tokens,): binned -> uint8 bins, patch -> float32; absent for rank;
+- ``dataset.npy`` int32 (n_cells,): index into the manifest's ``datasets``;
+- ``measured.npy`` bool (n_datasets, n_genes): genes each dataset measured;
+- ``features.npy`` int64 (n_features,) (patch only, an addition to the contract): the
+  vocabulary gene index at each genomic position, so a position token can be read back;
+- ``manifest.json``: format version, tokenizer + settings, counters, n_cells, n_tokens,
+  vocab_hash, n_genes, datasets, source, per-file {sha256, dtype, shape}, cellmamba version.
+
+A corpus manifest (``write_corpus_manifest``) lists shards in order with their cell counts
+and the sha256 of each shard manifest. ``TokenCorpus`` gives O(1) access to any cell by its
+global index (a binary search over the few shard boundaries, then two offset reads and two
+memory-map slices); no shard is ever loaded whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CorruptFileError, InputError
+from ..io import atomic_path, sha256_file
+
+__all__ = [
+    "FORMAT_VERSION", "TokenizedCell", "ShardWriter", "TokenShard", "TokenCorpus",
+    "write_corpus_manifest", "verify_shard",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_HEADER_BYTES = 128  # fixed .npy header size of streamed arrays (a multiple of 64, as numpy aligns)
+
+
+class TokenizedCell(NamedTuple):
+    """One cell read from a shard. ``tokens``: uint32 (length,); ``values``: (length,) uint8
+    bins / float32 values, or None (rank); ``dataset``: index into the shard's datasets."""
+
+    tokens: np.ndarray
+    values: np.ndarray | None
+    dataset: int
+
+
+class _NpyStream:
+    """Append-only 1-D .npy file: a placeholder header, the data, the real header on close.
+
+    Why hand-written: numpy writes .npy only from a whole in-memory array; streaming chunks
+    keeps memory bounded by the chunk size whatever the shard size.
+    """
+
+    def __init__(self, path: Path, dtype):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self._fh = open(path, "wb")
+        self._fh.write(b"\0" * _HEADER_BYTES)
+
+    def write(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self._fh.write(memoryview(arr).cast("B"))
+        self.n += arr.shape[0]
+
+    def close(self) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.n,)}
+        text = repr(header).encode("latin1")
+        pad = _HEADER_BYTES - 10 - len(text) - 1
+        if pad < 0:  # pragma: no cover - 1-D shapes never get near 118 characters
+            raise RuntimeError(f"{self.path}: .npy header does not fit in {_HEADER_BYTES} bytes")
+        self._fh.seek(0)
+        self._fh.write(b"\x93NUMPY\x01\x00" + np.uint16(_HEADER_BYTES - 10).tobytes()
+                       + text + b" " * pad + b"\n")
+        self._fh.close()
+
+
+def _file_entry(path: Path, dtype, shape) -> dict:
+    return {"sha256": sha256_file(path), "dtype": np.dtype(dtype).str, "shape": list(shape)}
+
+
+class ShardWriter:
+    """Write one token shard into ``directory`` (normally the temporary of ``atomic_path``).
+
+    Call :meth:`append` once per chunk of cells, then :meth:`finish` once.
+
+    Parameters
+    ----------
+    directory
+        Created if absent; must be empty.
+    values_dtype
+        dtype of ``values.npy`` (``np.uint8`` binned, ``np.float32`` patch) or None (rank:
+        no values file).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, values_dtype=None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._tokens = _NpyStream(self.dir / "tokens.npy", np.uint32)
+        self._values = _NpyStream(self.dir / "values.npy", values_dtype) if values_dtype is not None else None
+        self._offsets = _NpyStream(self.dir / "offsets.npy", np.int64)
+        self._offsets.write(np.zeros(1, dtype=np.int64))
+        self._end = 0
+
+    def append(self, lengths: np.ndarray, tokens: np.ndarray, values: np.ndarray | None = None) -> None:
+        """Add cells. ``lengths``: (n,) tokens per cell; ``tokens`` / ``values``: (sum(lengths),)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n_tok = int(lengths.sum())
+        if tokens.shape[0] != n_tok or (values is not None and values.shape[0] != n_tok):
+            raise ValueError(f"append: {n_tok} tokens by lengths, got {tokens.shape[0]} tokens")
+        if (values is None) != (self._values is None):
+            raise ValueError("append: values given for a shard without values, or missing")
+        self._offsets.write(self._end + np.cumsum(lengths))
+        self._end += n_tok
+        self._tokens.write(tokens)
+        if self._values is not None:
+            self._values.write(values)
+
+    def finish(self, *, dataset: np.ndarray, measured: np.ndarray, manifest: dict,
+               extra_arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """Close the streams, write the fixed-size arrays and ``manifest.json``.
+
+        Parameters
+        ----------
+        dataset
+            int32 (n_cells,), index into ``manifest["datasets"]``.
+        measured
+            bool (n_datasets, n_genes).
+        manifest
+            Fields to record (tokenizer, settings, stats, vocab_hash, n_genes, datasets, source).
+        extra_arrays
+            Further small arrays to store and checksum (e.g. patch ``features``).
+
+        Returns
+        -------
+        The manifest written.
+        """
+        streams = [self._offsets, self._tokens] + ([self._values] if self._values is not None else [])
+        for s in streams:
+            s.close()
+        n_cells = self._offsets.n - 1
+        dataset = np.asarray(dataset, dtype=np.int32)
+        if dataset.shape != (n_cells,):
+            raise ValueError(f"finish: dataset has shape {dataset.shape}, expected ({n_cells},)")
+        arrays = {"dataset": dataset, "measured": np.asarray(measured, dtype=bool), **(extra_arrays or {})}
+        files = {s.path.name: _file_entry(s.path, s.dtype, (s.n,)) for s in streams}
+        for name, arr in arrays.items():
+            path = self.dir / f"{name}.npy"
+            np.save(path, arr)
+            files[path.name] = _file_entry(path, arr.dtype, arr.shape)
+        full = {"format_version": FORMAT_VERSION, **manifest, "n_cells": n_cells, "n_tokens": self._end,
+                "files": files, "cellmamba_version": __version__}
+        with open(self.dir / MANIFEST, "w") as fh:
+            json.dump(full, fh, indent=1)
+        return full
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file (expected a token shard manifest)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: format_version {manifest.get('format_version')!r}, this cellmamba reads "
+                         f"{FORMAT_VERSION}")
+    return manifest
+
+
+def verify_shard(path: str | os.PathLike) -> dict:
+    """Check every file of a shard against its manifest (sha256, dtype, shape).
+
+    Raises
+    ------
+    CorruptFileError
+        Naming every file that is missing, truncated or altered.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path / MANIFEST)
+    problems = []
+    for name, entry in manifest["files"].items():
+        f = path / name
+        if not f.exists():
+            problems.append(f"{f}: missing (listed in {path / MANIFEST})")
+            continue
+        digest = sha256_file(f)
+        if digest != entry["sha256"]:
+            problems.append(f"{f}: sha256 {digest[:12]}... does not match the manifest's "
+                            f"{entry['sha256'][:12]}... (corrupted or truncated)")
+    if problems:
+        raise CorruptFileError("; ".join(problems))
+    return manifest
+
+
+class TokenShard:
+    """Read one token shard through memory maps (nothing is loaded but the offsets' pages
+    touched, the per-cell dataset index and the small measured mask).
+
+    Parameters
+    ----------
+    path
+        The shard directory.
+    verify
+        Check all checksums first (reads every file once); :meth:`verify` does it later.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False):
+        self.path = Path(path)
+        self.manifest = verify_shard(self.path) if verify else _read_manifest(self.path / MANIFEST)
+        files = self.manifest["files"]
+        self.offsets = self._map("offsets.npy")
+        self.tokens = self._map("tokens.npy")
+        self.values = self._map("values.npy") if "values.npy" in files else None
+        self.dataset = self._map("dataset.npy")
+        self.measured = np.asarray(self._map("measured.npy"))
+        self.features = self._map("features.npy") if "features.npy" in files else None
+        self.n_cells = int(self.manifest["n_cells"])
+        if self.offsets.shape[0] != self.n_cells + 1 or int(self.offsets[-1]) != self.tokens.shape[0]:
+            raise CorruptFileError(f"{self.path / 'offsets.npy'}: does not match n_cells / tokens.npy "
+                                   f"(n_cells {self.n_cells}, tokens {self.tokens.shape[0]})")
+
+    def _map(self, name: str) -> np.ndarray:
+        f = self.path / name
+        entry = self.manifest["files"].get(name)
+        try:
+            arr = np.load(f, mmap_mode="r")
+        except FileNotFoundError as exc:
+            raise CorruptFileError(f"{f}: missing (listed in {self.path / MANIFEST})") from exc
+        except (ValueError, OSError) as exc:  # truncated or damaged header / data
+            raise CorruptFileError(f"{f}: not a readable .npy file ({exc})") from exc
+        if entry is not None and (list(arr.shape) != entry["shape"] or arr.dtype.str != entry["dtype"]):
+            raise CorruptFileError(f"{f}: shape {arr.shape} / dtype {arr.dtype.str} differ from the manifest's "
+                                   f"{tuple(entry['shape'])} / {entry['dtype']}")
+        return arr
+
+    def __len__(self) -> int:
+        return self.n_cells
+
+    @property
+    def tokenizer(self) -> str:
+        return self.manifest["tokenizer"]
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.manifest["datasets"])
+
+    def __getitem__(self, i: int) -> TokenizedCell:
+        """Cell ``i`` (0 <= i < n_cells; negative counts from the end): views into the maps."""
+        n = self.n_cells
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: cell {i} out of range (n_cells {n})")
+        i = int(i) % n
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        values = self.values[a:b] if self.values is not None else None
+        return TokenizedCell(self.tokens[a:b], values, int(self.dataset[i]))
+
+    def measured_genes(self, i: int) -> np.ndarray:
+        """bool (n_genes,): the genes measured by cell ``i``'s dataset (zeros there are real)."""
+        return self.measured[int(self.dataset[i])]
+
+    def verify(self) -> None:
+        """Raise :class:`CorruptFileError` naming the file if any checksum fails."""
+        verify_shard(self.path)
+
+
+_CONSISTENT_KEYS = ("tokenizer", "settings", "vocab_hash", "n_genes")
+
+
+def write_corpus_manifest(shard_dirs, out_path: str | os.PathLike) -> Path:
+    """Write the corpus manifest listing ``shard_dirs`` in order (atomically).
+
+    Records, per shard, its path relative to the manifest's directory, its cell count and
+    the sha256 of its ``manifest.json``; plus the tokenizer, settings and vocab_hash shared
+    by all shards.
+
+    Raises
+    ------
+    InputError
+        No shard, or shards disagreeing on tokenizer, settings, vocab_hash or n_genes.
+    """
+    out_path = Path(out_path)
+    shard_dirs = [Path(p) for p in shard_dirs]
+    if not shard_dirs:
+        raise InputError(f"{out_path}: a corpus needs at least one shard")
+    entries, first = [], None
+    for d in shard_dirs:
+        manifest = _read_manifest(d / MANIFEST)
+        if first is None:
+            first = (d, manifest)
+        for key in _CONSISTENT_KEYS:
+            if manifest.get(key) != first[1].get(key):
+                raise InputError(f"{d}: {key} {manifest.get(key)!r} differs from {first[0]}'s "
+                                 f"{first[1].get(key)!r}; shards of one corpus must agree")
+        entries.append({"path": os.path.relpath(d.resolve(), out_path.parent.resolve()),
+                        "n_cells": manifest["n_cells"], "manifest_sha256": sha256_file(d / MANIFEST)})
+    corpus = {"format_version": FORMAT_VERSION, "n_cells": sum(e["n_cells"] for e in entries),
+              **{k: first[1][k] for k in _CONSISTENT_KEYS}, "shards": entries,
+              "cellmamba_version": __version__}
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(corpus, fh, indent=1)
+    return out_path
+
+
+@dataclass
+class _Located:
+    shard: int
+    local: int
+
+
+class TokenCorpus:
+    """All shards of a corpus manifest, indexed by global cell number.
+
+    Parameters
+    ----------
+    path
+        The corpus ``manifest.json`` (or the directory holding it).
+    verify
+        Verify every shard's checksums on open (reads all data once).
+
+    Raises
+    ------
+    CorruptFileError
+        A shard manifest whose sha256 differs from the corpus manifest's record, or (with
+        ``verify``) any shard file failing its checksum.
+    InputError
+        Shards disagreeing on vocab_hash / tokenizer / settings.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False):
+        path = Path(path)
+        self.path = path / MANIFEST if path.is_dir() else path
+        self.manifest = _read_manifest(self.path)
+        self.shards: list[TokenShard] = []
+        for entry in self.manifest["shards"]:
+            d = (self.path.parent / entry["path"]).resolve()
+            digest = sha256_file(d / MANIFEST) if (d / MANIFEST).exists() else None
+            if digest != entry["manifest_sha256"]:
+                raise CorruptFileError(f"{d / MANIFEST}: missing or its sha256 differs from the record in {self.path}")
+            shard = TokenShard(d, verify=verify)
+            for key in _CONSISTENT_KEYS:
+                if shard.manifest.get(key) != self.manifest.get(key):
+                    raise InputError(f"{d}: {key} {shard.manifest.get(key)!r} differs from the corpus's "
+                                     f"{self.manifest.get(key)!r} ({self.path})")
+            if shard.n_cells != entry["n_cells"]:
+                raise CorruptFileError(f"{d}: {shard.n_cells} cells, the corpus manifest records {entry['n_cells']}")
+            self.shards.append(shard)
+        self.starts = np.concatenate([[0], np.cumsum([s.n_cells for s in self.shards])]).astype(np.int64)
+        self.n_cells = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.n_cells
+
+    def locate(self, i: int) -> _Located:
+        """Shard number and index within it of global cell ``i``."""
+        if not 0 <= i < self.n_cells:
+            raise IndexError(f"{self.path}: cell {i} out of range (n_cells {self.n_cells})")
+        s = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return _Located(s, int(i - self.starts[s]))
+
+    def __getitem__(self, i: int) -> TokenizedCell:
+        loc = self.locate(int(i))
+        return self.shards[loc.shard][loc.local]
+
+    def measured_genes(self, i: int) -> np.ndarray:
+        """bool (n_genes,): genes measured by global cell ``i``'s dataset."""
+        loc = self.locate(int(i))
+        return self.shards[loc.shard].measured_genes(loc.local)
+
+    def verify(self) -> None:
+        """Verify every shard's checksums; raises :class:`CorruptFileError` naming the file."""
+        for shard in self.shards:
+            shard.verify()

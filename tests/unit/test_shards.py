@@ -1,0 +1,237 @@
+"""QC shard h5ad -> token shards: round trip against naive references, random access across
+shards, checksums, and bad input (clear errors, no partial output)."""
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellmamba.errors import CorruptFileError, InputError
+from cellmamba.tokenize import (BinnedConfig, PatchConfig, RankConfig, TokenCorpus, TokenShard, tokenize_h5ad,
+                                verify_shard, write_corpus_manifest)
+from cellmamba.vocab import CLS_ID, N_SPECIAL, vocab_hash
+
+N_GENES = 50
+IDS = [f"ENSG{j:011d}" for j in range(N_GENES)]
+UNMEASURED_IN_B = np.arange(40, N_GENES)  # genes dataset "B" did not measure
+
+
+def make_counts(seed: int, n_cells: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dense = (rng.geometric(0.5, (n_cells, N_GENES)) * (rng.random((n_cells, N_GENES)) < 0.4)).astype(np.float32)
+    dense[1] = 0                          # all-zero cell
+    dense[2] = rng.integers(1, 3, N_GENES)  # long cell
+    return dense
+
+
+def write_qc_shard(path, dense: np.ndarray, *, datasets=("A", "B"), obs_key="dataset_id") -> str:
+    n = dense.shape[0]
+    ds = np.array([datasets[i % len(datasets)] for i in range(n)])
+    dense = dense.copy()
+    dense[np.ix_(ds == "B", UNMEASURED_IN_B)] = 0
+    measured = np.ones((N_GENES, 2), dtype=bool)
+    measured[UNMEASURED_IN_B, 1] = False
+    adata = ad.AnnData(X=sp.csr_matrix(dense), obs=pd.DataFrame({obs_key: pd.Categorical(ds)}, index=[str(i) for i in range(n)]),
+                       var=pd.DataFrame({"feature_id": IDS, "feature_name": [f"G{j}" for j in range(N_GENES)]}, index=IDS))
+    adata.varm["measured"] = measured
+    adata.uns["cellmamba"] = {"measured_datasets": ["A", "B"]}
+    adata.write_h5ad(path)
+    return dense
+
+
+def gene_stats(path, *, ids=IDS, seed=0):
+    rng = np.random.default_rng(seed)
+    med = rng.choice([1000.0, 2000.0, 4000.0], size=len(ids))
+    med[[5, 6]] = np.nan
+    pd.DataFrame({"feature_id": ids, "feature_name": [f"G{j}" for j in range(len(ids))], "n_cells_measured": 10,
+                  "n_cells_detected": 5, "nonzero_median": med}).to_csv(path, sep="\t", index=False, na_rep="NaN")
+    return med
+
+
+# --- naive references (dense rows, Python sorting), independent of the package ---------------
+def rank_ref(row, med, max_len):
+    total = float(row.sum())
+    scored = sorted((-float(np.float32(float(row[j]) * (1e4 / total) * (1.0 / med[j]))), j)
+                    for j in range(len(row)) if row[j] > 0 and not np.isnan(med[j]))
+    return [N_SPECIAL + j for _, j in scored[:max_len]], None
+
+
+def binned_ref(row, n_bins, max_len):
+    genes = np.flatnonzero(row)
+    if not genes.size:
+        return [CLS_ID], [0]
+    edges = np.quantile(row[genes], np.linspace(0, 1, n_bins - 1))
+    bins = (np.digitize(row[genes], edges, right=True) + np.digitize(row[genes], edges) + 1) // 2
+    keep = sorted(sorted(genes.tolist(), key=lambda j: (-row[j], j))[:max_len - 1])
+    b = dict(zip(genes.tolist(), bins.tolist()))
+    return [CLS_ID] + [N_SPECIAL + j for j in keep], [0] + [b[j] for j in keep]
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    dense = [write_qc_shard(tmp_path / "qc0.h5ad", make_counts(0, 23)),
+             write_qc_shard(tmp_path / "qc1.h5ad", make_counts(1, 17))]
+    return tmp_path, dense
+
+
+def assert_no_output(tmp_path, name):
+    left = [p.name for p in tmp_path.iterdir() if p.name == name or p.name.startswith(f".{name}.tmp")]
+    assert left == [], f"partial output left behind: {left}"
+
+
+@pytest.mark.parametrize("tokenizer", ["rank", "binned"])
+def test_round_trip_and_random_access(two_shards, tokenizer):
+    tmp_path, dense = two_shards
+    med = gene_stats(tmp_path / "gs.tsv")
+    kwargs = {"rank": dict(config=RankConfig(max_len=12), gene_stats=tmp_path / "gs.tsv"),
+              "binned": dict(config=BinnedConfig(n_bins=7, max_len=15))}[tokenizer]
+    out = tmp_path / "tokens" / tokenizer
+    shards = []
+    for i in range(2):
+        manifest = tokenize_h5ad(tmp_path / f"qc{i}.h5ad", out / str(i), tokenizer=tokenizer, chunk_cells=5, **kwargs)
+        assert manifest["n_cells"] == len(dense[i]) and manifest["vocab_hash"] == vocab_hash(IDS)
+        assert manifest["datasets"] == ["A", "B"]
+        shards.append(out / str(i))
+    write_corpus_manifest(shards, out / "manifest.json")
+    corpus = TokenCorpus(out, verify=True)
+    rows = np.concatenate(dense)
+    assert len(corpus) == len(rows) == 40
+    for g in np.random.default_rng(0).permutation(len(rows)):  # random order, across both shards
+        cell = corpus[g]
+        ref_t, ref_v = rank_ref(rows[g], med, 12) if tokenizer == "rank" else binned_ref(rows[g], 7, 15)
+        assert cell.tokens.tolist() == ref_t, f"cell {g}"
+        assert (cell.values is None) if ref_v is None else cell.values.tolist() == ref_v
+        assert cell.dataset == (g if g < 23 else g - 23) % 2  # fixture: cells alternate A, B
+        measured = corpus.measured_genes(g)
+        assert measured.shape == (N_GENES,) and measured[UNMEASURED_IN_B].any() == (cell.dataset == 0)
+    shard = TokenShard(shards[0])
+    assert isinstance(shard.tokens, np.memmap) and shard.tokens.dtype == np.uint32
+    assert shard.measured.shape == (2, N_GENES) and shard.offsets.dtype == np.int64
+    if tokenizer == "rank":
+        assert shard.manifest["stats"]["n_genes_no_median"] == 2 and not (shard.path / "values.npy").exists()
+
+
+def test_patch_shard(two_shards, repo_root):
+    tmp_path, dense = two_shards
+    pos = pd.DataFrame({"ensembl_id": IDS[::-1][:45], "chromosome": ["1"] * 20 + ["X"] * 25,
+                        "start": np.arange(45) % 7})
+    m = tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "p0", tokenizer="patch", positions=pos,
+                      config=PatchConfig(patch_size=16), chunk_cells=4)
+    assert m["settings"]["n_features"] == 45 and m["settings"]["n_patches"] == 3
+    assert m["stats"]["n_genes_unplaced"] == 5
+    shard = TokenShard(tmp_path / "p0", verify=True)
+    for i, row in enumerate(dense[0]):
+        tok, val = shard[i][:2]
+        genes = shard.features[tok]
+        assert np.all(np.diff(tok.astype(int)) > 0)
+        assert sorted(genes.tolist()) == [j for j in np.flatnonzero(row) if j >= 5]
+        np.testing.assert_allclose(val, np.log1p(row[genes] / row.sum() * 1e4).astype(np.float32), rtol=1e-6)
+
+
+def test_corrupted_shard_detected(two_shards):
+    tmp_path, _ = two_shards
+    tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "s0", tokenizer="binned")
+    write_corpus_manifest([tmp_path / "s0"], tmp_path / "corpus.json")
+    tokens = tmp_path / "s0" / "tokens.npy"
+    raw = bytearray(tokens.read_bytes())
+    raw[200] ^= 0x01  # one bit of the data section
+    tokens.write_bytes(bytes(raw))
+    TokenShard(tmp_path / "s0")  # opening without verify only checks shapes
+    with pytest.raises(CorruptFileError, match="tokens.npy.*sha256"):
+        TokenShard(tmp_path / "s0", verify=True)
+    with pytest.raises(CorruptFileError, match="tokens.npy"):
+        TokenCorpus(tmp_path / "corpus.json").verify()
+    values = tmp_path / "s0" / "values.npy"
+    values.write_bytes(values.read_bytes()[:-10])  # truncated
+    with pytest.raises(CorruptFileError, match="values.npy"):
+        TokenShard(tmp_path / "s0")
+    with pytest.raises(CorruptFileError, match="values.npy"):
+        verify_shard(tmp_path / "s0")
+
+
+def test_vocab_mismatch_across_shards(two_shards):
+    tmp_path, _ = two_shards
+    tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "s0", tokenizer="binned")
+    tokenize_h5ad(tmp_path / "qc1.h5ad", tmp_path / "s1", tokenizer="binned", vocabulary=IDS[::-1])
+    with pytest.raises(InputError, match="vocab_hash"):
+        write_corpus_manifest([tmp_path / "s0", tmp_path / "s1"], tmp_path / "corpus.json")
+    assert not (tmp_path / "corpus.json").exists()
+
+
+def test_corpus_detects_replaced_shard_manifest(two_shards):
+    tmp_path, _ = two_shards
+    tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "s0", tokenizer="binned")
+    write_corpus_manifest([tmp_path / "s0"], tmp_path / "corpus.json")
+    tokenize_h5ad(tmp_path / "qc1.h5ad", tmp_path / "s0", tokenizer="binned")  # replaced afterwards
+    with pytest.raises(CorruptFileError, match="manifest.json"):
+        TokenCorpus(tmp_path / "corpus.json")
+
+
+# --- bad input: the message names the file / key / value; nothing is left at the output ---------
+def test_non_integer_counts(tmp_path):
+    dense = make_counts(0, 8)
+    dense[3, 7] = 2.5
+    write_qc_shard(tmp_path / "bad.h5ad", dense)
+    with pytest.raises(InputError, match=r"bad\.h5ad: X holds 2\.5 at row 3, column 7 \(gene ENSG00000000007\)"):
+        tokenize_h5ad(tmp_path / "bad.h5ad", tmp_path / "out", tokenizer="binned", chunk_cells=2)
+    assert_no_output(tmp_path, "out")
+
+
+def test_negative_counts(tmp_path):
+    dense = make_counts(0, 8)
+    dense[6, 0] = -3
+    write_qc_shard(tmp_path / "neg.h5ad", dense)
+    with pytest.raises(InputError, match=r"neg\.h5ad: X holds -3\.0 at row 6"):
+        tokenize_h5ad(tmp_path / "neg.h5ad", tmp_path / "out", tokenizer="binned", chunk_cells=4)
+    assert_no_output(tmp_path, "out")
+
+
+def test_missing_dataset_id(tmp_path):
+    write_qc_shard(tmp_path / "nods.h5ad", make_counts(0, 8), obs_key="batch")
+    with pytest.raises(InputError, match=r"nods\.h5ad: obs has no 'dataset_id'"):
+        tokenize_h5ad(tmp_path / "nods.h5ad", tmp_path / "out", tokenizer="binned")
+    assert_no_output(tmp_path, "out")
+
+
+def test_no_gene_in_gene_stats_vocabulary(tmp_path):
+    write_qc_shard(tmp_path / "qc.h5ad", make_counts(0, 8))
+    gene_stats(tmp_path / "other.tsv", ids=[f"ENSMUSG{j:011d}" for j in range(N_GENES)])
+    with pytest.raises(InputError, match=r"qc\.h5ad: none of its 50 var genes .*ENSG00000000000.* is in .*other\.tsv"):
+        tokenize_h5ad(tmp_path / "qc.h5ad", tmp_path / "out", tokenizer="rank", gene_stats=tmp_path / "other.tsv")
+    assert_no_output(tmp_path, "out")
+
+
+def test_empty_shard(tmp_path):
+    write_qc_shard(tmp_path / "empty.h5ad", np.zeros((0, N_GENES), dtype=np.float32))
+    with pytest.raises(InputError, match=r"empty\.h5ad: has 0 cells"):
+        tokenize_h5ad(tmp_path / "empty.h5ad", tmp_path / "out", tokenizer="binned")
+    assert_no_output(tmp_path, "out")
+
+
+def test_rank_needs_gene_stats_and_matching_config(tmp_path):
+    write_qc_shard(tmp_path / "qc.h5ad", make_counts(0, 8))
+    with pytest.raises(InputError, match="gene_stats"):
+        tokenize_h5ad(tmp_path / "qc.h5ad", tmp_path / "out", tokenizer="rank")
+    with pytest.raises(InputError, match="BinnedConfig"):
+        tokenize_h5ad(tmp_path / "qc.h5ad", tmp_path / "out", tokenizer="binned", config=RankConfig())
+    with pytest.raises(InputError, match="tokenizer must be one of"):
+        tokenize_h5ad(tmp_path / "qc.h5ad", tmp_path / "out", tokenizer="bpe")
+    assert_no_output(tmp_path, "out")
+
+
+def test_partial_vocabulary_counts_left_out_genes(tmp_path):
+    dense = write_qc_shard(tmp_path / "qc.h5ad", make_counts(0, 8))
+    vocab = list(np.random.default_rng(0).permutation(IDS[10:])) + ["ENSG99999999999"]  # other order
+    m = tokenize_h5ad(tmp_path / "qc.h5ad", tmp_path / "out", tokenizer="binned", vocabulary=vocab, chunk_cells=3)
+    assert m["stats"]["n_genes_not_in_vocab"] == 10 and m["n_genes"] == len(vocab)
+    shard = TokenShard(tmp_path / "out")
+    assert shard.measured.shape == (2, len(vocab)) and not shard.measured[:, -1].any()
+    assert shard.measured[1, vocab.index(IDS[45])] == False and shard.measured[1, vocab.index(IDS[15])]  # noqa: E712
+    for i, row in enumerate(dense):
+        genes = shard[i].tokens[1:].astype(int) - N_SPECIAL
+        assert genes.tolist() == sorted(vocab.index(IDS[j]) for j in np.flatnonzero(row) if j >= 10)
+    json.loads((tmp_path / "out" / "manifest.json").read_text())
