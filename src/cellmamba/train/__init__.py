@@ -1,0 +1,1 @@
+"""Pretraining: data loading over token shards, objectives, and the training loop."""
