@@ -58,6 +58,13 @@ def token_shards(wildcards):
     return expand("results/tokens/{tokenizer}/{shard}", tokenizer=wildcards.tokenizer, shard=SHARDS)
 
 
+def corpus_config(wildcards):
+    """The resolved config sub-trees that determine a token corpus (recorded in its manifest)."""
+    keys = ("census", "qc", "gene_stats")
+    return {**{k: config[k] for k in keys}, "tokenize": {"chunk_cells": config["tokenize"]["chunk_cells"],
+                                                         wildcards.tokenizer: config["tokenize"][wildcards.tokenizer]}}
+
+
 def token_manifests():
     return expand("results/tokens/{tokenizer}/manifest.json", tokenizer=TOKENIZERS)
 

@@ -28,6 +28,8 @@ rule token_manifest:
         shards=token_shards,
     output:
         manifest="results/tokens/{tokenizer}/manifest.json",
+    params:
+        corpus_config=corpus_config,
     log:
         "logs/token_manifest/{tokenizer}.log",
     conda:

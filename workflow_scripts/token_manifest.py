@@ -1,8 +1,12 @@
-"""Rule token_manifest: the corpus manifest over one tokenizer's shards."""
-from cellmamba.runlog import setup_logging
+"""Rule token_manifest: the corpus manifest over one tokenizer's shards, with its provenance."""
+from cellmamba.runlog import provenance, setup_logging
 
 setup_logging(snakemake.log[0])
 
 from cellmamba.tokenize import write_corpus_manifest
 
-write_corpus_manifest(list(snakemake.input.shards), snakemake.output.manifest)
+write_corpus_manifest(
+    list(snakemake.input.shards),
+    snakemake.output.manifest,
+    provenance=provenance(snakemake.params.corpus_config),
+)

@@ -65,6 +65,9 @@ def test_demo_gene_stats_and_tokens(demo_run):
     for tok in ("rank", "binned", "patch"):
         manifest = json.loads((demo_run / f"results/tokens/{tok}/manifest.json").read_text())
         assert len(manifest["shards"]) == 2, manifest
+        prov = manifest["provenance"]
+        assert prov["config"]["tokenize"][tok] and prov["config"]["census"]["n_shards"] == 2
+        assert "cellmamba" in prov["packages"] and "created" in prov
         n_qc = sum(json.loads((demo_run / f"results/tokens/{tok}/{i}/manifest.json").read_text())["n_cells"]
                    for i in range(2))
         assert n_qc > 1000  # QC keeps most of the 1,159 real cells

@@ -274,12 +274,13 @@ class TokenShard:
 _CONSISTENT_KEYS = ("tokenizer", "settings", "vocab_hash", "n_genes")
 
 
-def write_corpus_manifest(shard_dirs, out_path: str | os.PathLike) -> Path:
+def write_corpus_manifest(shard_dirs, out_path: str | os.PathLike, *, provenance: dict | None = None) -> Path:
     """Write the corpus manifest listing ``shard_dirs`` in order (atomically).
 
     Records, per shard, its path relative to the manifest's directory, its cell count and
     the sha256 of its ``manifest.json``; plus the tokenizer, settings and vocab_hash shared
-    by all shards.
+    by all shards; and ``provenance`` (what made the corpus: resolved config, package versions,
+    git revision; see :func:`cellmamba.runlog.provenance`) when given.
 
     Raises
     ------
@@ -304,6 +305,8 @@ def write_corpus_manifest(shard_dirs, out_path: str | os.PathLike) -> Path:
     corpus = {"format_version": FORMAT_VERSION, "n_cells": sum(e["n_cells"] for e in entries),
               **{k: first[1][k] for k in _CONSISTENT_KEYS}, "shards": entries,
               "cellmamba_version": __version__}
+    if provenance is not None:
+        corpus["provenance"] = provenance
     with atomic_path(out_path) as tmp:
         with open(tmp, "w") as fh:
             json.dump(corpus, fh, indent=1)
