@@ -1,0 +1,724 @@
+"""The training loop: functions (:func:`train`, :func:`train_step`, :func:`evaluate`, :func:`resume`)
+over any model, any objective and any loader of dict batches.
+
+Objective interface: ``objective(model, batch) -> (loss, metrics)`` with ``loss`` a scalar
+tensor (mean over the batch) and ``metrics`` a ``dict[str, float]``. ``model`` is the module
+being trained, possibly DDP-wrapped (attribute look-ups such as ``model.heads`` reach the raw
+module either way).
+
+Outputs in ``out_dir``: ``checkpoints/step_XXXXXXXX/`` (:mod:`cellmamba.train.checkpoint`),
+``metrics.csv`` (step, epoch, loss, lr, grad_norm, tokens_per_s, samples, tokens, objective
+metrics), ``eval_metrics.csv``, ``model/`` (final weights + config.json), ``provenance.json``,
+``loss_curve.png`` (if matplotlib is installed) and ``tensorboard/`` (if tensorboard is).
+
+Determinism after resume: see :class:`_BatchStream`. On the CPU, N uninterrupted steps and
+N/2 + crash + resume + N/2 give bit-identical parameters (tests/unit/test_train_checkpoint.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import InputError
+from ..io import atomic_path
+from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
+                         load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
+from .distributed import (DistEnv, all_gather_tensors, all_reduce_mean, barrier, broadcast_int,
+                          destroy_distributed, init_distributed, unwrap, wrap_ddp)
+from .schedule import build_optimizer, lr_at, set_lr
+
+__all__ = ["PRECISIONS", "TrainConfig", "TrainState", "train", "train_step", "evaluate", "resume",
+           "resolve_precision", "plot_loss_curve"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+Objective = Callable[[nn.Module, Mapping[str, Any]], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping settings of one training run (JSON round trip: to_dict / from_dict)."""
+
+    lr: float = 3e-4  # peak learning rate (after warmup)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    weight_decay: float = 0.01  # AdamW decoupled decay; never on biases, norms, 1-d or `_no_weight_decay` params
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 1000  # linear warmup from lr/warmup_steps to lr (0 = none)
+    max_steps: int = 100_000  # optimizer steps in total (resume continues up to this)
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 = no clipping (norm still logged)
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum * world size)
+    batch_size: int = 32  # per-rank micro-batch size; checked against loader.batch_size where the loader has one
+    log_every: int = 10  # steps between metrics.csv rows / log lines
+    eval_every: int = 0  # steps between evaluations on eval_data (0 = only at the end, if eval_data is given)
+    eval_batches: int | None = None  # cap on evaluation batches per rank (None = the whole eval loader)
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at max_steps)
+    keep_checkpoints: int | None = 3  # newest checkpoints kept on disk (None = all)
+    seed: int = 0  # seeds torch / numpy / random at the start (rank r uses seed + r); model init is the caller's
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" (CUDA only, else InputError); "fp32"
+    dist_backend: str = "auto"  # torch.distributed backend: "auto" (nccl on CUDA, gloo on CPU), "nccl", "gloo"
+    find_unused_parameters: bool = False  # DDP option, for models with parameters unused in some steps
+    compile: bool = False  # torch.compile the (DDP-wrapped) model; checkpoints still save the raw module
+    progress: bool = True  # tqdm progress bar on rank 0
+
+    def __post_init__(self):
+        def need(cond: bool, what: str):
+            if not cond:
+                raise InputError(f"TrainConfig: {what}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(len(tuple(self.betas)) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.grad_clip is None or self.grad_clip >= 0, f"grad_clip must be >= 0 or None, got {self.grad_clip}")
+        for name in ("grad_accum", "batch_size", "log_every", "checkpoint_every"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        need(self.eval_batches is None or self.eval_batches >= 1, f"eval_batches must be >= 1 or None, got {self.eval_batches}")
+        need(self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+             f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        need(self.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"TrainConfig: unknown keys {unknown} (known: {sorted(names)})")
+        return cls(**data)
+
+
+@dataclass
+class TrainState:
+    """Where training stands: optimizer ``step`` and the data position (``epoch``, micro-batches
+    consumed in it per rank); ``samples`` and ``tokens`` seen over all ranks."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples: int = 0
+    tokens: int = 0
+    resumed_from: str | None = None  # checkpoint path this run started from
+    last_metrics: dict[str, float] = field(default_factory=dict)  # the latest logged row
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"bf16" or "fp32" for ``device``: "auto" is bf16 on CUDA, fp32 elsewhere; an explicit "bf16"
+    off CUDA raises InputError (CPU bf16 autocast is slow and changes results; it is not offered)."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise InputError(f"precision 'bf16' needs a CUDA device (got {device}); use 'auto' or 'fp32'")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    if not isinstance(batch, Mapping):
+        raise InputError(f"training batches must be dicts of tensors, got {type(batch).__name__}")
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _batch_counts(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, tokens) of a batch: tokens = attention_mask.sum() when present, else the numel of
+    input_ids (or of the first 2-d tensor)."""
+    rows, tokens = 0, 0
+    mask = batch.get("attention_mask")
+    first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim >= 1), None)
+    if first is not None:
+        rows = int(first.shape[0])
+    if torch.is_tensor(mask):
+        tokens = int(mask.sum())
+    elif torch.is_tensor(batch.get("input_ids")):
+        tokens = batch["input_ids"].numel()
+    elif first is not None:
+        tokens = int(first.shape[0] * (first.shape[1] if first.ndim > 1 else 1))
+    return rows, tokens
+
+
+def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            return model
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return None
+
+
+def _call_objective(objective: Objective, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict]:
+    out = objective(model, batch)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise InputError(f"objective must return (loss, metrics), got {type(out).__name__}")
+    loss, metrics = out
+    if not (torch.is_tensor(loss) and loss.ndim == 0):
+        raise InputError(f"objective's loss must be a scalar tensor, got "
+                         f"{tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__}")
+    return loss, dict(metrics or {})
+
+
+def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str, Any]], *,
+               optimizer: torch.optim.Optimizer, config: TrainConfig, step: int,
+               device: torch.device | str | None = None) -> dict[str, float]:
+    """One optimizer update over ``len(batches)`` micro-batches (gradient accumulation).
+
+    Sets the learning rate to ``lr_at(step, config)``; each micro-batch's loss is divided by the
+    number of micro-batches before backward (so k micro-batches of b rows equal one batch of k*b
+    rows for a mean loss); under DDP gradients are synchronised on the last micro-batch only;
+    then the global gradient norm is clipped to ``config.grad_clip`` and AdamW steps. A
+    non-finite gradient norm skips the update (logged as a warning).
+
+    Parameters
+    ----------
+    model
+        The module to train (raw, DDP-wrapped or compiled), already on ``device``.
+    objective
+        ``objective(model, batch) -> (loss, metrics)``.
+    batches
+        Micro-batches (dicts of tensors), moved to ``device`` here.
+
+    Returns
+    -------
+    dict
+        ``loss`` and objective metrics (means over micro-batches, this rank), ``lr``, ``grad_norm``
+        (global, before clipping), ``skipped`` (1.0 if the update was skipped).
+    """
+    if not batches:
+        raise InputError("train_step needs at least one micro-batch")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    precision = resolve_precision(config.precision, device)
+    lr = lr_at(step, config)
+    set_lr(optimizer, lr)
+    model.train()
+    ddp = _find_ddp(model)
+    n = len(batches)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    metric_sums: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        batch = _to_device(batch, device)
+        sync = ddp is None or i == n - 1
+        with (contextlib.nullcontext() if sync else ddp.no_sync()):
+            with _autocast(device, precision):
+                loss, metrics = _call_objective(objective, model, batch)
+            (loss / n).backward()
+        loss_sum += loss.detach().to(torch.float64)
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    max_norm = config.grad_clip if config.grad_clip else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    grad_norm = float(grad_norm)
+    skipped = not math.isfinite(grad_norm)
+    if skipped:
+        log.warning("step %d: gradient norm is %s; the update is skipped", step, grad_norm)
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {"loss": float(loss_sum) / n, "lr": lr, "grad_norm": grad_norm, "skipped": float(skipped)}
+    out.update({k: v / n for k, v in metric_sums.items() if k not in out})
+    return out
+
+
+@contextlib.contextmanager
+def _rng_fork(device: torch.device):
+    """Run a block without disturbing the global RNG streams (evaluation must not change training)."""
+    saved = capture_rng(device)
+    try:
+        yield
+    finally:
+        restore_rng(saved, device)
+
+
+def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str, Any]], *,
+             device: torch.device | str | None = None, precision: str = "auto", max_batches: int | None = None,
+             env: DistEnv | None = None) -> dict[str, float]:
+    """Mean loss and metrics of ``objective`` over ``data`` (no gradients, eval mode, RNG untouched).
+
+    Parameters
+    ----------
+    model
+        Evaluated in eval mode; its training mode is restored afterwards. Pass the raw module
+        (not DDP) when ranks may see different numbers of batches.
+    objective
+        ``objective(model, batch) -> (loss, metrics)``.
+    data
+        Iterable of dict batches (this rank's share).
+    max_batches
+        Stop after this many batches per rank.
+    env
+        When distributed, the means are averaged over ranks, weighted by their batch counts.
+
+    Returns
+    -------
+    dict
+        ``{"loss": ..., <metric>: ...}``; means over batches. The global RNG states are restored
+        afterwards, so evaluating does not change the training that follows.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    prec = resolve_precision(precision, device)
+    was_training = model.training
+    sums: dict[str, float] = {}
+    count = 0
+    with _rng_fork(device), torch.no_grad():
+        model.eval()
+        try:
+            for i, batch in enumerate(data):
+                if max_batches is not None and i >= max_batches:
+                    break
+                with _autocast(device, prec):
+                    loss, metrics = _call_objective(objective, model, _to_device(batch, device))
+                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                for k, v in metrics.items():
+                    if k != "loss":
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+        finally:
+            model.train(was_training)
+    keys = sorted(sums)
+    if env is not None and env.distributed:
+        vec = torch.tensor([count] + [sums[k] for k in keys], dtype=torch.float64)
+        total = all_reduce_mean(vec, env) * env.world_size
+        count, values = int(round(float(total[0]))), total[1:].tolist()
+        sums = dict(zip(keys, values))
+    if count == 0:
+        raise InputError("evaluate: the evaluation data yielded no batches")
+    return {k: sums[k] / count for k in keys}
+
+
+# ---------------------------------------------------------------- data position
+def _epoch_hooks(data: Any) -> list:
+    """Objects of a loader that take ``set_epoch`` (its sampler, batch sampler, dataset)."""
+    found, seen = [], set()
+    for obj in (getattr(data, "sampler", None), getattr(data, "batch_sampler", None),
+                getattr(getattr(data, "batch_sampler", None), "sampler", None), getattr(data, "dataset", None)):
+        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+            seen.add(id(obj))
+            found.append(obj)
+    return found
+
+
+class _BatchStream:
+    """An endless stream of micro-batches over epochs, with a resumable position.
+
+    ``data`` is a re-iterable loader (its sampler's / batch sampler's / dataset's ``set_epoch``
+    is called at each epoch) or a factory ``data(epoch) -> iterable``. Resuming at (epoch e, k
+    batches consumed) makes the data order identical to the uninterrupted run's: the global RNG
+    states captured just before epoch e's iterator was created are restored, the iterator is
+    re-created (so a RandomSampler, DataLoader worker seeds or a random collator draw the same
+    numbers), k batches are drawn and dropped, and finally the RNG states of the checkpoint
+    itself are restored. Skipping reads the k batches (cost: up to one epoch of loading).
+    """
+
+    def __init__(self, data: Any, state: TrainState, device: torch.device):
+        self.factory = data if (callable(data) and not hasattr(data, "__iter__")) else None
+        self.data = data
+        self.state = state
+        self.device = device
+        self.iterator = None
+        self.epoch_start_rng: dict[str, torch.Tensor] | None = None
+        self.hooks = [] if self.factory else _epoch_hooks(data)
+        if self.factory is None and not self.hooks:
+            log.warning("the data loader has no sampler/dataset with set_epoch: every epoch uses the loader's own "
+                        "order, and resuming reproduces it only if iterating the loader is deterministic")
+
+    def _open(self, epoch: int):
+        for obj in self.hooks:
+            obj.set_epoch(epoch)
+        self.iterator = iter(self.factory(epoch) if self.factory else self.data)
+
+    def _start_epoch(self, epoch: int) -> None:
+        self.epoch_start_rng = capture_rng(self.device)
+        self.state.epoch, self.state.batches_in_epoch = epoch, 0
+        self._open(epoch)
+
+    def next(self) -> Mapping[str, Any]:
+        if self.iterator is None:
+            self._start_epoch(self.state.epoch)
+        for attempt in range(2):
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                if attempt == 1 or self.state.batches_in_epoch == 0:
+                    raise InputError(f"the training data yielded no batches in epoch {self.state.epoch}") from None
+                self._start_epoch(self.state.epoch + 1)
+                continue
+            self.state.batches_in_epoch += 1
+            return batch
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def restore(self, epoch: int, batches: int, epoch_start_rng: dict | None, rng_now: dict | None) -> None:
+        """Re-open epoch ``epoch`` and drop ``batches`` batches, then restore ``rng_now``."""
+        self.state.epoch, self.state.batches_in_epoch = epoch, 0
+        if batches > 0:
+            if epoch_start_rng is not None:
+                restore_rng(epoch_start_rng, self.device)
+            self.epoch_start_rng = epoch_start_rng
+            self._open(epoch)
+            for i in range(batches):
+                try:
+                    next(self.iterator)
+                except StopIteration:
+                    raise InputError(f"resume: epoch {epoch} has only {i} batches, the checkpoint consumed {batches} "
+                                     "(different data or batch size?)") from None
+            self.state.batches_in_epoch = batches
+            log.info("resume: skipped %d batches already consumed in epoch %d", batches, epoch)
+        if rng_now is not None:
+            restore_rng(rng_now, self.device)
+
+    def rng_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"now.{k}": v for k, v in capture_rng(self.device).items()}
+        if self.epoch_start_rng is not None:
+            out.update({f"epoch_start.{k}": v for k, v in self.epoch_start_rng.items()})
+        return out
+
+
+def _rank_rng(rng: dict[str, torch.Tensor], rank: int, when: str) -> dict[str, torch.Tensor] | None:
+    prefix = f"rank{rank}.{when}."
+    found = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+    return found or None
+
+
+# ---------------------------------------------------------------- metrics output
+class _MetricsCSV:
+    """A CSV whose columns grow when new metric keys appear; rows after ``keep_until`` (left by
+    steps lost in a crash) are dropped when a run resumes."""
+
+    def __init__(self, path: Path, keep_until: int | None):
+        self.path = path
+        self.rows: list[dict] = []
+        self.columns: list[str] = []
+        if keep_until is not None and path.is_file():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                self.columns = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= keep_until]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns, lineterminator="\n")
+            if self.columns:
+                writer.writeheader()
+            writer.writerows(self.rows)
+
+    def write(self, row: dict) -> None:
+        new = [k for k in row if k not in self.columns]
+        self.rows.append(row)
+        if new:
+            self.columns += new
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.columns, lineterminator="\n").writerow(row)
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: metrics go to metrics.csv only")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def plot_loss_curve(metrics_csv: str | os.PathLike, png: str | os.PathLike) -> Path | None:
+    """Plot loss against step from ``metrics.csv`` into ``png``; None (logged) without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.info("matplotlib is not installed: no loss-curve plot")
+        return None
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(png)
+
+
+# ---------------------------------------------------------------- resume
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resume(model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | os.PathLike, *,
+           env: DistEnv | None = None) -> Checkpoint | None:
+    """Load the newest good checkpoint of ``out_dir/checkpoints`` into ``model`` and ``optimizer``.
+
+    Rank 0 picks it (damaged checkpoints are skipped with an ERROR in the log) and every rank
+    loads the same one. Returns None when there is none (a fresh start).
+
+    Parameters
+    ----------
+    model
+        The raw module.
+    optimizer
+        Built by :func:`cellmamba.train.schedule.build_optimizer` over ``model``.
+    out_dir
+        The training output directory.
+    """
+    env = env or DistEnv()
+    root = Path(out_dir) / "checkpoints"
+    step = -1
+    if env.is_main:
+        path = latest_good_checkpoint(root)
+        step = -1 if path is None else int(path.name.split("_")[1])
+    step = broadcast_int(step, env)
+    if step < 0:
+        return None
+    ckpt = load_checkpoint(root / checkpoint_name(step), model, optimizer, verify=False)
+    log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
+    return ckpt
+
+
+def _write_provenance(path: Path, info: dict) -> None:
+    from ..runlog import provenance
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(provenance(info), indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- the loop
+def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig, *,
+          out_dir: str | os.PathLike, eval_data: Iterable | None = None,
+          device: torch.device | str | None = None, auto_resume: bool = True,
+          step_callback: Callable[[TrainState], None] | None = None) -> TrainState:
+    """Train ``model`` on ``data`` with ``objective`` until ``config.max_steps``, resuming automatically.
+
+    Works single-process and under ``torchrun`` (DDP; nccl on CUDA, gloo on CPU; the process
+    group is initialised from the environment and torn down at the end if this call made it).
+
+    Parameters
+    ----------
+    model
+        The raw module (e.g. a CellModel), built with its final config; moved to the device here.
+    objective
+        ``objective(model, batch) -> (loss: scalar tensor, metrics: dict[str, float])``.
+    data
+        A re-iterable loader of dict batches (this rank's share: use a DistributedSampler or
+        similar with ``set_epoch``) or a factory ``data(epoch) -> iterable``.
+    config
+        :class:`TrainConfig`.
+    out_dir
+        Output directory (see the module docstring for its contents).
+    eval_data
+        Optional loader for :func:`evaluate`, every ``config.eval_every`` steps and at the end.
+    device
+        Default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
+    auto_resume
+        Resume from the newest good checkpoint in ``out_dir/checkpoints`` (default).
+    step_callback
+        Called with the :class:`TrainState` after every step (after any checkpoint of that step).
+
+    Returns
+    -------
+    TrainState
+        The final state; ``last_metrics`` holds the last logged row.
+    """
+    env = init_distributed(config.dist_backend, device=device)
+    try:
+        return _train(model, objective, data, config, out_dir=Path(out_dir), eval_data=eval_data, env=env,
+                      auto_resume=auto_resume, step_callback=step_callback)
+    finally:
+        destroy_distributed(env)
+
+
+def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_data, env: DistEnv,
+           auto_resume: bool, step_callback) -> TrainState:
+    device = env.device
+    precision = resolve_precision(config.precision, device)
+    loader_bs = getattr(data, "batch_size", None)
+    if isinstance(loader_bs, int) and loader_bs != config.batch_size:
+        raise InputError(f"the loader's batch_size is {loader_bs} but TrainConfig.batch_size is {config.batch_size}")
+    ckpt_dir = out_dir / "checkpoints"
+    if env.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    barrier(env)
+
+    _seed_all(config.seed + env.rank)
+    raw = unwrap(model).to(device)
+    optimizer = build_optimizer(raw, config)
+    state = TrainState()
+    ckpt = resume(raw, optimizer, out_dir, env=env) if auto_resume else None
+    if ckpt is not None:
+        t = ckpt.trainer
+        state = TrainState(step=ckpt.step, epoch=int(t["epoch"]), batches_in_epoch=int(t["batches_in_epoch"]),
+                           samples=int(t.get("samples", 0)), tokens=int(t.get("tokens", 0)), resumed_from=str(ckpt.path))
+        if t.get("world_size") != env.world_size:
+            log.warning("resume: the checkpoint was written by %s ranks, this run has %d: the data position "
+                        "(epoch %d, %d batches per rank) is reused as is, so data order is not reproduced",
+                        t.get("world_size"), env.world_size, state.epoch, state.batches_in_epoch)
+        old = t.get("config", {})
+        changed = {k: (old.get(k), v) for k, v in config.to_dict().items() if k in old and old[k] != v}
+        if changed:
+            log.warning("resume: TrainConfig differs from the checkpoint's: %s", changed)
+
+    wrapped = wrap_ddp(raw, env, find_unused_parameters=config.find_unused_parameters)
+    if config.compile:
+        wrapped = torch.compile(wrapped)
+
+    metrics_csv = _MetricsCSV(out_dir / "metrics.csv", state.step if ckpt else None) if env.is_main else None
+    eval_csv = (_MetricsCSV(out_dir / "eval_metrics.csv", state.step if ckpt else None)
+                if env.is_main and eval_data is not None else None)
+    tb = _tensorboard(out_dir / "tensorboard") if env.is_main else None
+
+    stream = _BatchStream(data, state, device)
+    if ckpt is not None:
+        stream.restore(state.epoch, state.batches_in_epoch, _rank_rng(ckpt.rng, env.rank, "epoch_start"),
+                       _rank_rng(ckpt.rng, env.rank, "now"))
+    # From here on nothing may draw random numbers outside the steps (determinism after resume).
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=state.step, disable=not (env.is_main and config.progress),
+               desc="train", dynamic_ncols=True)
+    log.info("training %s for %d steps (from step %d) on %s, %s, %d rank(s), global batch %d",
+             type(raw).__name__, config.max_steps, state.step, device, precision, env.world_size,
+             config.batch_size * config.grad_accum * env.world_size)
+
+    window: dict[str, float] = {}
+    last_eval = -1
+    window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
+
+    def _checkpoint() -> None:
+        rng = all_gather_tensors(stream.rng_tensors(), env)
+        if env.is_main:
+            flat = {f"rank{r}.{k}": v for r, d in enumerate(rng) for k, v in d.items()}
+            trainer_state = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
+                             "samples": state.samples, "tokens": state.tokens, "world_size": env.world_size,
+                             "config": config.to_dict(),
+                             "schedule": {"kind": "linear_warmup_cosine", "lr": config.lr,
+                                          "warmup_steps": config.warmup_steps, "max_steps": config.max_steps,
+                                          "min_lr_ratio": config.min_lr_ratio,
+                                          "next_lr": lr_at(state.step, config)}}
+            path = save_checkpoint(ckpt_dir / checkpoint_name(state.step), raw, optimizer,
+                                   trainer_state=trainer_state, rng_states=flat)
+            removed = prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+            log.info("checkpoint %s written%s", path,
+                     f" (removed {', '.join(p.name for p in removed)})" if removed else "")
+        barrier(env)
+
+    def _evaluate() -> None:
+        nonlocal last_eval
+        last_eval = state.step
+        result = evaluate(raw, objective, eval_data, device=device, precision=config.precision,
+                          max_batches=config.eval_batches, env=env)
+        if env.is_main:
+            eval_csv.write({"step": state.step, **result})
+            if tb is not None:
+                for k, v in result.items():
+                    tb.add_scalar(f"eval/{k}", v, state.step)
+            log.info("step %d eval: %s", state.step, ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+
+    try:
+        while state.step < config.max_steps:
+            batches = [stream.next() for _ in range(config.grad_accum)]
+            counts = [_batch_counts(b) for b in batches]
+            result = train_step(wrapped, objective, batches, optimizer=optimizer, config=config, step=state.step,
+                                device=device)
+            state.step += 1
+            rows, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            for k, v in result.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            window_tokens += tokens
+            state.samples += rows * env.world_size  # approximate; exact totals are all-reduced at log time
+            state.tokens += tokens * env.world_size
+            bar.update(1)
+
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
+                keys = sorted(k for k in window if k not in ("lr", "grad_norm"))
+                vec = torch.tensor([window[k] / window_steps for k in keys] + [float(window_tokens)], dtype=torch.float64)
+                reduced = all_reduce_mean(vec, env).tolist()
+                elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                row = {"step": state.step, "epoch": state.epoch, "loss": reduced[keys.index("loss")],
+                       "lr": result["lr"], "grad_norm": window["grad_norm"] / window_steps,
+                       "tokens_per_s": reduced[-1] * env.world_size / elapsed,
+                       "samples": state.samples, "tokens": state.tokens}
+                row.update({k: reduced[i] for i, k in enumerate(keys) if k not in row})
+                state.last_metrics = row
+                if env.is_main:
+                    metrics_csv.write(row)
+                    if tb is not None:
+                        for k, v in row.items():
+                            if k != "step":
+                                tb.add_scalar(f"train/{k}", v, state.step)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                    log.info("step %d: loss %.4f, lr %.3e, grad_norm %.3f, %.0f tokens/s", state.step, row["loss"],
+                             row["lr"], row["grad_norm"], row["tokens_per_s"])
+                window, window_steps, window_tokens, window_t0 = {}, 0, 0, time.perf_counter()
+
+            if eval_data is not None and config.eval_every and state.step % config.eval_every == 0:
+                _evaluate()
+            if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
+                _checkpoint()
+            if step_callback is not None:
+                step_callback(state)
+    finally:
+        bar.close()
+        if tb is not None:
+            tb.close()
+
+    if eval_data is not None and last_eval != state.step:
+        _evaluate()
+    if ckpt is not None and ckpt.step >= config.max_steps:
+        log.info("the newest checkpoint is already at step %d (max_steps %d): nothing to train",
+                 ckpt.step, config.max_steps)
+    if env.is_main:
+        export_model(raw, out_dir / "model")
+        if (out_dir / "metrics.csv").is_file() and metrics_csv.rows:
+            plot_loss_curve(out_dir / "metrics.csv", out_dir / "loss_curve.png")
+        _write_provenance(out_dir / "provenance.json",
+                          {"train": config.to_dict(), "model": getattr(getattr(raw, "config", None), "to_dict", lambda: None)(),
+                           "model_class": f"{type(raw).__module__}.{type(raw).__qualname__}",
+                           "world_size": env.world_size, "device": str(device), "precision": precision,
+                           "final_step": state.step, "resumed_from": state.resumed_from})
+        log.info("training finished at step %d: model in %s", state.step, out_dir / "model")
+    barrier(env)
+    return state

@@ -1,0 +1,165 @@
+"""Training loop: schedule, weight decay groups, gradient accumulation, learning a toy task."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from cellmamba.errors import InputError
+from cellmamba.train.checkpoint import list_checkpoints
+from cellmamba.train.loop import TrainConfig, evaluate, resolve_precision, train, train_step
+from cellmamba.train.schedule import build_optimizer, lr_at, param_groups
+
+from _train_toy import ToyModel, toy_dataset, toy_loader, toy_objective
+
+
+def test_lr_schedule_matches_hand_computed_values():
+    c = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=14, min_lr_ratio=0.1)
+    expected = {
+        0: 1e-3 * 1 / 4,          # warmup: lr * (step + 1) / warmup
+        2: 1e-3 * 3 / 4,
+        3: 1e-3,                  # last warmup step reaches the peak
+        4: 1e-3,                  # cosine at progress 0
+        9: 1e-4 + 9e-4 * 0.5,     # progress 5/10: cos(pi/2) = 0
+        14: 1e-4,                 # the floor, lr * min_lr_ratio
+        99: 1e-4,                 # held after max_steps
+    }
+    for step, lr in expected.items():
+        assert lr_at(step, c) == pytest.approx(lr, rel=1e-12), step
+    # progress 0.25 at step 6.5 is not a step; step 7 is progress 0.3
+    assert lr_at(7, c) == pytest.approx(1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi * 0.3)), rel=1e-12)
+    assert lr_at(0, TrainConfig(lr=2e-3, warmup_steps=0, max_steps=10)) == pytest.approx(2e-3)
+
+
+def test_no_weight_decay_on_biases_norms_and_flagged_params():
+    model = ToyModel()
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["embed.weight", "out.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["mix", "norm.bias", "norm.weight", "out.bias"]
+    assert no_decay["weight_decay"] == 0.0
+
+    # behaviour: with zero gradients AdamW only decays, so only the decayed parameters move
+    config = TrainConfig(lr=0.1, weight_decay=0.5, warmup_steps=0, max_steps=10)
+    opt = build_optimizer(model, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in ("embed.weight", "out.weight"):
+            torch.testing.assert_close(p.detach(), before[n] * (1 - 0.1 * 0.5))
+        else:
+            assert torch.equal(p.detach(), before[n]), n
+
+
+def _batches(n_rows: int, start: int = 0):
+    x, y = toy_dataset().tensors
+    return {"input_ids": x[start:start + n_rows], "labels": y[start:start + n_rows]}
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    a = ToyModel(dropout=0.0)
+    torch.manual_seed(0)
+    b = ToyModel(dropout=0.0)  # not copy.deepcopy: it drops the `_no_weight_decay` flag of a Parameter
+    # grad_clip small enough to engage: clipping must act on the accumulated gradient. eps=1 makes
+    # AdamW's update a smooth function of the gradient (with eps=1e-8 a gradient component of 1e-9
+    # rounding noise moves its weight by about lr, which says nothing about accumulation).
+    config = TrainConfig(lr=0.05, warmup_steps=0, max_steps=10, grad_clip=0.1, batch_size=4, grad_accum=3, eps=1.0)
+    opt_a, opt_b = build_optimizer(a, config), build_optimizer(b, config)
+    for step in range(3):
+        micro = [_batches(4, 12 * step + 4 * i) for i in range(3)]
+        big = {k: torch.cat([m[k] for m in micro]) for k in micro[0]}
+        ra = train_step(a, toy_objective, micro, optimizer=opt_a, config=config, step=step)
+        rb = train_step(b, toy_objective, [big], optimizer=opt_b, config=config, step=step)
+        assert ra["grad_norm"] > 0.1  # clipping was active
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-5)
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6)
+        if step == 0:  # exp_avg = (1 - beta1) * clipped gradient: the gradients themselves agree
+            for p_a, p_b in zip(a.parameters(), b.parameters()):
+                torch.testing.assert_close(opt_a.state[p_a]["exp_avg"], opt_b.state[p_b]["exp_avg"], atol=1e-7, rtol=1e-5)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=n)
+    assert opt_a.param_groups[0]["lr"] == pytest.approx(lr_at(2, config))
+
+
+def test_train_step_changes_parameters_and_sets_lr():
+    torch.manual_seed(0)
+    model = ToyModel()
+    config = TrainConfig(lr=1e-2, warmup_steps=10, max_steps=20, batch_size=4)
+    opt = build_optimizer(model, config)
+    before = [p.detach().clone() for p in model.parameters()]
+    out = train_step(model, toy_objective, [_batches(4)], optimizer=opt, config=config, step=4)
+    assert math.isfinite(out["loss"]) and out["lr"] == pytest.approx(1e-2 * 5 / 10) and "accuracy" in out
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(InputError, match="scalar"):
+        train_step(model, lambda m, b: (m(b["input_ids"]).sum(-1), {}), [_batches(4)], optimizer=opt,
+                   config=config, step=0)
+
+
+def test_loss_falls_on_a_learnable_task_and_outputs_are_written(tmp_path):
+    torch.manual_seed(0)
+    model = ToyModel(dropout=0.0)
+    config = TrainConfig(lr=0.05, warmup_steps=5, max_steps=60, batch_size=8, log_every=5, checkpoint_every=20,
+                         keep_checkpoints=2, eval_every=30, seed=0, progress=False)
+    state = train(model, toy_objective, toy_loader(8, mask_prob=0.0), config, out_dir=tmp_path,
+                  eval_data=toy_loader(8, mask_prob=0.0, shuffle=False))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert first > 2.0 and last < 0.3 * first, (first, last)  # log(16) = 2.77 at chance
+    assert float(rows[-1]["accuracy"]) > 0.9
+    assert {"lr", "grad_norm", "tokens_per_s", "epoch"} <= set(rows[0])
+    evals = list(csv.DictReader(open(tmp_path / "eval_metrics.csv")))
+    assert [int(r["step"]) for r in evals] == [30, 60] and float(evals[-1]["loss"]) < float(evals[0]["loss"])
+
+    assert state.step == 60 and state.last_metrics["step"] == 60
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000040", "step_00000060"]
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["class"].endswith("ToyModel")
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["config"]["train"]["max_steps"] == 60 and prov["config"]["final_step"] == 60
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a second call finds the final checkpoint and trains nothing more
+    again = train(model, toy_objective, toy_loader(8, mask_prob=0.0), config, out_dir=tmp_path)
+    assert again.resumed_from.endswith("step_00000060") and again.step == 60
+
+
+def test_evaluate_leaves_rng_and_mode_untouched():
+    model = ToyModel(dropout=0.5).train()
+    loader = toy_loader(8)  # the collator draws random masks from the global RNG
+    torch.manual_seed(5)
+    result = evaluate(model, toy_objective, loader, max_batches=2)
+    after_eval = torch.rand(4)
+    torch.manual_seed(5)
+    assert torch.equal(after_eval, torch.rand(4))
+    assert model.training and set(result) == {"loss", "accuracy"}
+
+
+def test_precision_and_config_validation():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    with pytest.raises(InputError, match="bf16.*CUDA"):
+        resolve_precision("bf16", "cpu")
+    with pytest.raises(InputError, match="grad_accum"):
+        TrainConfig(grad_accum=0)
+    with pytest.raises(InputError, match="precision"):
+        TrainConfig(precision="fp16")
+    c = TrainConfig(betas=[0.8, 0.9])
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(InputError, match="unknown keys"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_loader_batch_size_mismatch_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="batch_size"):
+        train(ToyModel(), toy_objective, toy_loader(4), TrainConfig(batch_size=8, max_steps=1, progress=False),
+              out_dir=tmp_path)
