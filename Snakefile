@@ -12,9 +12,10 @@ include: "rules/common.smk"
 include: "rules/census.smk"
 include: "rules/preprocess.smk"
 include: "rules/tokenize.smk"
+include: "rules/pretrain.smk"
 
 
-localrules: all, corpus
+localrules: all, corpus, pretrained
 
 
 rule all:

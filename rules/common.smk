@@ -18,6 +18,7 @@ RESOURCES = {
 
 wildcard_constraints:
     shard=r"\d+",
+    model="|".join(f"{r}(_transformer)?" for r in ("genemamba", "scmamba2")),
     tokenizer="|".join(["rank", "binned", "patch"]),
 
 
@@ -71,4 +72,50 @@ def token_manifests():
 
 def all_targets():
     """Everything `snakemake all` builds (grows as the workflow's stages land)."""
-    return token_manifests()
+    return token_manifests() + pretrained_models()
+
+
+# --- pretraining ---
+def pretrain_models():
+    """Model names of the pretrain rule: each recipe, and '<recipe>_transformer' for its peer."""
+    names = list(config["pretrain"]["recipes"])
+    if config["pretrain"]["transformer_peers"]:
+        names += [f"{r}_transformer" for r in config["pretrain"]["recipes"]]
+    return names
+
+
+def _recipe(model):
+    return model.removesuffix("_transformer")
+
+
+def pretrain_inputs(wildcards):
+    """The recipe's token corpus; genemamba's pathway loss also reads the gene table and the GMT files."""
+    recipe = _recipe(wildcards.model)
+    tokenizer = config["models"][recipe]["tokenizer"]
+    inputs = {"corpus": f"results/tokens/{tokenizer}/manifest.json"}
+    if recipe == "genemamba" and config["pretrain"]["pathway_weight"] > 0:
+        inputs["gene_stats"] = "results/qc/gene_stats.tsv"
+        inputs["gene_sets"] = config["pretrain"]["gene_sets"]
+    return inputs
+
+
+def pretrain_settings(wildcards):
+    """cellmamba.train.pretrain.PretrainConfig fields of one model."""
+    recipe, p = _recipe(wildcards.model), config["pretrain"]
+    m = config["models"][recipe]
+    keys = ("mask_ratio", "batch_size", "max_steps", "lr", "warmup_steps", "weight_decay", "grad_clip",
+            "grad_accum", "checkpoint_every", "log_every", "seed", "backend")
+    settings = {k: p[k] for k in keys}
+    settings.update(recipe=recipe, d_model=m["d_model"], n_layers=m["n_layers"], context_length=m["context_length"],
+                    match_backbone=m["backbone"],
+                    backbone="transformer" if wildcards.model.endswith("_transformer") else m["backbone"])
+    if recipe == "genemamba":
+        settings.update(lm=p["genemamba_lm"], pathway_weight=p["pathway_weight"],
+                        pathway_temperature=p["pathway_temperature"])
+    else:
+        settings.update(zeros_ratio=p["zeros_ratio"])
+    return settings
+
+
+def pretrained_models():
+    return expand("results/pretrain/{model}/model", model=pretrain_models())

@@ -1,6 +1,7 @@
-"""The demo's data path end to end on the real demo data: census store -> shards -> QC ->
-gene statistics -> rank, binned and patch token shards. Runs the real workflow (snakemake
---cores 2) on a copy of the repository's tracked files, so the checkout's results/ stay clean."""
+"""The demo end to end on the real demo data: census store -> shards -> QC -> gene statistics ->
+rank, binned and patch token shards -> pretraining of each recipe and its Transformer peer.
+Runs the real workflow (`snakemake --cores 2`, the default target) on a copy of the repository's
+tracked files, so the checkout's results/ stay clean."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def demo_run(tmp_path_factory):
             dst = work / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=False)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "corpus"], cwd=work,
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=work,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
@@ -71,3 +72,35 @@ def test_demo_gene_stats_and_tokens(demo_run):
         n_qc = sum(json.loads((demo_run / f"results/tokens/{tok}/{i}/manifest.json").read_text())["n_cells"]
                    for i in range(2))
         assert n_qc > 1000  # QC keeps most of the 1,159 real cells
+
+
+def test_demo_pretrained_models_load_and_embed(demo_run):
+    import pandas as pd
+    import torch
+
+    from cellmamba.models import CellModel, count_parameters, pool_cells
+    from cellmamba.train.data import DataConfig, MaskedValueCollator, MaskedValueConfig, build_dataloader
+
+    sizes = {}
+    for name in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer"):
+        run = demo_run / "results/pretrain" / name
+        metrics = pd.read_csv(run / "metrics.csv")
+        assert metrics["step"].iloc[-1] == 20 and metrics["loss"].notna().all()
+        model = CellModel.from_pretrained(run / "model")
+        sizes[name] = count_parameters(model.backbone)
+        assert (model.config.backbone.arch == "transformer") == name.endswith("_transformer")
+    for recipe in ("genemamba", "scmamba2"):
+        assert abs(sizes[f"{recipe}_transformer"] - sizes[recipe]) <= 0.1 * sizes[recipe]
+    # the pretrained scmamba2 model embeds real cells of the demo corpus
+    model = CellModel.from_pretrained(demo_run / "results/pretrain/scmamba2/model").eval()
+    loader = build_dataloader(demo_run / "results/tokens/binned/manifest.json",
+                              MaskedValueCollator(MaskedValueConfig(mask_ratio=0.15)),
+                              DataConfig(max_len=256, batch_size=8))
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["values"], attention_mask=batch["attention_mask"],
+                    value_mask=batch["value_mask"])
+    emb = pool_cells(out, "cls")
+    assert emb.shape == (8, model.config.backbone.d_model) and torch.isfinite(emb).all()
+    assert emb.std(0).mean() > 0  # cells are not all embedded alike

@@ -1,0 +1,33 @@
+# Pretraining on the census token corpus: each recipe and its same-size Transformer peer.
+# GPUs come from the profile (profiles/slurm: set-resources pretrain gpu); several GPUs in one
+# job run under torchrun. A rerun after preemption resumes from the newest good checkpoint.
+
+
+rule pretrain:
+    """Pretrain one model (results/pretrain/{model}/: model/, metrics.csv, checkpoints/)."""
+    input:
+        unpack(pretrain_inputs),
+    output:
+        model=directory("results/pretrain/{model}/model"),
+        metrics="results/pretrain/{model}/metrics.csv",
+    params:
+        settings=pretrain_settings,
+        triton_cache="results/.triton_cache",
+    log:
+        "logs/pretrain/{model}.log",
+    benchmark:
+        "logs/pretrain/{model}.benchmark.tsv"
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        "../workflow_scripts/pretrain.py"
+
+
+rule pretrained:
+    """Named target: every pretrained model of the config."""
+    input:
+        pretrained_models(),

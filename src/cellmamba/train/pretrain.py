@@ -1,0 +1,189 @@
+"""Pretraining of one model on a token corpus: the corpus, the model, the objective, the loader
+and the loop wired together. The workflow's `pretrain` rule calls :func:`run_pretraining`
+through ``python -m cellmamba pretrain`` (under torchrun for several GPUs).
+
+A Transformer peer (``backbone="transformer"``) is built with the same d_model and depth as the
+recipe's Mamba backbone (``match_backbone``) and a parameter count within 10%
+(:func:`~cellmamba.models.same_size_transformer`), and trains with the recipe's objective.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import InputError
+from ..io import atomic_path, sha256_file
+from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME
+from ..vocab import N_SPECIAL, Vocabulary
+from .data import (DataConfig, MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig,
+                   NextTokenCollator, TokenDataset, build_dataloader)
+from .loop import TrainConfig, train
+from .objectives import build_objective
+
+__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "build_pretrain_model", "run_pretraining"]
+
+log = logging.getLogger(__name__)
+
+#: the tokenization each census-pretrained recipe reads
+RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned"}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run (a recipe, or the Transformer peer of one)."""
+
+    recipe: str = "scmamba2"            # "genemamba" | "scmamba2": objective and tokenization
+    backbone: str = "bimamba_mamba2"    # bimamba_mamba2 | bimamba_mamba1 | mamba2 | transformer
+    match_backbone: str = "bimamba_mamba2"  # transformer only: the Mamba backbone it must match in size
+    d_model: int = 512                  # hidden width
+    n_layers: int = 6                   # depth
+    context_length: int = 2048          # tokens per cell seen by the model (longer cells are cropped)
+    lm: str = "masked_gene"             # genemamba: "masked_gene" (shared with its Transformer peer) | "next_token"
+    mask_ratio: float = 0.15            # masked values (scmamba2) or masked genes (genemamba masked_gene)
+    zeros_ratio: float = 0.0            # scmamba2: unexpressed measured genes added per expressed gene
+    pathway_weight: float = 0.1         # genemamba: weight of the pathway-aware contrastive loss (0 = off)
+    pathway_temperature: float = 0.1    # genemamba: its InfoNCE temperature
+    batch_size: int = 32                # cells per step per GPU
+    max_steps: int = 1000               # optimizer steps
+    lr: float = 3e-4                    # peak learning rate
+    warmup_steps: int = 100             # linear warm-up steps, then cosine decay
+    weight_decay: float = 0.01          # AdamW weight decay (not on norms, biases, A_log, D)
+    grad_clip: float = 1.0              # gradient norm clip
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    checkpoint_every: int = 500         # steps between checkpoints (one is always written at the end)
+    log_every: int = 10                 # steps between metric rows
+    seed: int = 0                       # model init, data order, masking
+    num_workers: int = 0                # DataLoader worker processes
+    backend: str = "auto"               # SSM kernels: auto | torch | cuda
+
+    def __post_init__(self):
+        if self.recipe not in RECIPE_TOKENIZER:
+            raise InputError(f"PretrainConfig: recipe must be one of {sorted(RECIPE_TOKENIZER)}, got {self.recipe!r}")
+        if self.backbone == "transformer" and self.recipe == "genemamba" and self.lm != "masked_gene":
+            raise InputError("PretrainConfig: a Transformer peer has no direction-wise causal states, so genemamba's "
+                             f"lm={self.lm!r} cannot be shared with it; use lm='masked_gene'")
+
+
+def read_vocabulary(gene_stats: str | os.PathLike) -> Vocabulary:
+    """The vocabulary (token order) from gene_stats.tsv or the census genes.tsv."""
+    table = pd.read_csv(gene_stats, sep="\t")
+    for key in (VAR_FEATURE_ID, VAR_FEATURE_NAME):
+        if key not in table:
+            raise InputError(f"{gene_stats}: missing column {key!r} (expected a gene table in vocabulary order)")
+    return Vocabulary.from_var(table, source=str(gene_stats))
+
+
+def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 51):
+    """The CellModel of one pretraining run: embedding for the recipe's tokens, backbone, heads."""
+    from ..models import BackboneConfig, CellModel, CellModelConfig, EmbeddingConfig, HeadConfig, same_size_transformer
+
+    tokenizer = RECIPE_TOKENIZER[config.recipe]
+    vocab_size = N_SPECIAL + n_genes
+    embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins)
+    if config.backbone == "transformer":
+        backbone = same_size_transformer(BackboneConfig(arch=config.match_backbone, d_model=config.d_model,
+                                                        n_layers=config.n_layers, backend=config.backend))
+    else:
+        backbone = BackboneConfig(arch=config.backbone, d_model=config.d_model, n_layers=config.n_layers,
+                                  backend=config.backend,
+                                  d_state=16 if config.backbone.endswith("mamba1") else 128)
+    if config.recipe == "scmamba2":
+        heads = {"value": HeadConfig(kind="value_regression")}
+    else:
+        heads = {"gene": HeadConfig(kind="token_classification", n_out=vocab_size)}
+    return CellModel(CellModelConfig(embedding=embedding, backbone=backbone, heads=heads))
+
+
+def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
+    if config.recipe == "scmamba2":
+        return MaskedValueCollator(MaskedValueConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
+                                   seed=config.seed, rank=rank)
+    if config.lm == "masked_gene":
+        return MaskedGeneCollator(MaskedGeneConfig(mask_ratio=config.mask_ratio), n_genes=n_genes,
+                                  seed=config.seed, rank=rank)
+    return NextTokenCollator(seed=config.seed, rank=rank)
+
+
+def _objective(config: PretrainConfig, *, vocabulary: Vocabulary | None, gene_sets):
+    if config.recipe == "scmamba2":
+        return build_objective("scmamba2")
+    return build_objective("genemamba", {"lm": config.lm, "pathway_weight": config.pathway_weight,
+                                         "pathway_temperature": config.pathway_temperature},
+                           vocabulary=vocabulary, gene_sets=list(gene_sets) if config.pathway_weight > 0 else None)
+
+
+def _guard_resume(out_dir: Path, config: PretrainConfig, corpus, *, write: bool) -> None:
+    """Refuse to resume checkpoints made for another corpus or config (a rerun after new inputs)."""
+    record = {"config": dataclasses.asdict(config), "corpus_sha256": sha256_file(corpus)}
+    path, ckpts = out_dir / "pretrain_config.json", out_dir / "checkpoints"
+    if path.exists() and ckpts.is_dir() and any(ckpts.iterdir()):
+        old = json.loads(path.read_text())
+        if old != record:
+            changed = sorted(k for k in record["config"] if old.get("config", {}).get(k) != record["config"][k])
+            what = (["corpus"] if old.get("corpus_sha256") != record["corpus_sha256"] else []) + changed
+            raise InputError(f"{ckpts}: its checkpoints were made with another {', '.join(what)}; resuming them would "
+                             f"mix two runs. Delete {ckpts} to start over")
+    if write:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+
+
+def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, config: PretrainConfig,
+                    gene_stats: str | os.PathLike | None = None, gene_sets=(), device=None):
+    """Pretrain one model on a token corpus; resumes from ``out_dir``'s latest good checkpoint.
+
+    Parameters
+    ----------
+    corpus
+        The corpus manifest (results/tokens/{tokenizer}/manifest.json) of the recipe's tokenizer.
+    out_dir
+        Receives checkpoints/, model/ (safetensors + config.json), metrics.csv, loss_curve.png,
+        provenance.json and pretrain_config.json.
+    config
+        :class:`PretrainConfig`.
+    gene_stats
+        genemamba: the gene table in vocabulary order (maps pathway gene symbols to tokens).
+    gene_sets
+        genemamba: GMT files of the pathway-aware contrastive loss.
+
+    Returns
+    -------
+    The loop's final :class:`~cellmamba.train.loop.TrainState`.
+    """
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    dataset = TokenDataset(corpus, max_len=config.context_length, seed=config.seed)
+    manifest = json.loads(Path(corpus).read_text())
+    expected = RECIPE_TOKENIZER[config.recipe]
+    if manifest.get("tokenizer") != expected:
+        raise InputError(f"{corpus}: a {manifest.get('tokenizer')!r} corpus, but recipe {config.recipe!r} reads "
+                         f"{expected!r} tokens")
+    vocabulary = None
+    if config.recipe == "genemamba" and config.pathway_weight > 0:
+        if gene_stats is None or not gene_sets:
+            raise InputError("genemamba with pathway_weight > 0 needs gene_stats= and gene_sets= (GMT files)")
+        vocabulary = read_vocabulary(gene_stats)
+        if vocabulary.hash != manifest["vocab_hash"]:
+            raise InputError(f"{gene_stats}: its genes are not the vocabulary of {corpus} (vocab_hash differs)")
+    n_bins = int(manifest.get("settings", {}).get("n_bins", 51))
+    model = build_pretrain_model(config, n_genes=dataset.n_genes, n_bins=n_bins)
+    objective = _objective(config, vocabulary=vocabulary, gene_sets=gene_sets)
+    loader = build_dataloader(dataset, _collator(config, n_genes=dataset.n_genes, rank=rank),
+                              DataConfig(max_len=config.context_length, batch_size=config.batch_size,
+                                         seed=config.seed, num_workers=config.num_workers),
+                              rank=rank, world_size=world_size)
+    train_config = TrainConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+                               max_steps=config.max_steps, grad_clip=config.grad_clip, grad_accum=config.grad_accum,
+                               batch_size=config.batch_size, log_every=config.log_every,
+                               checkpoint_every=config.checkpoint_every, seed=config.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _guard_resume(out_dir, config, corpus, write=rank == 0)
+    log.info("pretraining %s (%s backbone) on %s: %d cells, %d genes", config.recipe, config.backbone, corpus,
+             len(dataset), dataset.n_genes)
+    return train(model, objective, loader, train_config, out_dir=out_dir, device=device)

@@ -1,0 +1,28 @@
+"""Rule pretrain: one model on its recipe's token corpus; torchrun when the job has several GPUs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cellmamba.runlog import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from cellmamba.train.pretrain import PretrainConfig, run_pretraining
+
+os.environ.setdefault("TRITON_CACHE_DIR", str(Path(snakemake.params.triton_cache).resolve()))
+out_dir = Path(snakemake.output.model).parent
+config = PretrainConfig(**snakemake.params.settings)
+gene_stats = snakemake.input.get("gene_stats")
+gene_sets = list(snakemake.input.get("gene_sets", []))
+n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
+if n_gpus > 1:  # one process per GPU, data parallel
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",
+           "-m", "cellmamba", "pretrain", "--corpus", snakemake.input.corpus, "--out", str(out_dir),
+           "--config", json.dumps(snakemake.params.settings), "--log", snakemake.log[0] + ".ranks"]
+    if gene_stats:
+        cmd += ["--gene-stats", gene_stats, "--gene-sets", *gene_sets]
+    subprocess.run(cmd, check=True)
+else:
+    run_pretraining(snakemake.input.corpus, out_dir, config=config, gene_stats=gene_stats, gene_sets=gene_sets)
