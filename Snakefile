@@ -13,9 +13,13 @@ include: "rules/census.smk"
 include: "rules/preprocess.smk"
 include: "rules/tokenize.smk"
 include: "rules/pretrain.smk"
+include: "rules/datasets.smk"
+include: "rules/finetune.smk"
+include: "rules/baselines.smk"
+include: "rules/metrics.smk"
 
 
-localrules: all, corpus, pretrained
+localrules: all, corpus, pretrained, download_dataset, annotation_table, integration_table
 
 
 rule all:

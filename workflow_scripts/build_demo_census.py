@@ -1,4 +1,9 @@
 """Rule build_demo_census: a local Census-shaped SOMA store from the real data in resources/demo."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # cellmamba of this checkout
+
 from cellmamba.runlog import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,4 +1,9 @@
 """Rule gene_stats: exact per-gene non-zero medians and detection counts over all QC shards."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # cellmamba of this checkout
+
 from cellmamba.runlog import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+SRC = str(Path(snakemake.scriptdir).parent / "src")
+sys.path.insert(0, SRC)  # cellmamba of this checkout; torchrun's workers get it through PYTHONPATH
+
 from cellmamba.runlog import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -23,6 +26,7 @@ if n_gpus > 1:  # one process per GPU, data parallel
            "--config", json.dumps(snakemake.params.settings), "--log", snakemake.log[0] + ".ranks"]
     if gene_stats:
         cmd += ["--gene-stats", gene_stats, "--gene-sets", *gene_sets]
-    subprocess.run(cmd, check=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
+    subprocess.run(cmd, check=True, env=env)
 else:
     run_pretraining(snakemake.input.corpus, out_dir, config=config, gene_stats=gene_stats, gene_sets=gene_sets)

@@ -1,4 +1,9 @@
 """Rule token_manifest: the corpus manifest over one tokenizer's shards, with its provenance."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # cellmamba of this checkout
+
 from cellmamba.runlog import provenance, setup_logging
 
 setup_logging(snakemake.log[0])

@@ -49,6 +49,12 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "si
 DEMO_TIMEOUT_S = 420      # the whole demo snakemake call (killed with SIGKILL after this)
 FAIL_TIMEOUT_S = 120      # the failing one-rule workflow
 MAX_STEPS = 4             # pretraining steps of each demo model (the demo config has 20)
+GPU_RULES = {"pretrain": 1, "finetune_annotation": 1, "finetune_integration": 1}
+# the evaluation part of the demo, cut to one model, one baseline per task and one variant, so
+# every evaluation rule runs once or twice (the full set is the plain demo test's job)
+EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False,
+                  "annotation": {"baselines": ["logreg"], "finetune": {"epochs": 1}},
+                  "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +342,7 @@ def _test_profile(work: Path, rules: list[str]) -> Path:
     real = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert real["executor"] == "slurm"
     gpu_rules = {r: v["gpu"] for r, v in real.get("set-resources", {}).items() if v.get("gpu")}
-    assert gpu_rules == {"pretrain": 1}, f"the slurm profile's GPU rules changed: {gpu_rules}"
+    assert gpu_rules == GPU_RULES, f"the slurm profile's GPU rules changed: {gpu_rules}"
     profile = {k: v for k, v in real.items()
                if k not in ("software-deployment-method", "conda-frontend", "configfile", "set-resources",
                             "default-resources", "slurm-init-seconds-before-status-checks", "retries")}
@@ -388,7 +394,8 @@ def demo_run(slurm_cluster, tmp_path_factory):
     # a second config file is deep-merged over the first (--config KEY={...} would give strings)
     overrides = work / "slurm_test_overrides.yaml"
     overrides.write_text(yaml.safe_dump({"pretrain": {"max_steps": MAX_STEPS, "warmup_steps": 1,
-                                                      "checkpoint_every": 2, "log_every": 1}}))
+                                                      "checkpoint_every": 2, "log_every": 1},
+                                         "evaluation": EVAL_OVERRIDES}))
     t0 = time.monotonic()
     proc = _snakemake(["--executor", "slurm", "--profile", str(profile),
                        "--configfile", "config/config.yaml", overrides.name], cwd=work, timeout=DEMO_TIMEOUT_S)
@@ -427,9 +434,12 @@ def test_demo_dag_outputs_through_slurm(demo_run):
         assert model_dir.is_dir() and any(model_dir.iterdir()), model
         steps = [l.split(",")[0] for l in (work / f"results/pretrain/{model}/metrics.csv").read_text().splitlines()]
         assert steps[-1] == str(MAX_STEPS), f"{model}: the --config override did not reach the job ({steps[-3:]})"
+    for table in ("annotation", "integration"):
+        text = (work / f"results/tables/{table}.md").read_text()
+        assert "| scmamba2 " in text and ("| logreg " in text or "| pca " in text), text
 
 
-def test_every_demo_job_ran_in_slurm_and_only_pretrain_asked_for_a_gpu(demo_run):
+def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run):
     jobs, cfg = demo_run["jobs"], demo_run["config"]
     assert jobs, "slurmctld knows no job of the demo run (MinJobAge should keep them)"
     by_rule: dict[str, list[dict]] = {}
@@ -440,13 +450,16 @@ def test_every_demo_job_ran_in_slurm_and_only_pretrain_asked_for_a_gpu(demo_run)
     n_shards = cfg["census"]["n_shards"]
     expected = {"build_demo_census": 1, "census_plan": 1, "census_download": n_shards, "qc": n_shards,
                 "gene_stats": 1, "tokenize": n_shards * len(cfg["tokenize"]["tokenizers"]),
-                "token_manifest": len(cfg["tokenize"]["tokenizers"]), "pretrain": n_models}
+                "token_manifest": len(cfg["tokenize"]["tokenizers"]), "pretrain": n_models,
+                # evaluation (tables are local rules): one dataset per task, one model, one baseline
+                "prepare_dataset": 2, "finetune_annotation": 1, "baseline_annotation": 1, "score_annotation": 2,
+                "finetune_integration": 1, "baseline_integration": 1, "score_integration": 2}
     assert {r: len(v) for r, v in by_rule.items()} == expected
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
             gpus = _gpu_request(job)
-            if rule == "pretrain":
-                assert re.search(r"gpu[:=]1\b", gpus), f"pretrain job {job['JobId']} asked for no GPU: {job}"
+            if rule in GPU_RULES:
+                assert re.search(r"gpu[:=]1\b", gpus), f"{rule} job {job['JobId']} asked for no GPU: {job}"
                 assert job.get("Partition") == "gpu", job.get("Partition")
             else:
                 assert not gpus, f"CPU rule {rule} (job {job['JobId']}) asked for a GPU: {gpus}"

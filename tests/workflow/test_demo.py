@@ -30,7 +30,7 @@ def demo_run(tmp_path_factory):
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=False)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=work,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
         raise AssertionError(f"demo failed:\n{proc.stderr[-5000:]}\n{logs}")
@@ -104,3 +104,22 @@ def test_demo_pretrained_models_load_and_embed(demo_run):
     emb = pool_cells(out, "cls")
     assert emb.shape == (8, model.config.backbone.d_model) and torch.isfinite(emb).all()
     assert emb.std(0).mean() > 0  # cells are not all embedded alike
+
+
+def test_demo_tables_hold_every_method_and_label_simulated_rows(demo_run):
+    """Annotation (real pbmc68k_reduced) and integration (simulated) tables: every model, every
+    baseline, real metric values; simulated rows say so."""
+    import pandas as pd
+    import yaml
+
+    cfg = yaml.safe_load((demo_run / "config/config.yaml").read_text())["evaluation"]
+    for task, key in (("annotation", "accuracy"), ("integration", "avg_bio")):
+        table = pd.read_csv(demo_run / f"results/tables/{task}.csv")
+        methods = set(cfg["models"]) | set(cfg[task]["baselines"])
+        assert set(table["method"]) == methods, (task, set(table["method"]))
+        values = table[table["metric"] == key]["mean"]
+        assert len(values) >= len(methods) and values.between(0, 1).all(), (task, values.tolist())
+        md = (demo_run / f"results/tables/{task}.md").read_text()
+        assert ("(simulated)" in md) == (task == "integration"), md[:500]
+    variants = set(pd.read_csv(demo_run / "results/tables/integration.csv")["variant"])
+    assert variants == {"protocol", "all_genes"}

@@ -2,10 +2,13 @@
 the profile's resource entries, conda env files, and the demo data path end to end."""
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,8 @@ def test_slurm_profile_names_only_existing_rules():
     assert (REPO / "slurm").resolve() == (REPO / "profiles/slurm").resolve()
     assert profile["configfile"] == "config/paper.yaml"
     assert profile["executor"] == "slurm"
+    # sacct is the status command unless a site opts into squeue (README, "On a Slurm cluster")
+    assert profile.get("slurm-status-command", "sacct") == "sacct"
     proc = _snakemake("--list-rules", "--profile", "slurm", "--sdm", "env-modules")
     rules = set(proc.stdout.split())
     named = set(profile.get("set-resources", {})) | set(profile.get("set-threads", {}))
@@ -67,39 +72,147 @@ def test_slurm_profile_names_only_existing_rules():
     assert not unknown, f"profiles/slurm/config.yaml names rules that do not exist: {sorted(unknown)}"
 
 
-def test_every_rule_has_a_parsing_conda_env():
-    """Every rule (except named targets) names a conda env file that exists, parses and is pinned."""
-    from rattler import MatchSpec
+@functools.lru_cache(maxsize=1)
+def _job_rules() -> tuple[tuple[str, Path | None, Path | None], ...]:
+    """(name, conda env file, script) of every rule that runs something (named targets excluded)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings
 
     with SnakemakeApi() as api:
         wf = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
                           snakefile=REPO / "Snakefile", workdir=REPO)
-        rules = wf._workflow.rules
-        checked = 0
-        for rule in rules:
+        found = []
+        for rule in wf._workflow.rules:
             if not rule.output:  # named targets (all, corpus, pretrained) run nothing
                 continue
-            assert rule.conda_env, f"rule {rule.name} names no conda env"
-            path = (Path(str(rule.basedir)) / str(rule.conda_env)).resolve()
-            assert path.is_file(), f"rule {rule.name}: conda env {path} does not exist"
-            env = yaml.safe_load(path.read_text())
-            assert env.get("channels") and "nodefaults" in env["channels"], f"{path}: needs channels incl. nodefaults"
-            for dep in env["dependencies"]:
-                if isinstance(dep, str):
-                    MatchSpec(dep)  # raises on a malformed spec
-                    assert "=" in dep or dep in {"cpuonly", "pip"}, f"{path}: {dep!r} is not pinned"
-                else:  # the pip section: exact pins
-                    for req in dep["pip"]:
-                        assert "==" in req, f"{path}: pip requirement {req!r} is not pinned"
-            checked += 1
-        assert checked >= 5
+            basedir = Path(str(rule.basedir))
+            env = (basedir / str(rule.conda_env)).resolve() if rule.conda_env else None
+            script = (basedir / str(rule.script)).resolve() if rule.script else None
+            found.append((rule.name, env, script))
+    return tuple(found)
+
+
+def _conda_specs(path: Path) -> dict[str, str]:
+    """{package name: version} of an env file, conda and pip sections together (pip names as given)."""
+    from rattler import MatchSpec
+
+    specs = {}
+    for dep in yaml.safe_load(path.read_text())["dependencies"]:
+        if isinstance(dep, str):
+            spec = MatchSpec(dep)
+            specs[spec.name.normalized] = str(spec.version or "").lstrip("=")
+        else:
+            for req in dep["pip"]:
+                name, _, ver = req.partition("==")
+                specs[name.strip().lower()] = ver.strip()
+    return specs
+
+
+def test_every_rule_has_a_parsing_conda_env():
+    """Every rule (except named targets) names a conda env file that exists, parses and is pinned."""
+    from rattler import MatchSpec
+
+    checked = 0
+    for name, path, _ in _job_rules():
+        assert path, f"rule {name} names no conda env"
+        assert path.is_file(), f"rule {name}: conda env {path} does not exist"
+        env = yaml.safe_load(path.read_text())
+        assert env.get("channels") and "nodefaults" in env["channels"], f"{path}: needs channels incl. nodefaults"
+        assert set(env["channels"]) <= {"conda-forge", "bioconda", "nodefaults"}, f"{path}: {env['channels']}"
+        for dep in env["dependencies"]:
+            if isinstance(dep, str):
+                MatchSpec(dep)  # raises on a malformed spec
+                assert "=" in dep or dep == "pip", f"{path}: {dep!r} is not pinned"
+            else:  # the pip section: exact pins
+                for req in dep["pip"]:
+                    assert "==" in req, f"{path}: pip requirement {req!r} is not pinned"
+        checked += 1
+    assert checked >= 5
+
+
+# What each env must carry besides pyproject's [project].dependencies: the optional-dependency
+# groups (extras) and extra distributions of the stage its rules run. Keys are env file names.
+_STAGE_NEEDS = {
+    "data.yaml": (["census"], []),
+    "gpu.yaml": (["cuda"], ["scikit-learn", "scikit-misc", "matplotlib"]),  # pretraining + fine-tuning
+    "eval.yaml": (["eval"], ["matplotlib"]),  # datasets, baselines, metrics, tables, figures
+}
+# PyPI name -> the conda names that provide it
+_CONDA_NAMES = {
+    "torch": ("pytorch", "pytorch-cpu", "pytorch-gpu"),
+    "igraph": ("python-igraph",),
+    "tiledbsoma": ("tiledbsoma-py",),
+    "matplotlib": ("matplotlib-base", "matplotlib"),
+}
+
+
+def test_conda_envs_carry_every_runtime_dependency_of_the_package():
+    """Conda jobs import cellmamba from this checkout's src/ (not an install), so each env a rule uses
+    must hold every [project].dependencies entry of pyproject.toml at a version inside its range,
+    plus its stage's extras: a dependency added to the package without its envs fails here."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    envs = {env for _, env, _ in _job_rules() if env}
+    assert envs, "no rule names a conda env"
+    for env in sorted(envs):
+        extras, others = _STAGE_NEEDS.get(env.name, ([], []))
+        needed = [Requirement(r) for r in project["dependencies"]]
+        for extra in extras:
+            needed += [Requirement(r) for r in project["optional-dependencies"][extra]]
+        needed += [Requirement(r) for r in others]
+        specs = _conda_specs(env)
+        for req in needed:
+            names = _CONDA_NAMES.get(req.name, (req.name,))
+            have = [n for n in names if n in specs]
+            assert have, f"{env.name} lacks {req.name} (as conda {' or '.join(names)}), needed by cellmamba"
+            pinned = specs[have[0]].rstrip(".*")
+            assert pinned and req.specifier.contains(Version(pinned), prereleases=True), (
+                f"{env.name}: {have[0]}={pinned} is outside pyproject's {req}")
+
+
+def _imports_cellmamba(node: ast.stmt) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").split(".")[0] == "cellmamba"
+    return isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "cellmamba" for alias in node.names)
+
+
+def test_workflow_scripts_put_this_checkouts_package_first():
+    """Each rule's script puts <checkout>/src first on sys.path before importing cellmamba, so a
+    `--sdm conda` job (whose env has no cellmamba installed) imports this checkout's package.
+    Checked by running each script's lines before its first cellmamba import in a Python without
+    site-packages (-I -S: no install, no editable .pth) with snakemake.scriptdir as Snakemake sets it."""
+    scripts = sorted({script for _, _, script in _job_rules() if script})
+    assert scripts, "no rule runs a script"
+    for script in scripts:
+        assert script.is_file(), f"{script} does not exist"
+        source = script.read_text()
+        body = ast.parse(source).body
+        first = next((i for i, node in enumerate(body) if _imports_cellmamba(node)), None)
+        assert first is not None, f"{script.name} never imports cellmamba"
+        prefix = "\n".join(ast.get_source_segment(source, node) for node in body[:first])
+        # Snakemake's scriptdir is the rule file's directory joined with the relative script path
+        scriptdir = str(REPO / "rules" / ".." / script.parent.relative_to(REPO))
+        probe = (f"import types\nsnakemake = types.SimpleNamespace(scriptdir={scriptdir!r})\n{prefix}\n"
+                 "import cellmamba\nprint(cellmamba.__file__)")
+        proc = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True,
+                              cwd="/", timeout=60)
+        assert proc.returncode == 0, f"{script.name}: cellmamba not importable without an install:\n{proc.stderr}"
+        assert Path(proc.stdout.strip()).resolve() == REPO / "src" / "cellmamba" / "__init__.py", proc.stdout
+
+
+GPU_RULES = {"pretrain", "finetune_annotation", "finetune_integration"}
 
 
 def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
-    """Paper dry-run through the profile: pretrain jobs ask for a GPU, the data path's jobs do not."""
+    """Paper dry-run through the profile: pretraining and fine-tuning jobs ask for a GPU; the data
+    path's, the baselines' and the metrics' jobs do not."""
     out = _snakemake("-n", "--profile", "slurm", "results/pretrain/scmamba2/model", "results/qc/gene_stats.tsv",
+                     "results/annotation/myeloid/scmamba2/seed0/metrics.csv",
+                     "results/annotation/myeloid/logreg/seed0/metrics.csv",
+                     "results/integration/pbmc10k/protocol/genemamba_transformer/seed1/metrics.csv",
+                     "results/integration/pbmc10k/all_genes/harmony/seed0/metrics.csv",
                      "--sdm", "env-modules").stdout
     jobs = out.split("\nrule ")[1:]
     assert jobs, out[-2000:]
@@ -108,9 +221,10 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
         name = job.split(":", 1)[0].strip()
         resources = next((l for l in job.splitlines() if l.strip().startswith("resources:")), "")
         gpus = [int(t.split("=")[1]) for t in resources.replace(",", " ").split() if t.startswith("gpu=")]
-        if name == "pretrain":
+        if name in GPU_RULES:
             assert gpus == [1], resources
         else:
             assert not gpus or gpus == [0], f"{name} asks for a GPU: {resources}"
         seen.add(name)
-    assert {"pretrain", "census_download", "qc", "gene_stats"} <= seen
+    assert GPU_RULES | {"census_download", "qc", "gene_stats", "prepare_dataset", "download_dataset",
+                        "baseline_annotation", "baseline_integration", "score_annotation", "score_integration"} <= seen

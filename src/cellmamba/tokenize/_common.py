@@ -49,35 +49,37 @@ class CsrChunk:
 
 
 def check_counts(data: np.ndarray, indptr: np.ndarray, indices: np.ndarray, *, source: str,
-                 first_row: int = 0, gene_names=None) -> None:
+                 first_row: int = 0, gene_names=None, integers: bool = True) -> None:
     """Raise InputError naming the row, column and value if ``data`` holds anything but
-    finite non-negative integers (raw counts are required)."""
-    bad = int(K.first_bad_count(data))
+    finite non-negative integers (raw counts are required), or, with ``integers=False``,
+    anything but finite non-negative values."""
+    bad = int(K.first_bad_count(data) if integers else K.first_bad_value(data))
     if bad < 0:
         return
     row = first_row + int(np.searchsorted(indptr, bad, side="right")) - 1
     col = int(indices[bad])
     gene = f" (gene {gene_names[col]})" if gene_names is not None else ""
-    raise InputError(f"{source}: X holds {float(data[bad])!r} at row {row}, column {col}{gene}; raw counts "
-                     f"(non-negative integers) are required")
+    need = "raw counts (non-negative integers)" if integers else "finite non-negative values"
+    raise InputError(f"{source}: X holds {float(data[bad])!r} at row {row}, column {col}{gene}; {need} are required")
 
 
-def csr_chunk(X, *, source: str = "X", totals: np.ndarray | None = None) -> CsrChunk:
+def csr_chunk(X, *, source: str = "X", totals: np.ndarray | None = None, counts: bool = True) -> CsrChunk:
     """Checked kernel inputs from a scipy CSR matrix (n_cells, n_genes) of raw counts whose
-    columns are the vocabulary genes."""
+    columns are the vocabulary genes (``counts=False``: any finite non-negative values, e.g.
+    normalised expression of a dataset published without counts)."""
     if not sp.issparse(X):
         X = sp.csr_matrix(np.asarray(X))
     X = X.tocsr()
     if not X.has_sorted_indices:
         X = X.sorted_indices()
     indptr = X.indptr.astype(np.int64, copy=False)
-    counts = X.data.astype(np.float32, copy=False)
-    if X.data.dtype != np.float32 and not np.array_equal(counts, X.data):
+    values = X.data.astype(np.float32, copy=False)
+    if counts and X.data.dtype != np.float32 and not np.array_equal(values, X.data):
         raise InputError(f"{source}: values do not fit float32 exactly; raw counts are required")
-    check_counts(counts, indptr, X.indices, source=source)
+    check_counts(values, indptr, X.indices, source=source, integers=counts)
     if totals is None:
-        totals = K.row_sums(indptr, counts)
+        totals = K.row_sums(indptr, values)
     totals = np.asarray(totals, dtype=np.float64)
     if totals.shape != (X.shape[0],):
         raise InputError(f"{source}: totals has shape {totals.shape}, expected ({X.shape[0]},)")
-    return CsrChunk(indptr, X.indices, counts, totals)
+    return CsrChunk(indptr, X.indices, values, totals)

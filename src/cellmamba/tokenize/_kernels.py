@@ -90,6 +90,16 @@ def first_bad_count(data):
     return -1
 
 
+@njit(cache=True, nogil=True)
+def first_bad_value(data):
+    """Index of the first value that is negative, NaN or infinite, or -1."""
+    for i in range(data.shape[0]):
+        v = data[i]
+        if not (v >= 0.0) or v == np.inf:
+            return i
+    return -1
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def row_sums(indptr, data):
     """float64 (n,) sums of each CSR row."""

@@ -68,7 +68,8 @@ class BinnedConfig:
         return np.linspace(0, 1, self.n_bins - 1)
 
 
-def tokenize_binned(X, config: BinnedConfig = BinnedConfig(), *, first_cell: int = 0) -> TokenBatch:
+def tokenize_binned(X, config: BinnedConfig = BinnedConfig(), *, first_cell: int = 0,
+                    counts: bool = True) -> TokenBatch:
     """Bin cells (see the module docstring for the rules).
 
     Parameters
@@ -79,6 +80,10 @@ def tokenize_binned(X, config: BinnedConfig = BinnedConfig(), *, first_cell: int
         :class:`BinnedConfig`.
     first_cell
         Global index of row 0 (keys the ``long_cells="sample"`` draw to the cell, not the chunk).
+    counts
+        True (default): X must hold raw counts. False: any finite non-negative values (e.g. the
+        log-normalised X of a dataset published without counts: scGPT's ``data_is_raw=False``
+        path bins those values the same way).
 
     Returns
     -------
@@ -86,7 +91,7 @@ def tokenize_binned(X, config: BinnedConfig = BinnedConfig(), *, first_cell: int
     values ``[0, bin...]``, at most ``max_len`` tokens; an all-zero cell is ``[CLS_ID]``.
     ``stats["n_cells_shortened"]``.
     """
-    return _binned_chunk(csr_chunk(X), config, first_cell)
+    return _binned_chunk(csr_chunk(X, counts=counts), config, first_cell)
 
 
 def _binned_chunk(chunk, config: BinnedConfig, first_cell: int) -> TokenBatch:

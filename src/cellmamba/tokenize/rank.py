@@ -73,7 +73,7 @@ def gene_medians(stats: pd.DataFrame, *, source: str | None = None) -> tuple[np.
 
 
 def tokenize_rank(X, median: np.ndarray, config: RankConfig = RankConfig(), *,
-                  totals: np.ndarray | None = None) -> TokenBatch:
+                  totals: np.ndarray | None = None, counts: bool = True) -> TokenBatch:
     """Rank-encode cells.
 
     Parameters
@@ -87,6 +87,9 @@ def tokenize_rank(X, median: np.ndarray, config: RankConfig = RankConfig(), *,
         :class:`RankConfig`.
     totals
         float64 (n_cells,): total counts per cell; default the row sums of ``X``.
+    counts
+        True (default): X must hold raw counts. False: any finite non-negative values, e.g.
+        expm1 of log-normalised data with ``totals = target_sum`` (then score = value / median).
 
     Returns
     -------
@@ -101,7 +104,7 @@ def tokenize_rank(X, median: np.ndarray, config: RankConfig = RankConfig(), *,
     (equal float32 scores) by gene index ascending, so the output is deterministic
     (Geneformer uses an unstable argsort). A cell with no expressed gene gets no tokens.
     """
-    chunk = csr_chunk(X, totals=totals)
+    chunk = csr_chunk(X, totals=totals, counts=counts)
     median = np.ascontiguousarray(median, dtype=np.float64)
     if median.shape != (X.shape[1],):
         raise InputError(f"median has shape {median.shape}, expected ({X.shape[1]},) (one per gene of X)")

@@ -423,8 +423,8 @@ def build_dataloader(data, collator, config: DataConfig = DataConfig(), *, rank:
     Parameters
     ----------
     data
-        A :class:`TokenDataset` (used as is), or a :class:`~cellmamba.tokenize.TokenCorpus` or
-        corpus manifest path (a TokenDataset is built with ``config.max_len / crop / seed``).
+        A :class:`TokenDataset` or any Dataset of the same items with a ``lengths`` array (used
+        as is), or a :class:`~cellmamba.tokenize.TokenCorpus` or corpus manifest path (a TokenDataset is built with ``config.max_len / crop / seed``).
     collator
         One of the collators, built with the same ``rank`` (its seed may differ).
     config
@@ -442,7 +442,8 @@ def build_dataloader(data, collator, config: DataConfig = DataConfig(), *, rank:
     """
     if not isinstance(config, DataConfig):
         raise InputError(f"build_dataloader: config must be a DataConfig, got {type(config).__name__}")
-    dataset = data if isinstance(data, TokenDataset) else TokenDataset(
+    in_memory = isinstance(data, Dataset) and hasattr(data, "lengths")  # e.g. cellmamba.tasks.TokenCells
+    dataset = data if isinstance(data, TokenDataset) or in_memory else TokenDataset(
         data, max_len=config.max_len, crop=config.crop, seed=config.seed)
     if getattr(collator, "rank", rank) != rank:
         raise InputError(f"build_dataloader: the collator was built for rank {collator.rank}, the loader is for "

@@ -350,12 +350,14 @@ class MaskedValueObjective:
         self.config = config
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        owner = "masked_value objective"
-        _need(batch, owner, "input_ids", "values", "attention_mask", "value_mask", "value_targets")
-        head = _head(model, self.config.head, owner)
+        _need(batch, "masked_value objective", "input_ids", "values", "attention_mask", "value_mask", "value_targets")
         out = model(batch["input_ids"], batch["values"], attention_mask=batch["attention_mask"],
                     value_mask=batch["value_mask"])
-        pred = head(out)
+        return self.loss_from_output(model, out, batch)
+
+    def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
+        """The loss given the model's output on ``batch`` (for objectives that reuse the forward pass)."""
+        pred = _head(model, self.config.head, "masked_value objective")(out)
         mask = batch["value_mask"].bool() & batch["attention_mask"].bool()
         loss = masked_mse(pred, batch["value_targets"], mask)
         return loss, {"mse": float(loss.detach()), "n_masked": float(mask.sum())}
@@ -375,12 +377,16 @@ class MaskedGeneObjective:
         self.config = config
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        owner = "masked_gene objective"
-        _need(batch, owner, "input_ids", "attention_mask", "labels")
-        head = _head(model, self.config.head, owner)
+        _need(batch, "masked_gene objective", "input_ids", "attention_mask", "labels")
         out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self.loss_from_output(model, out, batch)
+
+    def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
+        """The loss given the model's output on ``batch`` (for objectives that reuse the forward pass)."""
+        head = _head(model, self.config.head, "masked_gene objective")
         labels = batch["labels"].masked_fill(~batch["attention_mask"].bool(), IGNORE_INDEX)
-        loss, n, correct = _ce(head(out), labels)
+        sel = labels != IGNORE_INDEX  # logits only where there is a target: (n_targets, vocab), not (B, L, vocab)
+        loss, n, correct = _ce(head.logits(out.hidden[sel]), labels[sel])
         return loss, {"accuracy": correct / max(n, 1), "n_targets": float(n)}
 
 

@@ -1,0 +1,44 @@
+# Simple baselines, first-class methods on the same cells and splits as the models.
+
+
+rule baseline_annotation:
+    """Logistic regression on log-normalised genes, or kNN on PCA: reference -> query."""
+    input:
+        dataset="results/datasets/{dataset}.h5ad",
+    output:
+        predictions="results/annotation/{dataset}/{method}/seed{seed}/predictions.csv",
+    wildcard_constraints:
+        method="|".join(ANNOTATION_BASELINES),
+    params:
+        method="{method}",
+        seed=seed_param,
+        settings=baseline_settings,
+    log:
+        "logs/baseline_annotation/{dataset}/{method}/seed{seed}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/baseline_annotation.py"
+
+
+rule baseline_integration:
+    """Unintegrated PCA, Harmony or scVI embedding of every cell."""
+    input:
+        dataset="results/datasets/{dataset}.h5ad",
+    output:
+        embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
+    wildcard_constraints:
+        method="|".join(INTEGRATION_BASELINES),
+    params:
+        method="{method}",
+        seed=seed_param,
+        settings=baseline_settings,
+        genes=gene_protocol,
+    log:
+        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.benchmark.tsv"
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/baseline_integration.py"

@@ -1,0 +1,37 @@
+# The evaluation datasets: download (checksum policy of DESIGN.md) and conversion of each
+# published format into the standard schema (results/datasets/{dataset}.h5ad).
+
+
+rule download_dataset:
+    """Fetch one registry file (known sha256 must match; unknown: recorded in the lock file).
+    A file placed at the path beforehand is verified the same way and not downloaded."""
+    output:
+        f"{EVAL['data_dir']}/{{dataset}}/{{name}}",
+    params:
+        entry=entry_param,
+        file_key=download_file_key,
+        lock_file=EVAL["lock_file"],
+    log:
+        "logs/download_dataset/{dataset}/{name}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/download_dataset.py"
+
+
+rule prepare_dataset:
+    """One dataset in the standard schema (obs cell_type / batch / split, x_kind, counts only if published)."""
+    input:
+        unpack(dataset_files),
+    output:
+        "results/datasets/{dataset}.h5ad",
+    params:
+        entry=entry_param,
+        dataset="{dataset}",
+        lock_file=EVAL["lock_file"],
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/prepare_dataset.py"

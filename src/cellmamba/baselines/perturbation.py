@@ -1,0 +1,155 @@
+"""Perturbation baselines (issue 6): no change, mean of training perturbations, additive model.
+
+Conditions are GEARS strings (DATASETS.md §5): ``ctrl``; singles ``A+ctrl`` or ``ctrl+A`` (both
+orders occur in Norman and mean the same perturbation); combos ``A+B`` (``B+A`` is the same
+combo). All means are of log-normalised expression, gene by gene.
+
+- ``no_change``: the control mean (every cell whose condition is ``ctrl``; control cells are the
+  models' inputs at test time too, so all of them are used whether or not ``ctrl`` is listed in
+  ``train_conditions``).
+- ``train_mean``: the mean, over the training perturbations (``ctrl`` excluded, each
+  perturbation once whatever the order of its genes), of each perturbation's mean profile.
+- ``additive``: control mean + the sum, over the condition's genes, of that gene's single effect
+  (mean of the training cells of its single perturbation, either order, minus the control mean).
+  Rule for a gene without a training single (an unseen single, or a combo with 0 or 1 seen
+  genes): its effect is taken as zero, i.e. only the seen singles' effects are added; this is
+  never silent: :func:`additive_flags` lists those genes per condition and
+  :func:`perturbation_baseline` logs a warning naming them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputError
+
+__all__ = ["PERTURBATION_METHODS", "CTRL", "condition_genes", "additive_flags", "perturbation_baseline"]
+
+log = logging.getLogger(__name__)
+
+CTRL = "ctrl"
+PERTURBATION_METHODS = ("no_change", "train_mean", "additive")
+
+
+def condition_genes(condition: str) -> tuple[str, ...]:
+    """The perturbed genes of a GEARS condition, sorted: ``"ctrl"`` -> (), ``"ctrl+B"`` ->
+    ("B",), ``"B+A"`` -> ("A", "B"). A malformed string is an InputError."""
+    parts = str(condition).split("+")
+    if condition == CTRL:
+        return ()
+    genes = [p for p in parts if p != CTRL]
+    if len(parts) != 2 or not genes or any(not g.strip() or g != g.strip() for g in genes) or \
+            (len(genes) == 2 and genes[0] == genes[1]):
+        raise InputError(f"perturbation condition {condition!r}: expected 'ctrl', 'A+ctrl', 'ctrl+A' or 'A+B' "
+                         "with two different gene names")
+    return tuple(sorted(genes))
+
+
+def additive_flags(train_conditions: Iterable[str], predict_conditions: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Genes of each condition whose single-gene effect the additive model does not know.
+
+    Parameters
+    ----------
+    train_conditions
+        Conditions whose cells may be used (singles define the effects).
+    predict_conditions
+        Conditions to predict.
+
+    Returns
+    -------
+    condition -> sorted tuple of its genes with no training single (empty when the additive
+    prediction is complete: ctrl, seen singles, combos with both singles seen).
+    """
+    seen = {condition_genes(c)[0] for c in train_conditions if len(condition_genes(c)) == 1}
+    return {c: tuple(g for g in condition_genes(c) if g not in seen) for c in predict_conditions}
+
+
+def _group_means(X, canon: np.ndarray, keys: Sequence[tuple[str, ...]]) -> dict:
+    """Mean expression (n_genes,) float64 of the cells whose canonical condition is each key."""
+    out = {}
+    for key in keys:
+        rows = np.flatnonzero(canon == _key(key))
+        out[key] = np.asarray(X[rows].mean(axis=0, dtype=np.float64), dtype=np.float64).ravel()
+    return out
+
+
+def _key(genes: tuple[str, ...]) -> str:
+    """Canonical condition id: sorted genes joined by '+', or 'ctrl'."""
+    return "+".join(genes) if genes else CTRL
+
+
+def perturbation_baseline(X, conditions: Sequence[str], *, method: str, train_conditions: Iterable[str],
+                          predict_conditions: Iterable[str]) -> dict[str, np.ndarray]:
+    """Predict the mean expression profile of each condition with a baseline.
+
+    Parameters
+    ----------
+    X
+        (n_cells, n_genes) log-normalised expression, dense or sparse.
+    conditions
+        (n_cells,) GEARS condition of each cell (obs ``condition``); must include ``ctrl`` cells.
+    method
+        ``"no_change"``, ``"train_mean"`` or ``"additive"`` (see the module docstring).
+    train_conditions
+        Conditions whose cells the baseline may use; each must have cells in ``conditions``.
+    predict_conditions
+        Conditions to predict (need no cells).
+
+    Returns
+    -------
+    condition (as given in ``predict_conditions``) -> float64 (n_genes,) predicted mean
+    expression. For ``additive``, conditions with genes lacking a training single are listed
+    by :func:`additive_flags` and logged as a warning.
+    """
+    if method not in PERTURBATION_METHODS:
+        raise InputError(f"perturbation baseline: method is {method!r}; expected one of {list(PERTURBATION_METHODS)}")
+    conditions = np.asarray(conditions).astype(str)
+    if X.shape[0] != len(conditions):
+        raise InputError(f"perturbation baseline: X has {X.shape[0]} rows but conditions has {len(conditions)} entries")
+    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+    train = list(dict.fromkeys(str(c) for c in train_conditions))
+    predict = list(dict.fromkeys(str(c) for c in predict_conditions))
+    # canonical id of every cell's condition (validates the strings)
+    lookup = {c: _key(condition_genes(c)) for c in np.unique(conditions)}
+    canon = np.array([lookup[c] for c in conditions], dtype=object)
+    for c in predict:
+        condition_genes(c)
+    present = set(canon)
+    missing = sorted({c for c in train if _key(condition_genes(c)) not in present})
+    if missing:
+        raise InputError(f"perturbation baseline: train_conditions {missing} have no cells in conditions")
+    if CTRL not in present:
+        raise InputError("perturbation baseline: no cell has condition 'ctrl'; the control mean is required")
+    train_keys = list(dict.fromkeys(condition_genes(c) for c in train))
+    ctrl = _group_means(X, canon, [()])[()]
+
+    if method == "no_change":
+        return {c: ctrl.copy() for c in predict}
+    if method == "train_mean":
+        perts = [k for k in train_keys if k]
+        if not perts:
+            raise InputError("perturbation baseline 'train_mean': train_conditions hold no perturbation (only ctrl)")
+        means = _group_means(X, canon, perts)
+        mean = np.mean(np.stack([means[k] for k in perts]), axis=0)
+        log.info("train_mean: mean of %d training perturbations' mean profiles", len(perts))
+        return {c: mean.copy() for c in predict}
+
+    singles = [k for k in train_keys if len(k) == 1]
+    effects = {k[0]: m - ctrl for k, m in _group_means(X, canon, singles).items()}
+    flags = additive_flags(train, predict)
+    incomplete = {c: g for c, g in flags.items() if g}
+    if incomplete:
+        log.warning("additive: %d of %d conditions have genes without a training single; their effect is taken as "
+                    "zero (seen singles only): %s", len(incomplete), len(predict),
+                    "; ".join(f"{c}: {','.join(g)}" for c, g in sorted(incomplete.items())))
+    out = {}
+    for c in predict:
+        pred = ctrl.copy()
+        for g in condition_genes(c):
+            if g in effects:
+                pred = pred + effects[g]
+        out[c] = pred
+    return out

@@ -1,0 +1,31 @@
+"""Readers for the six evaluation datasets' published formats and the standard schema.
+
+The registry (URLs, checksums, reader names, keys) lives in config/datasets.yaml and reaches
+this package as parameters: :mod:`.download` fetches and verifies files, :mod:`.readers`
+turns each published format into the standard schema (:mod:`.schema`), :mod:`.simulate`
+makes the simulated integration demo, :mod:`.prepare` writes one registry entry to h5ad.
+"""
+from .download import MEMBER_SEPARATOR, download_file, extract_member, fetch, gunzip_file, read_lock, verify_file
+from .prepare import UNS_PROVENANCE, UNS_SOURCE_FILES, prepare_dataset
+from .readers import (FEATURE_MODALITY, READERS, UNS_READER, VAR_FEATURE_TYPE, VAR_MODALITY, read_annotation_pair,
+                      read_bmmc, read_dataset, read_norman, read_pbmc10k, read_pbmc68k_reduced, read_sim_integration,
+                      read_user_h5ad, stratified_split)
+from .schema import (SPLITS, UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, counts_matrix,
+                     log_normalized, validate_standard, x_kind)
+from .simulate import UNS_SIMULATION, VARM_BATCH_FACTOR, pbmc68k_profiles, simulate_integration
+
+__all__ = [
+    # schema
+    "X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED", "x_kind", "log_normalized",
+    "counts_matrix", "validate_standard",
+    # download
+    "fetch", "verify_file", "download_file", "extract_member", "gunzip_file", "read_lock", "MEMBER_SEPARATOR",
+    # readers
+    "READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
+    "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "stratified_split", "VAR_FEATURE_TYPE",
+    "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER",
+    # simulation
+    "simulate_integration", "pbmc68k_profiles", "VARM_BATCH_FACTOR", "UNS_SIMULATION",
+    # prepare
+    "prepare_dataset", "UNS_SOURCE_FILES", "UNS_PROVENANCE",
+]

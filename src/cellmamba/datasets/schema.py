@@ -1,0 +1,112 @@
+"""The standard dataset schema every reader produces (DESIGN.md, "Data flow and formats").
+
+obs: ``cell_type``, ``batch``, ``split`` (``reference`` / ``query`` / ``train`` / ``test``),
+``condition`` (perturbation; ``ctrl`` for controls), ``modality``; var: ``gene_name`` (symbol)
+and, where known, ``gene_id`` (Ensembl); layer ``counts`` only where the publication provides
+counts; ``uns["cellmamba"]["x_kind"]`` says what X holds. Counts are never faked.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputError
+from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X_KIND
+
+__all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
+           "x_kind", "log_normalized", "counts_matrix", "validate_standard"]
+
+#: what X may hold: raw counts; log1p(counts / total * 1e4); scaled (z-scored) log-normalised
+#: values with the log-normalised matrix in ``.raw``; other continuous values (FPKM, ...)
+X_KINDS = ("counts", "log1p_norm", "scaled", "other")
+SPLITS = ("reference", "query", "train", "test")
+VAR_GENE_NAME = "gene_name"
+VAR_GENE_ID = "gene_id"
+#: uns["cellmamba"]["simulated"]: True for data from a simulator (tables label those rows)
+UNS_SIMULATED = "simulated"
+#: required obs columns per task
+_TASK_OBS = {
+    "annotation": (OBS_CELL_TYPE, OBS_BATCH, OBS_SPLIT),
+    "integration": (OBS_CELL_TYPE, OBS_BATCH),
+    "perturbation": ("condition",),
+    "multiomics": (OBS_CELL_TYPE, "modality"),
+}
+
+
+def x_kind(adata, *, source: str = "dataset") -> str:
+    """``adata.uns["cellmamba"]["x_kind"]``, checked against :data:`X_KINDS`."""
+    kind = adata.uns.get(UNS, {}).get(UNS_X_KIND)
+    if kind not in X_KINDS:
+        raise InputError(f"{source}: uns['{UNS}']['{UNS_X_KIND}'] is {kind!r}; expected one of {X_KINDS}")
+    return kind
+
+
+def _is_integer_valued(X) -> bool:
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    return bool(np.all(data >= 0) and np.all(np.mod(data, 1) == 0))
+
+
+def counts_matrix(adata, *, source: str = "dataset"):
+    """Raw counts: ``layers["counts"]`` or X when x_kind is ``counts``; InputError otherwise.
+
+    Only callers that truly need counts (scVI, seurat_v3 HVGs) use this; a dataset published
+    without counts is reported as such, never reconstructed.
+    """
+    if LAYER_COUNTS in adata.layers:
+        X = adata.layers[LAYER_COUNTS]
+    elif x_kind(adata, source=source) == "counts":
+        X = adata.X
+    else:
+        raise InputError(f"{source}: no raw counts (layer '{LAYER_COUNTS}' missing and x_kind is "
+                         f"{x_kind(adata, source=source)!r}); this method needs counts")
+    if not _is_integer_valued(X):
+        raise InputError(f"{source}: the counts matrix holds non-integer or negative values")
+    return X
+
+
+def log_normalized(adata, *, source: str = "dataset"):
+    """log1p(counts / total x 1e4) of every cell, as float32 CSR (n_cells, n_vars).
+
+    From counts (layer or X) when there are any; X itself when x_kind is ``log1p_norm``; ``.raw``
+    (which must have the same genes) when X is ``scaled``. ``other`` raises.
+    """
+    kind = x_kind(adata, source=source)
+    if LAYER_COUNTS in adata.layers or kind == "counts":
+        X = sp.csr_matrix(counts_matrix(adata, source=source), dtype=np.float32)
+        total = np.asarray(X.sum(axis=1)).ravel()
+        scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
+        X = sp.diags(scale.astype(np.float32)) @ X
+        X.data = np.log1p(X.data)
+        return X.tocsr()
+    if kind == "log1p_norm":
+        return sp.csr_matrix(adata.X, dtype=np.float32)
+    if kind == "scaled":
+        if adata.raw is None:
+            raise InputError(f"{source}: x_kind is 'scaled' but .raw (log-normalised values) is missing")
+        raw = adata.raw.to_adata()
+        if list(raw.var_names) != list(adata.var_names):
+            raw = raw[:, adata.var_names]
+        return sp.csr_matrix(raw.X, dtype=np.float32)
+    raise InputError(f"{source}: x_kind {kind!r} cannot be turned into log-normalised expression")
+
+
+def validate_standard(adata, task: str, *, source: str = "dataset") -> None:
+    """Check the standard schema for ``task``; raise InputError naming the missing key."""
+    if task not in _TASK_OBS:
+        raise InputError(f"{source}: unknown task {task!r}; expected one of {sorted(_TASK_OBS)}")
+    x_kind(adata, source=source)
+    for key in _TASK_OBS[task]:
+        if key not in adata.obs:
+            raise InputError(f"{source}: obs column '{key}' is required for the {task} task; "
+                             f"found {list(adata.obs.columns)}")
+    if VAR_GENE_NAME not in adata.var:
+        raise InputError(f"{source}: var column '{VAR_GENE_NAME}' (gene symbols) is missing")
+    if OBS_SPLIT in adata.obs:
+        bad = sorted(set(adata.obs[OBS_SPLIT].astype(str)) - set(SPLITS))
+        if bad:
+            raise InputError(f"{source}: obs['{OBS_SPLIT}'] has values {bad}; expected a subset of {SPLITS}")
+    if task == "annotation":
+        splits = set(adata.obs[OBS_SPLIT].astype(str))
+        if not {"reference", "query"} <= splits:
+            raise InputError(f"{source}: annotation needs obs['{OBS_SPLIT}'] with 'reference' and 'query' "
+                             f"cells; found {sorted(splits)}")

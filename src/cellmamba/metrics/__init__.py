@@ -1,0 +1,32 @@
+"""Metrics, defined once so every method is scored the same way (DESIGN.md "Metrics").
+
+- :mod:`.integration`: scib integration metrics (AvgBIO, AvgBATCH and their parts);
+- :mod:`.classification`: annotation metrics on the query split;
+- :mod:`.perturbation`: Pearson delta, MSE, reverse-perturbation top-k retrieval;
+- :mod:`.foscttm`: multi-omics alignment (FOSCTTM, omics mixing entropy, label transfer);
+- :mod:`.tables`: per-run long frames -> mean / std over seeds -> CSV + Markdown tables.
+
+Heavy dependencies (scib, scanpy, scikit-learn) are imported when a metric runs, not here.
+"""
+from ._common import Scores
+from ._lisi_build import LisiBuildError, build_lisi_binary, lisi_binary
+from .classification import (ANNOTATION_METRICS, PREDICTION_COLUMNS, confusion, query_only_classes,
+                             score_annotation, score_predictions)
+from .foscttm import foscttm, foscttm_per_cell, label_transfer_accuracy, mixing_entropy, score_multiomics
+from .integration import (EMBEDDING_KEY, INTEGRATION_METRICS, SCIB, ScibSettings, clisi, ilisi,
+                          l2_normalize, score_embedding_file, score_integration)
+from .perturbation import (pearson, perturbation_scores, reverse_perturbation_scores,
+                           summarize_perturbation, topk_accuracy)
+from .tables import higher_is_better, metrics_frame, read_metrics, summarize, write_csv, write_table
+
+__all__ = [
+    "Scores", "LisiBuildError", "build_lisi_binary", "lisi_binary",
+    "ANNOTATION_METRICS", "PREDICTION_COLUMNS", "score_annotation", "score_predictions", "confusion",
+    "query_only_classes",
+    "INTEGRATION_METRICS", "SCIB", "ScibSettings", "EMBEDDING_KEY", "score_integration",
+    "score_embedding_file", "ilisi", "clisi", "l2_normalize",
+    "pearson", "perturbation_scores", "summarize_perturbation", "topk_accuracy",
+    "reverse_perturbation_scores",
+    "foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy", "score_multiomics",
+    "metrics_frame", "write_csv", "read_metrics", "summarize", "write_table", "higher_is_better",
+]

@@ -1,0 +1,194 @@
+"""Multi-omics alignment metrics (DESIGN.md "Metrics"): FOSCTTM, omics mixing entropy,
+label transfer.
+
+Inputs are embeddings of the SAME cells measured in two modalities, row i of ``x`` and row i of
+``y`` being one cell (its true match).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ._common import Scores, as_labels, as_matrix
+
+__all__ = ["foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy",
+           "score_multiomics"]
+
+_METRICS = ("euclidean", "cosine")
+
+
+def _pair(x, y):
+    x = as_matrix(x, name="x")
+    y = as_matrix(y, name="y")
+    if x.shape != y.shape:
+        raise InputError(f"x and y must be paired embeddings of the same shape; got {x.shape} and {y.shape}")
+    if x.shape[0] < 2:
+        raise InputError(f"FOSCTTM needs at least 2 cells, got {x.shape[0]}")
+    return x, y
+
+
+def _distances(a, b, metric):
+    # scipy's cdist evaluates every pair with the direct formula (no |a|^2 - 2ab + |b|^2
+    # shortcut), so a pair's distance is bit-identical whatever block it is computed in
+    from scipy.spatial.distance import cdist
+
+    return cdist(a, b, metric=metric)
+
+
+def foscttm_per_cell(x, y, *, metric: str = "euclidean", block_size: int = 2048) -> np.ndarray:
+    """Per-cell FOSCTTM, both directions averaged.
+
+    For cell i, ``(#{j: d(x_i, y_j) < d(x_i, y_i)} + #{j: d(y_i, x_j) < d(y_i, x_i)}) / (2 (n - 1))``:
+    the fraction of the other modality's cells that lie strictly closer than the true match,
+    from x to y and from y to x, averaged (SCOT's ``calc_domainAveraged_FOSCTTM``; ties do not
+    count). 0 = every true match is the nearest.
+
+    Parameters
+    ----------
+    x, y
+        (n_cells, n_dims) paired embeddings.
+    metric
+        ``euclidean`` or ``cosine``.
+    block_size
+        Rows of the (block_size, n_cells) distance block held in memory at once.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) values in [0, 1].
+    """
+    if metric not in _METRICS:
+        raise InputError(f"metric must be one of {_METRICS}, got {metric!r}")
+    x, y = _pair(x, y)
+    n = x.shape[0]
+    diag = np.empty(n)
+    for start in range(0, n, block_size):       # d(x_i, y_i) with the same routine as the blocks
+        stop = min(start + block_size, n)
+        block = _distances(x[start:stop], y[start:stop], metric)
+        diag[start:stop] = np.diagonal(block)
+    closer_x = np.zeros(n, dtype=np.int64)      # direction x -> y, per row i
+    closer_y = np.zeros(n, dtype=np.int64)      # direction y -> x, per column i
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        D = _distances(x[start:stop], y, metric)           # D[r, j] = d(x_{start+r}, y_j)
+        rows = np.arange(stop - start)
+        D[rows, rows + start] = np.inf                     # never compare the true match with itself
+        closer_x[start:stop] = (D < diag[start:stop, None]).sum(axis=1)
+        closer_y += (D < diag[None, :]).sum(axis=0)        # d(y_j, x_r) < d(y_j, x_j)
+    return (closer_x + closer_y) / (2.0 * (n - 1))
+
+
+def foscttm(x, y, *, metric: str = "euclidean") -> float:
+    """FOSCTTM: mean of :func:`foscttm_per_cell` over cells (lower is better; 0 = perfect)."""
+    return float(foscttm_per_cell(x, y, metric=metric).mean())
+
+
+def mixing_entropy(embedding, modality, *, k: int = 50) -> float:
+    """Omics mixing entropy of a joint embedding, in [0, 1] (1 = modalities fully mixed).
+
+    For each cell, take its ``k`` nearest neighbours (Euclidean, the cell itself excluded) in
+    the joint embedding, the proportions p_m of each modality m among them, and the entropy
+    ``H = -sum_m p_m log p_m`` divided by ``log(M)``, M = number of modalities present in
+    ``modality``. The score is the mean over all cells. With equally many cells per modality,
+    perfectly mixed modalities give values near 1 and separated ones 0.
+
+    Parameters
+    ----------
+    embedding
+        (n_cells, n_dims) joint embedding of the cells of every modality (stacked).
+    modality
+        (n_cells,) modality label of each row.
+    k
+        Neighbourhood size (capped at n_cells - 1).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    emb = as_matrix(embedding, name="embedding")
+    mod = as_labels(modality, name="modality")
+    if len(mod) != emb.shape[0]:
+        raise InputError(f"modality has {len(mod)} labels for {emb.shape[0]} cells")
+    cats, codes = np.unique(mod, return_inverse=True)
+    if len(cats) < 2:
+        raise InputError(f"modality: mixing entropy needs at least 2 modalities, found {list(cats)}")
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    k = min(k, emb.shape[0] - 1)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(emb)
+    _, idx = nn.kneighbors(emb)
+    # drop the cell itself (first column unless duplicates put another cell first)
+    self_col = idx == np.arange(emb.shape[0])[:, None]
+    has_self = self_col.any(axis=1)
+    keep = np.where(has_self[:, None], ~self_col, np.arange(k + 1)[None, :] < k)
+    neigh = idx[keep].reshape(emb.shape[0], k)
+    counts = np.zeros((emb.shape[0], len(cats)))
+    np.add.at(counts, (np.repeat(np.arange(emb.shape[0]), k), codes[neigh].ravel()), 1)
+    p = counts / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return float(np.mean(h / np.log(len(cats))))
+
+
+def label_transfer_accuracy(source, target, *, source_labels, target_labels, k: int = 5) -> float:
+    """Accuracy of kNN label transfer from one modality's cells to the other's.
+
+    A k-nearest-neighbour majority vote (Euclidean, uniform weights; sklearn's
+    ``KNeighborsClassifier``, ties to the first label in sorted order) is fit on ``source``
+    with ``source_labels`` and predicts ``target``; the score is the fraction matching
+    ``target_labels``.
+
+    Parameters
+    ----------
+    source, target
+        (n_source, n_dims) and (n_target, n_dims) embeddings in one joint space.
+    source_labels, target_labels
+        (n_source,) and (n_target,) cell-type labels.
+    k
+        Neighbours voting (capped at n_source).
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    src = as_matrix(source, name="source")
+    tgt = as_matrix(target, name="target")
+    if src.shape[1] != tgt.shape[1]:
+        raise InputError(f"source and target have {src.shape[1]} and {tgt.shape[1]} dimensions")
+    ys = as_labels(source_labels, name="source_labels")
+    yt = as_labels(target_labels, name="target_labels")
+    if len(ys) != src.shape[0] or len(yt) != tgt.shape[0]:
+        raise InputError(f"labels: {len(ys)} / {len(yt)} labels for {src.shape[0]} / {tgt.shape[0]} cells")
+    clf = KNeighborsClassifier(n_neighbors=min(k, src.shape[0])).fit(src, ys)
+    return float(np.mean(clf.predict(tgt) == yt))
+
+
+def score_multiomics(x, y, *, labels: Sequence[str] | None = None, mixing_k: int = 50,
+                     transfer_k: int = 5, metric: str = "euclidean") -> Scores:
+    """FOSCTTM, omics mixing entropy and label transfer of paired embeddings.
+
+    Parameters
+    ----------
+    x, y
+        (n_cells, n_dims) embeddings of the same cells from modality 1 and modality 2.
+    labels
+        (n_cells,) cell types; None leaves ``label_transfer_*`` NaN.
+    mixing_k, transfer_k, metric
+        See :func:`mixing_entropy`, :func:`label_transfer_accuracy`, :func:`foscttm`.
+
+    Returns
+    -------
+    Scores
+        ``foscttm`` (lower is better), ``omics_mixing_entropy`` (on the stacked ``[x; y]``),
+        ``label_transfer_1to2``, ``label_transfer_2to1`` and ``label_transfer`` (their mean).
+    """
+    x, y = _pair(x, y)
+    scores = Scores({"foscttm": foscttm(x, y, metric=metric),
+                     "omics_mixing_entropy": mixing_entropy(np.vstack([x, y]), ["1"] * len(x) + ["2"] * len(y),
+                                                            k=mixing_k)})
+    if labels is None:
+        for name in ("label_transfer_1to2", "label_transfer_2to1", "label_transfer"):
+            scores.skip(name, "no cell-type labels given")
+        return scores
+    scores["label_transfer_1to2"] = label_transfer_accuracy(x, y, source_labels=labels, target_labels=labels, k=transfer_k)
+    scores["label_transfer_2to1"] = label_transfer_accuracy(y, x, source_labels=labels, target_labels=labels, k=transfer_k)
+    scores["label_transfer"] = (scores["label_transfer_1to2"] + scores["label_transfer_2to1"]) / 2
+    return scores

@@ -1,0 +1,245 @@
+"""Per-run metric rows -> benchmark tables (mean and spread over seeds).
+
+A run's metrics are a LONG frame, one row per metric: columns ``task``, ``dataset``,
+``method``, ``seed``, ``metric``, ``value``, any number of flag columns that identify the row
+of the table (``variant`` e.g. ``hvg1200`` / ``all_genes``, ``simulated``, ``n_params`` ...),
+and ``note`` (why a value is NaN). :func:`summarize` aggregates over seeds;
+:func:`write_table` writes the tidy CSV and a Markdown rendering.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..io import atomic_path
+
+__all__ = ["CORE_COLUMNS", "NOTE", "higher_is_better", "metrics_frame", "write_csv", "read_metrics",
+           "summarize", "write_table", "render_markdown"]
+
+CORE_COLUMNS = ("task", "dataset", "method", "seed", "metric", "value")
+NOTE = "note"
+_SUMMARY_STATS = ("mean", "std", "n_seeds")
+
+#: metrics where lower is better (prefix match: ``mse`` covers ``mse_de20`` and ``mse_<split>``)
+LOWER_IS_BETTER = ("foscttm", "mse")
+#: descriptive counts, never bolded as "best"
+NOT_RANKED = ("n_classes_macro", "n_query_only_classes", "query_only_cell_fraction")
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """True / False for the metric's direction; None for descriptive values (no best)."""
+    if metric in NOT_RANKED:
+        return None
+    return not metric.startswith(LOWER_IS_BETTER)
+
+
+def _metric_order() -> list[str]:
+    from .classification import ANNOTATION_METRICS
+    from .integration import INTEGRATION_METRICS
+
+    return [*ANNOTATION_METRICS, *INTEGRATION_METRICS, "pearson_delta", "pearson_delta_de20", "mse",
+            "mse_de20", "foscttm", "omics_mixing_entropy", "label_transfer", "label_transfer_1to2",
+            "label_transfer_2to1"]
+
+
+def metrics_frame(scores: Mapping[str, float], *, task: str, dataset: str, method: str, seed: int,
+                  extra: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """One run's metrics as a long frame.
+
+    Parameters
+    ----------
+    scores
+        Metric name -> value; a :class:`~cellmamba.metrics.Scores` also contributes its notes.
+    task, dataset, method, seed
+        Identify the run.
+    extra
+        Flag columns copied onto every row (e.g. ``{"variant": "hvg1200", "simulated": False}``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``task, dataset, method, seed, metric, value, <extra...>, note``.
+    """
+    extra = dict(extra or {})
+    clash = set(extra) & set(CORE_COLUMNS + (NOTE,))
+    if clash:
+        raise InputError(f"extra: columns {sorted(clash)} are reserved")
+    notes = getattr(scores, "notes", {})
+    rows = [{"task": task, "dataset": dataset, "method": method, "seed": int(seed), "metric": name,
+             "value": float(value), **extra, NOTE: notes.get(name, "")} for name, value in scores.items()]
+    return pd.DataFrame(rows, columns=[*CORE_COLUMNS, *extra, NOTE])
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, index: bool = False) -> None:
+    """Write ``frame`` as CSV atomically (with its index only if ``index``)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+
+
+def read_metrics(paths: Iterable[str | os.PathLike]) -> list[pd.DataFrame]:
+    """Read long metric CSVs, checking each has the core columns."""
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path, keep_default_na=True)
+        missing = [c for c in CORE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise InputError(f"{path}: metric file lacks columns {missing}; expected {list(CORE_COLUMNS)}")
+        frames.append(frame)
+    return frames
+
+
+def _flag_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in CORE_COLUMNS and c != NOTE]
+
+
+def summarize(frames: Iterable[pd.DataFrame] | pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and number of seeds of every (run identity, metric).
+
+    Parameters
+    ----------
+    frames
+        Long per-run frames (see module doc), or one concatenated frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per task x dataset x method x flags x metric with ``mean``, ``std``
+        (ddof=1, NaN with fewer than 2 finite values), ``n_seeds`` (finite values only) and
+        ``note`` (distinct notes joined by `` | ``). Sorted by task, dataset, method, flags
+        and the metric's table order.
+    """
+    frame = frames if isinstance(frames, pd.DataFrame) else pd.concat(list(frames), ignore_index=True)
+    if frame.empty:
+        raise InputError("no metric rows to summarise")
+    missing = [c for c in CORE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"metric frame lacks columns {missing}; expected {list(CORE_COLUMNS)}")
+    frame = frame.copy()
+    if NOTE not in frame:
+        frame[NOTE] = ""
+    frame[NOTE] = frame[NOTE].fillna("").astype(str)
+    flags = _flag_columns(frame)
+    for col in flags:    # flags identify rows; a missing flag is '' so it groups (and prints) cleanly
+        if frame[col].isna().any():
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), "")
+    keys = ["task", "dataset", "method", *flags, "metric"]
+    dup = frame.duplicated(keys + ["seed"], keep=False)
+    if dup.any():
+        first = frame.loc[dup, keys + ["seed"]].iloc[0].to_dict()
+        raise InputError(f"metric rows repeat for the same run and seed, e.g. {first}")
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+
+    def agg(group: pd.DataFrame) -> pd.Series:
+        vals = group["value"].to_numpy(np.float64)
+        ok = vals[np.isfinite(vals)]
+        notes = [n for n in dict.fromkeys(group[NOTE]) if n]
+        return pd.Series({"mean": ok.mean() if len(ok) else np.nan,
+                          "std": ok.std(ddof=1) if len(ok) > 1 else np.nan,
+                          "n_seeds": len(ok), NOTE: " | ".join(notes)})
+
+    out = frame.groupby(keys, sort=False, dropna=False)[["value", NOTE]].apply(agg).reset_index()
+    out["n_seeds"] = out["n_seeds"].astype(int)
+    order = {m: i for i, m in enumerate(_metric_order())}
+    out["_order"] = out["metric"].map(lambda m: order.get(m, len(order)))
+    out = out.sort_values(["task", "dataset", "method", *flags, "_order", "metric"], kind="stable")
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float, metric: str) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    if metric.startswith("n_") and float(mean).is_integer() and not (np.isfinite(std) and std > 0):
+        return f"{int(mean)}"
+    return f"{mean:.3f}" if not np.isfinite(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def _fmt_flag(value) -> str:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return f"{int(value):,}"
+    return str(value)
+
+
+def _is_true(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
+def render_markdown(summary: pd.DataFrame, *, title: str) -> str:
+    """Markdown of a :func:`summarize` frame: one table per task / dataset.
+
+    Rows are methods (with their flags: ``variant``, parameter counts ...), columns are
+    metrics, cells ``mean ± std`` with 3 decimals (the mean alone with one seed), rows on
+    simulated data marked ``(simulated)``, the best mean of each column in bold (lower is
+    better for FOSCTTM and MSE; counts are not ranked), and the notes under the table.
+    """
+    flags = [c for c in summary.columns if c not in ("task", "dataset", "method", "metric", NOTE, *_SUMMARY_STATS)]
+    shown_flags = [c for c in flags if c != "simulated"]
+    lines = [f"# {title}", "",
+             "Mean ± standard deviation over seeds (ddof=1; one seed shows the mean alone); "
+             "best value per column in **bold** (lower is better for "
+             + ", ".join(LOWER_IS_BETTER) + "; higher for the others).", ""]
+    many_tasks = summary["task"].nunique() > 1
+    for (task, dataset), block in summary.groupby(["task", "dataset"], sort=False):
+        metrics = list(dict.fromkeys(block["metric"]))
+        row_keys = ["method", *flags]
+        rows = list(dict.fromkeys(map(tuple, block[row_keys].astype(object).to_numpy().tolist())))
+        table = {r: {} for r in rows}
+        for rec in block.itertuples(index=False):
+            r = tuple(getattr(rec, k) for k in row_keys)
+            table[r][rec.metric] = (rec.mean, rec.std, rec.n_seeds)
+        best = {}
+        for m in metrics:
+            direction = higher_is_better(m)
+            vals = [round(v[0], 3) for r in rows if (v := table[r].get(m)) and np.isfinite(v[0])]
+            if direction is not None and len(vals) > 1:
+                best[m] = max(vals) if direction else min(vals)
+        lines += [f"## {task} / {dataset}" if many_tasks else f"## {dataset}", ""]
+        header = ["method", *shown_flags, "seeds", *metrics]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            rec = dict(zip(row_keys, r))
+            name = str(rec["method"]) + (" (simulated)" if "simulated" in rec and _is_true(rec["simulated"]) else "")
+            seeds = max((v[2] for v in table[r].values()), default=0)
+            cells = [name, *(_fmt_flag(rec[f]) for f in shown_flags), str(seeds)]
+            for m in metrics:
+                v = table[r].get(m)
+                if v is None:
+                    cells.append("")
+                    continue
+                text = _fmt(v[0], v[1], m)
+                if m in best and np.isfinite(v[0]) and round(v[0], 3) == best[m]:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = {}
+        for rec in block.itertuples(index=False):
+            for note in filter(None, str(getattr(rec, NOTE)).split(" | ")):
+                notes.setdefault(f"{rec.metric}: {note}", []).append(str(rec.method))
+        if notes:
+            lines += ["", "Notes:"]
+            lines += [f"- {text} ({', '.join(dict.fromkeys(methods))})" for text, methods in notes.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_table(summary: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike, *,
+                title: str) -> None:
+    """Write a :func:`summarize` frame as tidy CSV and as Markdown (:func:`render_markdown`).
+
+    Both files are written atomically.
+    """
+    missing = [c for c in ("task", "dataset", "method", "metric", *_SUMMARY_STATS) if c not in summary.columns]
+    if missing:
+        raise InputError(f"summary lacks columns {missing}; pass the output of summarize()")
+    text = render_markdown(summary, title=title)
+    write_csv(summary, csv_path)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,272 @@
+"""What the fine-tuning tasks share: settings, the pretrained model with new heads, loaders,
+the classification and adversarial objectives, and cell embeddings.
+
+Fine-tuning reuses the pretraining loop (:func:`cellmamba.train.train`): bf16 autocast on
+CUDA, checkpoints and automatic resume, metrics.csv, DDP under torchrun.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..errors import InputError
+from ..models import CellModel, HeadConfig
+from ..models.checkpoint import load_state_dict_strict, read_weights
+from ..models.heads import pool_cells
+from ..train import TrainConfig
+from ..train.data import DataConfig, build_dataloader
+from ..train.data_collate import MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig
+from .tokens import DatasetTokens, TokenCells
+
+__all__ = ["FinetuneConfig", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
+           "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells", "train_config",
+           "split_train_valid", "pick_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (annotation or integration)."""
+
+    epochs: int = 10                  # passes over the training cells (scGPT / SC-MAMBA2: 10 annotation, 30 integration)
+    lr: float = 1e-4                  # peak learning rate (scGPT: 1e-4)
+    batch_size: int = 32              # cells per step
+    max_len: int = 1200               # tokens per cell (binned: CLS included); scGPT: n_genes + 1
+    pooling: str = "auto"             # cell embedding: "auto" (binned: cls, rank: mean), "cls", "mean", "last"
+    dropout: float = 0.2              # classifier dropout (scGPT 0.2, SC-MAMBA2 0.5)
+    valid_fraction: float = 0.1       # annotation: reference cells held out for validation (scGPT: 0.1)
+    mask_ratio: float = 0.4           # integration: masked values / genes (scGPT integration: 0.4)
+    include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
+    adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)
+    warmup_fraction: float = 0.05     # fraction of steps of linear warm-up before cosine decay
+    weight_decay: float = 0.0         # AdamW weight decay
+    seed: int = 0                     # initialisation of new heads, data order, masks, the valid split
+    precision: str = "auto"           # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
+    backend: str = "auto"             # SSM kernels: auto | torch | cuda
+    embed_batch_size: int = 64        # cells per forward pass when embedding / predicting
+
+    def __post_init__(self):
+        def need(ok, what):
+            if not ok:
+                raise InputError(f"FinetuneConfig: {what}")
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        need(isinstance(self.max_len, int) and self.max_len >= 2, f"max_len must be an integer >= 2, got {self.max_len!r}")
+        need(self.pooling in ("auto", "cls", "mean", "last"), f"pooling must be auto, cls, mean or last, got {self.pooling!r}")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
+        need(0 <= self.valid_fraction < 1, f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
+        need(0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+        need(self.adversarial_weight >= 0, f"adversarial_weight must be >= 0, got {self.adversarial_weight!r}")
+        need(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "FinetuneConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InputError(f"FinetuneConfig: unknown keys {unknown}")
+        return cls(**data)
+
+
+def pick_device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_tokenizer(model: CellModel) -> str:
+    kind = model.config.embedding.kind
+    if kind not in ("binned", "rank"):
+        raise InputError(f"fine-tuning reads binned or rank tokens; this model reads {kind!r}")
+    return kind
+
+
+def resolve_pooling(config: FinetuneConfig, tokenizer: str) -> str:
+    if config.pooling != "auto":
+        return config.pooling
+    return "cls" if tokenizer == "binned" else "mean"
+
+
+def load_for_finetuning(model_dir: str | os.PathLike, heads: Mapping[str, HeadConfig], *,
+                        keep_heads: tuple[str, ...] = (), backend: str = "auto", seed: int = 0) -> CellModel:
+    """The pretrained embedding + backbone of ``model_dir`` (loaded strictly) with ``heads``:
+    new, freshly initialised heads, plus the pretrained heads named in ``keep_heads``."""
+    pretrained = CellModel.from_pretrained(model_dir, backend=backend)
+    missing = [h for h in keep_heads if h not in pretrained.config.heads]
+    if missing:
+        raise InputError(f"{model_dir}: has no head(s) {missing} to keep (it has {sorted(pretrained.config.heads)})")
+    new_heads = {name: pretrained.config.heads[name] for name in keep_heads}
+    clash = sorted(set(new_heads) & set(heads))
+    if clash:
+        raise InputError(f"load_for_finetuning: head name(s) {clash} are both kept and new")
+    new_heads.update(heads)
+    torch.manual_seed(seed)
+    model = CellModel(dataclasses.replace(pretrained.config, heads=new_heads))
+    state = {k: v for k, v in read_weights(Path(model_dir) / "model.safetensors").items()
+             if not k.startswith("heads.") or k.split(".")[1] in keep_heads}
+    fresh = {k: v for k, v in model.state_dict().items() if k.startswith("heads.") and k.split(".")[1] in heads}
+    load_state_dict_strict(model, {**state, **fresh}, source=str(model_dir))
+    n = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s (%s backbone, %s tokens, %d parameters) with heads %s", model_dir,
+             model.config.backbone.arch, model.config.embedding.kind, n, sorted(new_heads))
+    return model
+
+
+def collator_for(tokens: DatasetTokens, *, mask_ratio: float, include_zeros: bool, seed: int):
+    """The collator of the pretraining objective for these tokens; ``mask_ratio=0`` gives
+    plain batches (nothing hidden) for classification and embedding."""
+    if tokens.tokenizer == "binned":
+        zeros = int(tokens.measured.sum()) if include_zeros else 0
+        cfg = MaskedValueConfig(mask_ratio=mask_ratio, n_zeros=zeros, max_len=tokens.max_len if zeros else None)
+        return MaskedValueCollator(cfg, seed=seed)
+    return MaskedGeneCollator(MaskedGeneConfig(mask_ratio=mask_ratio), n_genes=len(tokens.measured), seed=seed)
+
+
+def train_loader(data: TokenCells, collator, *, batch_size: int, seed: int):
+    """Shuffled, length-bucketed batches; the last incomplete batch is kept (wrap-padded)."""
+    return build_dataloader(data, collator, DataConfig(batch_size=min(batch_size, len(data)), shuffle=True,
+                                                       drop_last=False, seed=seed, bucket_batches=20))
+
+
+def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None) -> TrainConfig:
+    batch_size = batch_size or min(config.batch_size, n_cells)
+    steps = config.epochs * math.ceil(n_cells / batch_size)
+    return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
+                       batch_size=batch_size, weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
+                       checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
+                       precision=config.precision)
+
+
+def split_train_valid(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``labels`` for training and validation: a seeded random ``fraction`` held
+    out (scGPT: ``train_test_split(test_size=0.1, shuffle=True)``, not stratified)."""
+    n = len(labels)
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_valid = int(round(fraction * n)) if n > 1 else 0
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.weight * grad, None
+
+
+def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Identity forward; gradient multiplied by ``-weight`` backward (Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x, float(weight))
+
+
+def _model_forward(model, batch: Mapping[str, Any]):
+    values = batch.get("values")
+    if values is not None and "value_mask" in batch:
+        return model(batch["input_ids"], values, attention_mask=batch["attention_mask"], value_mask=batch["value_mask"])
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class ClassificationObjective:
+    """Cross-entropy of ``model.heads["classifier"]`` against the cells' label codes.
+
+    ``labels``: int64 (n_dataset_cells,), looked up by the batch's ``cell_index``.
+    Metrics: ``accuracy``."""
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    def __call__(self, model, batch):
+        out = _model_forward(model, batch)
+        logits = model.heads["classifier"](out).float()
+        y = self.labels.to(logits.device)[batch["cell_index"]]
+        loss = F.cross_entropy(logits, y)
+        return loss, {"accuracy": float((logits.argmax(-1) == y).float().mean())}
+
+
+class AdversarialObjective:
+    """The recipe's self-supervised loss + a batch discriminator behind gradient reversal.
+
+    ``loss = ssl(model, batch) + CE(heads["batch"](grad_reverse(embedding, w)), batch)``: the
+    discriminator learns to tell batches apart while the reversed gradient pushes the cell
+    embedding to hide them (scGPT's DAR / SC-MAMBA2's adversarial batch correction). The
+    discriminator term is added at full weight to the loss; ``w`` scales only the gradient
+    reaching the encoder. One forward pass serves both terms.
+    """
+
+    def __init__(self, ssl, batches: np.ndarray, *, weight: float, pooling: str):
+        self.ssl, self.weight, self.pooling = ssl, float(weight), pooling
+        self.batches = torch.as_tensor(np.asarray(batches, dtype=np.int64))
+
+    def __call__(self, model, batch):
+        out = _model_forward(model, batch)
+        loss, metrics = self.ssl.loss_from_output(model, out, batch)
+        metrics = {"ssl_loss": float(loss.detach()), **metrics}
+        if self.weight > 0:
+            emb = pool_cells(out, self.pooling)
+            logits = model.heads["batch"](_PooledOutput(grad_reverse(emb, self.weight))).float()
+            y = self.batches.to(logits.device)[batch["cell_index"]]
+            adv = F.cross_entropy(logits, y)
+            loss = loss + adv
+            metrics.update(adv_loss=float(adv.detach()), batch_acc=float((logits.argmax(-1) == y).float().mean()))
+        return loss, metrics
+
+
+class _PooledOutput:
+    """A stand-in BackboneOutput whose "hidden" is already one vector per cell, so a
+    ClassifierHead with pooling="cls" reads it unchanged: hidden (B, 1, d)."""
+
+    def __init__(self, emb: torch.Tensor):
+        self.hidden = emb.unsqueeze(1)
+        self.attention_mask = torch.ones(emb.shape[0], 1, dtype=torch.bool, device=emb.device)
+
+
+@torch.no_grad()
+def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, batch_size: int = 64,
+                device=None, classifier: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cell embeddings (and classifier logits) of every cell of ``data``, in its order.
+
+    Returns
+    -------
+    embeddings : float32 (n_cells, d_model)
+    logits : float32 (n_cells, n_classes), or None unless ``classifier``
+    """
+    from tqdm.auto import tqdm
+
+    from ..train.loop import _autocast, resolve_precision
+
+    device = pick_device(device)
+    model = model.to(device).eval()
+    precision = resolve_precision("auto", device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    embs, logits = [], []
+    for batch in tqdm(loader, desc="embed", disable=not progress, dynamic_ncols=True):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device, precision):
+            out = _model_forward(model, batch)
+            embs.append(pool_cells(out, pooling).float().cpu())
+            if classifier:
+                logits.append(model.heads["classifier"](out).float().cpu())
+    emb = torch.cat(embs).numpy() if embs else np.zeros((0, model.config.backbone.d_model), np.float32)
+    return emb.astype(np.float32), (torch.cat(logits).numpy() if classifier and logits else None)
+
+
+def label_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    cat = pd.Categorical(values.astype(str))
+    return cat.codes.astype(np.int64), list(cat.categories)

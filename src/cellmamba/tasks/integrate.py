@@ -1,0 +1,71 @@
+"""Batch integration: self-supervised fine-tuning with the recipe's masked objective (masked
+values for binned models, masked genes for rank models) plus an adversarial batch
+discriminator behind gradient reversal, then cell embeddings of ALL cells (scGPT / SC-MAMBA2:
+scib runs on the whole dataset; there is no query split).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..keys import OBS_BATCH
+from ..models import HeadConfig
+from ..train import train
+from ..train.objectives import MaskedGeneObjective, MaskedValueObjective
+from .finetune import (AdversarialObjective, FinetuneConfig, collator_for, embed_cells, label_codes,
+                       load_for_finetuning, model_tokenizer, pick_device, resolve_pooling, train_config, train_loader)
+from .tokens import TokenCells, tokenize_dataset
+
+__all__ = ["run_integration"]
+
+log = logging.getLogger(__name__)
+
+
+def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame, *, config: FinetuneConfig,
+                    out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None) -> np.ndarray:
+    """Fine-tune on every cell (self-supervised + adversarial), return the cell embeddings.
+
+    Parameters
+    ----------
+    adata
+        Standard-schema dataset with obs ``batch``.
+    model_dir, vocabulary, config, out_dir, genes
+        As :func:`cellmamba.tasks.run_annotation`.
+
+    Returns
+    -------
+    float32 (n_cells, d_model): the pooled embedding of every cell, in dataset order (not
+    normalised; the metrics L2-normalise).
+    """
+    if OBS_BATCH not in adata.obs:
+        raise InputError(f"integration: obs column '{OBS_BATCH}' is required")
+    batches, names = label_codes(adata.obs[OBS_BATCH])
+    if len(names) < 2:
+        log.warning("integration: only one batch (%s); the adversarial term has nothing to remove", names)
+    device = pick_device(device)
+    probe = load_for_finetuning(model_dir, {}, backend=config.backend, seed=config.seed)
+    tokenizer = model_tokenizer(probe)
+    keep = ("value",) if tokenizer == "binned" else ("gene",)
+    pooling = resolve_pooling(config, tokenizer)
+    heads = {"batch": HeadConfig(kind="classifier", n_out=max(len(names), 2), pooling="cls", hidden=probe.config.backbone.d_model)}
+    model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed)
+    tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
+                              source="integration dataset")
+    ssl = MaskedValueObjective() if tokenizer == "binned" else MaskedGeneObjective()
+    objective = AdversarialObjective(ssl, batches, weight=config.adversarial_weight if len(names) > 1 else 0.0,
+                                     pooling=pooling)
+    masked = collator_for(tokens, mask_ratio=config.mask_ratio, include_zeros=config.include_zeros, seed=config.seed)
+    data = TokenCells(tokens)
+    tcfg = train_config(config, len(data))
+    log.info("integration: %d cells, %d batches, %s objective + adversarial (weight %g), %d steps",
+             len(data), len(names), type(ssl).__name__, config.adversarial_weight, tcfg.max_steps)
+    train(model, objective, train_loader(data, masked, batch_size=config.batch_size, seed=config.seed), tcfg,
+          out_dir=Path(out_dir), device=device)
+    plain = collator_for(tokens, mask_ratio=0.0, include_zeros=config.include_zeros, seed=config.seed)
+    emb, _ = embed_cells(model, data, plain, pooling=pooling, batch_size=config.embed_batch_size, device=device)
+    return emb

@@ -1,0 +1,219 @@
+"""A fine-tuning dataset in the pretrained model's tokens.
+
+The dataset's genes are matched to the pretraining vocabulary (Ensembl ids in var ``gene_id``
+where the publication gives them, otherwise symbols in var ``gene_name`` through
+:func:`cellmamba.genes.map_symbols`); genes outside it are dropped and counted. Values:
+
+- binned: raw counts where the publication provides them; otherwise the log-normalised values
+  (per-cell quantile bins depend only on each cell's order of values, so both give the same
+  bins up to ties: scGPT's ``data_is_raw=False`` path bins log-normalised values too);
+- rank: count / total x 1e4 / corpus median, the totals over ALL the cell's genes; without
+  counts, expm1 of the log-normalised values (already count / total x 1e4).
+
+Nothing here fakes counts: the value kind used is recorded in :class:`DatasetTokens`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+from ..datasets import VAR_GENE_ID, VAR_GENE_NAME, counts_matrix, log_normalized, x_kind
+from ..errors import InputError
+from ..genes import looks_like_ensembl, map_symbols
+from ..keys import LAYER_COUNTS, OBS_BATCH, VAR_FEATURE_ID, VAR_FEATURE_NAME
+from ..tokenize import BinnedConfig, RankConfig, TokenBatch, tokenize_binned, tokenize_rank
+from ..vocab import N_SPECIAL
+
+__all__ = ["DatasetTokens", "vocabulary_index", "select_genes", "tokenize_dataset", "TokenCells"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetTokens:
+    """Tokens of every cell of a dataset, in the dataset's cell order."""
+
+    batch: TokenBatch          # CSR tokens (+ uint8 bins for binned)
+    measured: np.ndarray       # bool (n_vocab_genes,): vocabulary genes the dataset has (after gene selection)
+    tokenizer: str             # "rank" | "binned"
+    value_source: str          # "counts" | "log1p_norm" | "expm1(log1p_norm)"
+    n_genes_used: int          # dataset genes mapped to the vocabulary and selected
+    n_genes_unmapped: int      # dataset genes with no vocabulary id (dropped)
+    max_len: int               # tokens per cell the tokenizer kept at most
+
+
+def _strip_version(ids) -> np.ndarray:
+    return pd.Index(ids).astype(str).str.replace(r"\.\d+$", "", regex=True).to_numpy()
+
+
+def vocabulary_index(var: pd.DataFrame, vocabulary: pd.DataFrame, *, source: str = "dataset") -> np.ndarray:
+    """int64 (n_vars,): each dataset gene's index in ``vocabulary`` (columns feature_id,
+    feature_name, in token order), -1 where it has none.
+
+    Ensembl ids (``var["gene_id"]``, or a var index of Ensembl ids; versions ignored) when
+    present, else symbols (``var["gene_name"]``, or the var index)."""
+    for key in (VAR_FEATURE_ID, VAR_FEATURE_NAME):
+        if key not in vocabulary:
+            raise InputError(f"vocabulary table: missing column {key!r} (expected gene_stats.tsv)")
+    vocab_ids = pd.Index(_strip_version(vocabulary[VAR_FEATURE_ID]))
+    ids = var[VAR_GENE_ID] if VAR_GENE_ID in var else (var.index if looks_like_ensembl(var.index) else None)
+    if ids is not None:
+        index = vocab_ids.get_indexer(_strip_version(ids))
+        how = "Ensembl id"
+    else:
+        symbols = var[VAR_GENE_NAME] if VAR_GENE_NAME in var else var.index
+        mapping = map_symbols(np.asarray(symbols, dtype=str), vocabulary, source=source)
+        index = np.where(mapping.mapped, vocab_ids.get_indexer(_strip_version(mapping.feature_ids)), -1)
+        how = "symbol"
+    index = np.asarray(index, dtype=np.int64)
+    # two dataset columns on one vocabulary gene (duplicated symbols): keep the first
+    seen = pd.Series(index).duplicated() & (index >= 0)
+    index[seen.to_numpy()] = -1
+    log.info("%s: %d of %d genes matched the vocabulary by %s", source, int((index >= 0).sum()), len(index), how)
+    if not (index >= 0).any():
+        raise InputError(f"{source}: none of its {len(index)} genes is in the model's vocabulary "
+                         f"(matched by {how}; first genes {list(var.index[:3])})")
+    return index
+
+
+def select_genes(adata, *, n_hvg: int | None = None, min_counts: int = 0, source: str = "dataset") -> np.ndarray:
+    """bool (n_vars,): the genes a protocol uses.
+
+    ``min_counts``: genes with fewer total counts dropped first (scGPT's
+    ``filter_gene_by_counts``; needs counts). ``n_hvg``: highly variable genes as scGPT selects
+    them: ``seurat_v3`` on counts when the dataset has counts, else ``cell_ranger`` on the
+    log-normalised values, with ``batch_key="batch"`` when obs has batches. None = all genes.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    keep = np.ones(adata.n_vars, dtype=bool)
+    has_counts = LAYER_COUNTS in adata.layers or x_kind(adata, source=source) == "counts"
+    if min_counts:
+        if not has_counts:
+            raise InputError(f"{source}: filter_gene_by_counts={min_counts} needs raw counts, which it lacks")
+        keep &= np.asarray(counts_matrix(adata, source=source).sum(axis=0)).ravel() >= min_counts
+    if n_hvg is None:
+        return keep
+    if n_hvg >= int(keep.sum()):
+        return keep
+    idx = np.flatnonzero(keep)
+    batch = adata.obs[OBS_BATCH].astype(str).to_numpy() if OBS_BATCH in adata.obs else None
+    batch_key = "batch" if batch is not None and len(set(batch)) > 1 else None
+    obs = pd.DataFrame({"batch": batch} if batch_key else {}, index=adata.obs_names.astype(str))
+    if has_counts:
+        X = sp.csr_matrix(counts_matrix(adata, source=source), dtype=np.float32)[:, idx]
+        tmp = ad.AnnData(X=X, obs=obs)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat_v3", batch_key=batch_key)
+    else:
+        tmp = ad.AnnData(X=log_normalized(adata, source=source)[:, idx], obs=obs)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="cell_ranger", batch_key=batch_key)
+    hvg = np.zeros(adata.n_vars, dtype=bool)
+    hvg[idx[tmp.var["highly_variable"].to_numpy()]] = True
+    log.info("%s: %d highly variable genes (%s)", source, int(hvg.sum()), "seurat_v3 on counts" if has_counts
+             else "cell_ranger on log-normalised values")
+    return hvg
+
+
+def _to_vocab_columns(X, index: np.ndarray, n_vocab: int) -> sp.csr_matrix:
+    """(n_cells, n_vars) -> (n_cells, n_vocab) with column j moved to index[j]; index -1 dropped."""
+    X = sp.csr_matrix(X)
+    cols = np.flatnonzero(index >= 0)
+    sub = X[:, cols].tocsr()
+    out = sp.csr_matrix((sub.data, index[cols][sub.indices], sub.indptr), shape=(X.shape[0], n_vocab))
+    out.sort_indices()
+    out.eliminate_zeros()
+    return out
+
+
+def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len: int,
+                     genes: np.ndarray | None = None, medians: np.ndarray | None = None,
+                     source: str = "dataset") -> DatasetTokens:
+    """Tokens of every cell of ``adata`` for a model pretrained on ``vocabulary``.
+
+    Parameters
+    ----------
+    adata
+        A dataset in the standard schema (``uns["cellmamba"]["x_kind"]``).
+    vocabulary
+        The pretraining gene table (gene_stats.tsv: feature_id, feature_name[, nonzero_median]).
+    tokenizer
+        "binned" or "rank" (the pretrained model's).
+    max_len
+        Tokens per cell (binned: CLS included).
+    genes
+        bool (n_vars,): genes to use (:func:`select_genes`); default all.
+    medians
+        float64 (n_vocab,): rank only, the corpus non-zero medians (default: the table's
+        ``nonzero_median`` column).
+    """
+    if tokenizer not in ("binned", "rank"):
+        raise InputError(f"tokenize_dataset: tokenizer must be 'binned' or 'rank', got {tokenizer!r}")
+    index = vocabulary_index(adata.var, vocabulary, source=source)
+    n_unmapped = int((index < 0).sum())
+    if genes is not None:
+        genes = np.asarray(genes, dtype=bool)
+        if genes.shape != (adata.n_vars,):
+            raise InputError(f"{source}: genes mask has shape {genes.shape}, expected ({adata.n_vars},)")
+        index = np.where(genes, index, -1)
+    n_vocab = len(vocabulary)
+    has_counts = LAYER_COUNTS in adata.layers or x_kind(adata, source=source) == "counts"
+    if has_counts:
+        raw = sp.csr_matrix(counts_matrix(adata, source=source))
+        totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
+        X, value_source, integers = _to_vocab_columns(raw, index, n_vocab), "counts", True
+    else:
+        lognorm = log_normalized(adata, source=source)
+        X, integers = _to_vocab_columns(lognorm, index, n_vocab), False
+        value_source = "log1p_norm"
+        totals = None
+    if tokenizer == "binned":
+        batch = tokenize_binned(X, BinnedConfig(max_len=max_len), counts=integers)
+    else:
+        if medians is None:
+            if "nonzero_median" not in vocabulary:
+                raise InputError("vocabulary table: the rank tokenizer needs its 'nonzero_median' column")
+            medians = pd.to_numeric(vocabulary["nonzero_median"]).to_numpy(np.float64)
+        if not has_counts:
+            X = X.copy()
+            X.data = np.expm1(X.data)
+            totals = np.full(X.shape[0], RankConfig().target_sum)  # already count / total x 1e4
+            value_source = "expm1(log1p_norm)"
+        batch = tokenize_rank(X, medians, RankConfig(max_len=max_len), totals=totals, counts=integers)
+    measured = np.zeros(n_vocab, dtype=bool)
+    measured[index[index >= 0]] = True
+    log.info("%s: %d cells tokenized (%s, max_len %d, values from %s), %d genes used, %d unmapped",
+             source, len(batch), tokenizer, max_len, value_source, int(measured.sum()), n_unmapped)
+    return DatasetTokens(batch, measured, tokenizer, value_source, int(measured.sum()), n_unmapped, max_len)
+
+
+class TokenCells(Dataset):
+    """Items of :class:`DatasetTokens` in the form the training collators read
+    (see :class:`cellmamba.train.TokenDataset`), restricted to ``cells`` (default all)."""
+
+    def __init__(self, tokens: DatasetTokens, cells: np.ndarray | None = None):
+        self.tokens = tokens
+        self.cells = np.arange(len(tokens.batch)) if cells is None else np.asarray(cells, dtype=np.int64)
+        self.lengths = np.diff(tokens.batch.offsets)[self.cells].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, i) -> dict:
+        c = int(self.cells[int(i)])
+        tok, val = self.tokens.batch.cell(c)
+        tok = np.asarray(tok, dtype=np.int64)
+        return {"tokens": tok, "values": None if val is None else np.asarray(val), "dataset": 0,
+                "length": int(tok.shape[0]), "cell_index": c, "measured": self.tokens.measured, "stored": tok,
+                "complete": int(tok.shape[0]) < self.tokens.max_len}
+
+
+def gene_token_ids(measured: np.ndarray) -> torch.Tensor:
+    """Token ids of the measured genes (int64)."""
+    return torch.from_numpy(np.flatnonzero(measured).astype(np.int64) + N_SPECIAL)
