@@ -9,6 +9,7 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/common_evaluation.smk"
 include: "rules/census.smk"
 include: "rules/preprocess.smk"
 include: "rules/tokenize.smk"
@@ -19,7 +20,7 @@ include: "rules/baselines.smk"
 include: "rules/metrics.smk"
 
 
-localrules: all, corpus, pretrained, download_dataset, annotation_table, integration_table
+localrules: all, corpus, pretrained, download_dataset, annotation_table, integration_table, perturbation_table, multiomics_table
 
 
 rule all:

@@ -42,3 +42,43 @@ rule baseline_integration:
         "../envs/eval.yaml"
     script:
         "../workflow_scripts/baseline_integration.py"
+
+
+rule baseline_perturbation:
+    """No change (control mean), mean of the training perturbations, or the additive model,
+    on the same split and for the same conditions as the models."""
+    input:
+        unpack(perturbation_inputs),
+    output:
+        predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
+    wildcard_constraints:
+        method="|".join(PERTURBATION_BASELINES),
+    params:
+        method="{method}",
+        seed=seed_param,
+    log:
+        "logs/baseline_perturbation/{dataset}/{method}/seed{seed}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/baseline_perturbation.py"
+
+
+rule baseline_multiomics:
+    """PCA of each modality, then CCA of the paired cells: both modalities in one space."""
+    input:
+        dataset="results/datasets/{dataset}.h5ad",
+    output:
+        embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
+    wildcard_constraints:
+        method="|".join(MULTIOMICS_BASELINES),
+    params:
+        method="{method}",
+        seed=seed_param,
+        settings=EVAL["multiomics"]["pca_cca"],
+    log:
+        "logs/baseline_multiomics/{dataset}/{method}/seed{seed}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/baseline_multiomics.py"

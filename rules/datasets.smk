@@ -35,3 +35,20 @@ rule prepare_dataset:
         "../envs/eval.yaml"
     script:
         "../workflow_scripts/prepare_dataset.py"
+
+
+rule perturbation_split:
+    """GEARS 0.0.2 'simulation' split of a perturbation dataset (seeded, subgroups) and the
+    reverse-perturbation grid, one JSON that every method of the dataset reads."""
+    input:
+        dataset="results/datasets/{dataset}.h5ad",
+    output:
+        split="results/perturbation/{dataset}/split.json",
+    params:
+        settings=perturbation_split_settings,
+    log:
+        "logs/perturbation_split/{dataset}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/perturbation_split.py"

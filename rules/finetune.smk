@@ -48,3 +48,53 @@ rule finetune_integration:
         "../envs/gpu.yaml"
     script:
         "../workflow_scripts/finetune_integration.py"
+
+
+rule finetune_perturbation:
+    """Control cell in, perturbed cell out (perturbation flags on gene tokens); predicted mean
+    profiles of the test conditions and of the reverse-perturbation candidates."""
+    input:
+        unpack(finetune_inputs),
+        split="results/perturbation/{dataset}/split.json",
+    output:
+        predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
+        train=directory("results/perturbation/{dataset}/{method}/seed{seed}/train"),
+    wildcard_constraints:
+        method="|".join(MODEL_NAMES),
+    params:
+        settings=finetune_settings("perturbation"),
+    log:
+        "logs/finetune_perturbation/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/finetune_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
+    resources:
+        gpu=0,
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        "../workflow_scripts/finetune_perturbation.py"
+
+
+rule train_multiomics:
+    """scmamba: one patch-token tower per modality (features in genomic order), symmetric
+    InfoNCE + cosine on paired cells; both modalities' embeddings of every cell."""
+    input:
+        dataset="results/datasets/{dataset}.h5ad",
+        positions=RESOURCES["positions"],
+    output:
+        embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
+        train=directory("results/multiomics/{dataset}/{method}/seed{seed}/train"),
+    wildcard_constraints:
+        method="|".join(MULTIOMICS_METHODS),
+    params:
+        settings=multiomics_settings,
+    log:
+        "logs/train_multiomics/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/train_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
+    resources:
+        gpu=0,
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        "../workflow_scripts/train_multiomics.py"

@@ -78,3 +78,81 @@ rule integration_table:
         "../envs/eval.yaml"
     script:
         "../workflow_scripts/make_table.py"
+
+
+rule score_perturbation:
+    """Pearson delta (all genes, top-20 DE), MSE, overall and per GEARS subgroup; reverse
+    perturbation top-k retrieval (k = 1..8) on the gene grid."""
+    input:
+        unpack(perturbation_inputs),
+        predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
+    output:
+        metrics="results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
+        per_condition="results/perturbation/{dataset}/{method}/seed{seed}/per_condition.csv",
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
+    log:
+        "logs/score_perturbation/{dataset}/{method}/seed{seed}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/score_perturbation.py"
+
+
+rule score_multiomics:
+    """FOSCTTM, omics mixing entropy, ARI / NMI of the joint embedding, label transfer."""
+    input:
+        embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
+    output:
+        metrics="results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
+    log:
+        "logs/score_multiomics/{dataset}/{method}/seed{seed}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/score_multiomics.py"
+
+
+rule perturbation_table:
+    """results/tables/perturbation.{csv,md}: method x subgroup x metric, and reverse perturbation."""
+    input:
+        perturbation_runs(),
+    output:
+        csv="results/tables/perturbation.csv",
+        md="results/tables/perturbation.md",
+    params:
+        task="perturbation",
+        also=["reverse_perturbation"],
+        title="Perturbation prediction (GEARS simulation split, test conditions)",
+    log:
+        "logs/perturbation_table.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/make_table.py"
+
+
+rule multiomics_table:
+    """results/tables/multiomics.{csv,md}: method x metric, mean and spread over seeds."""
+    input:
+        multiomics_runs(),
+    output:
+        csv="results/tables/multiomics.csv",
+        md="results/tables/multiomics.md",
+    params:
+        task="multiomics",
+        title="Multi-omics integration (paired modalities, all cells)",
+    log:
+        "logs/multiomics_table.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/make_table.py"

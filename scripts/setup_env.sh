@@ -54,6 +54,13 @@ fi
 log "installing cellmamba[$EXTRAS] (editable)"
 pip_install -e ".[$EXTRAS]"
 
+# The GEARS 0.0.2 split test runs GEARS' own DataSplitter: its source without dependencies
+# (torch_geometric etc. are not needed by the splitter, and the test never imports gears/__init__).
+if [[ ",$EXTRAS," == *",test,"* ]] && ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('gears') is None)"; then
+    log "installing cell-gears==0.0.2 (source only, --no-deps) for the split test"
+    pip_install --no-deps "cell-gears==0.0.2" || log "warning: could not install cell-gears 0.0.2; its test will skip"
+fi
+
 # scib's LISI ships a prebuilt binary that needs GLIBC 2.38; rebuild it from the C++ source it ships
 # when scib is installed and a compiler exists (issue 5 uses it).
 if "$PY" -c "import scib" >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; then

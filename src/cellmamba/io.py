@@ -11,7 +11,9 @@ from typing import Iterator
 
 from .errors import CorruptFileError, InputError
 
-__all__ = ["atomic_path", "sha256_file", "read_h5ad_checked", "ensure_parent"]
+__all__ = ["atomic_path", "sha256_file", "read_h5ad_checked", "ensure_parent", "write_h5ad_atomic",
+           "write_profiles", "read_profiles", "read_json_object", "read_h5ad_plain", "write_paired_embedding",
+           "read_paired_embedding", "PAIRED_PREFIX"]
 
 
 def ensure_parent(path: str | os.PathLike) -> Path:
@@ -43,6 +45,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def read_json_object(path: str | os.PathLike, *, what: str, missing: type[Exception] = InputError,
+                     invalid: type[Exception] = CorruptFileError) -> dict:
+    """The JSON object stored at ``path``.
+
+    Raises ``missing`` when there is no such file and ``invalid`` when the content is not JSON or
+    not an object; both messages name the file and ``what`` was expected there.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{path}: no such file (expected {what})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"{path}: not valid JSON ({exc}); expected {what}") from exc
+    if not isinstance(data, dict):
+        raise invalid(f"{path}: top level is {type(data).__name__}; expected a JSON object ({what})")
+    return data
+
+
 def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -70,3 +93,112 @@ def read_h5ad_checked(path: str | os.PathLike, *, backed: str | None = None):
         return ad.read_h5ad(path, backed=backed)
     except Exception as exc:  # anndata raises many types for damaged files
         raise CorruptFileError(f"{path}: could not be read as h5ad ({type(exc).__name__}: {exc})") from exc
+
+
+def _plain(info) -> dict:
+    """A JSON round trip: uns gets plain dicts / lists / strings / numbers only."""
+    import json
+
+    return json.loads(json.dumps(info, default=str))
+
+
+def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
+    """``adata.write_h5ad`` to a temporary sibling, renamed on success."""
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp.with_suffix(".h5ad"))
+        tmp.with_suffix(".h5ad").rename(tmp)
+
+
+def read_h5ad_plain(path: str | os.PathLike, what: str):
+    """Read any h5ad (X may be absent: embeddings, profiles); errors name the file and ``what``."""
+    import anndata as ad
+
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file (expected {what})")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # anndata raises many types for damaged files
+        raise CorruptFileError(f"{path}: could not be read as h5ad ({type(exc).__name__}: {exc})") from exc
+
+
+def write_profiles(frame, path: str | os.PathLike, *, obs=None, info: dict | None = None) -> None:
+    """Mean expression profiles (e.g. predicted perturbation responses) as h5ad.
+
+    Parameters
+    ----------
+    frame
+        DataFrame (n_profiles, n_genes): index = profile names (conditions), columns = genes.
+    path
+        Output .h5ad: X float32 dense (n_profiles, n_genes), obs_names = ``frame.index``,
+        var_names = ``frame.columns``, obs = ``obs`` (same index), uns['cellmamba'] = ``info``.
+    """
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    if not frame.index.is_unique or not frame.columns.is_unique:
+        raise InputError(f"{path}: profile names and genes must be unique")
+    obs = pd.DataFrame(index=frame.index.astype(str)) if obs is None else obs.copy()
+    if list(obs.index.astype(str)) != list(frame.index.astype(str)):
+        raise InputError(f"{path}: obs must have the profiles' index")
+    obs.index = obs.index.astype(str)
+    out = ad.AnnData(X=np.asarray(frame.to_numpy(), dtype=np.float32), obs=obs,
+                     var=pd.DataFrame(index=frame.columns.astype(str)))
+    out.uns["cellmamba"] = _plain(info or {})
+    write_h5ad_atomic(out, path)
+
+
+def read_profiles(path: str | os.PathLike):
+    """Inverse of :func:`write_profiles`: (DataFrame profiles x genes, obs DataFrame, info dict)."""
+    import numpy as np
+    import pandas as pd
+
+    a = read_h5ad_plain(path, "a profiles h5ad (X = one mean profile per row)")
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    return (pd.DataFrame(X.astype(np.float64), index=a.obs_names.copy(), columns=a.var_names.copy()),
+            a.obs.copy(), dict(a.uns.get("cellmamba", {})))
+
+
+#: obsm key prefix of a paired embedding: obsm["emb_<modality>"]
+PAIRED_PREFIX = "emb_"
+
+
+def write_paired_embedding(obs, embeddings, path: str | os.PathLike, *, info: dict | None = None) -> None:
+    """Two modalities' embeddings of the same cells as h5ad (no X).
+
+    Parameters
+    ----------
+    obs
+        DataFrame of the cells (obs_names and columns are kept, e.g. ``cell_type``).
+    embeddings
+        Mapping modality -> (n_cells, n_dims) array, exactly two, in order (first = RNA).
+    path
+        Output .h5ad: obsm['emb_<modality>'] float32, uns['cellmamba'] = ``info`` plus
+        ``modalities`` (the order).
+    """
+    import anndata as ad
+    import numpy as np
+
+    mods = list(embeddings)
+    if len(mods) != 2:
+        raise InputError(f"{path}: a paired embedding has two modalities, got {mods}")
+    obsm = {f"{PAIRED_PREFIX}{m}": np.asarray(embeddings[m], dtype=np.float32) for m in mods}
+    for key, emb in obsm.items():
+        if emb.ndim != 2 or emb.shape[0] != len(obs):
+            raise InputError(f"{path}: obsm['{key}'] has shape {emb.shape}; expected ({len(obs)}, n_dims)")
+    out = ad.AnnData(obs=obs.copy(), obsm=obsm)
+    out.uns["cellmamba"] = _plain({**(info or {}), "modalities": mods})
+    write_h5ad_atomic(out, path)
+
+
+def read_paired_embedding(path: str | os.PathLike):
+    """Inverse of :func:`write_paired_embedding`: (obs, [modality 1, modality 2], x, y)."""
+    import numpy as np
+
+    a = read_h5ad_plain(path, "a paired-embedding h5ad (obsm['emb_<modality>'] x 2)")
+    mods = [str(m) for m in a.uns.get("cellmamba", {}).get("modalities", [])]
+    keys = [f"{PAIRED_PREFIX}{m}" for m in mods]
+    if len(mods) != 2 or any(k not in a.obsm for k in keys):
+        raise InputError(f"{path}: expected uns['cellmamba']['modalities'] naming two modalities with "
+                         f"obsm['emb_<modality>']; found modalities {mods}, obsm {list(a.obsm)}")
+    return a.obs.copy(), mods, np.asarray(a.obsm[keys[0]]), np.asarray(a.obsm[keys[1]])

@@ -46,15 +46,18 @@ HERE = Path(__file__).resolve().parent
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 GRES_CONF = Path("/etc/slurm/gres.conf")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo", "scancel")
-DEMO_TIMEOUT_S = 420      # the whole demo snakemake call (killed with SIGKILL after this)
+DEMO_TIMEOUT_S = 900      # the whole demo snakemake call (killed with SIGKILL after this)
 FAIL_TIMEOUT_S = 120      # the failing one-rule workflow
 MAX_STEPS = 4             # pretraining steps of each demo model (the demo config has 20)
-GPU_RULES = {"pretrain": 1, "finetune_annotation": 1, "finetune_integration": 1}
+GPU_RULES = {"pretrain": 1, "finetune_annotation": 1, "finetune_integration": 1, "finetune_perturbation": 1,
+             "train_multiomics": 1}
 # the evaluation part of the demo, cut to one model, one baseline per task and one variant, so
 # every evaluation rule runs once or twice (the full set is the plain demo test's job)
 EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False,
                   "annotation": {"baselines": ["logreg"], "finetune": {"epochs": 1}},
-                  "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}}}
+                  "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}},
+                  "perturbation": {"baselines": ["additive"], "finetune": {"epochs": 1}},
+                  "multiomics": {"methods": ["scmamba"], "baselines": ["pca_cca"], "train": {"epochs": 1}}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,9 +437,10 @@ def test_demo_dag_outputs_through_slurm(demo_run):
         assert model_dir.is_dir() and any(model_dir.iterdir()), model
         steps = [l.split(",")[0] for l in (work / f"results/pretrain/{model}/metrics.csv").read_text().splitlines()]
         assert steps[-1] == str(MAX_STEPS), f"{model}: the --config override did not reach the job ({steps[-3:]})"
-    for table in ("annotation", "integration"):
+    for table, model, baseline in (("annotation", "scmamba2", "logreg"), ("integration", "scmamba2", "pca"),
+                                   ("perturbation", "scmamba2", "additive"), ("multiomics", "scmamba", "pca_cca")):
         text = (work / f"results/tables/{table}.md").read_text()
-        assert "| scmamba2 " in text and ("| logreg " in text or "| pca " in text), text
+        assert f"| {model} " in text and f"| {baseline} " in text, text
 
 
 def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run):
@@ -452,8 +456,10 @@ def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run
                 "gene_stats": 1, "tokenize": n_shards * len(cfg["tokenize"]["tokenizers"]),
                 "token_manifest": len(cfg["tokenize"]["tokenizers"]), "pretrain": n_models,
                 # evaluation (tables are local rules): one dataset per task, one model, one baseline
-                "prepare_dataset": 2, "finetune_annotation": 1, "baseline_annotation": 1, "score_annotation": 2,
-                "finetune_integration": 1, "baseline_integration": 1, "score_integration": 2}
+                "prepare_dataset": 4, "finetune_annotation": 1, "baseline_annotation": 1, "score_annotation": 2,
+                "finetune_integration": 1, "baseline_integration": 1, "score_integration": 2,
+                "perturbation_split": 1, "finetune_perturbation": 1, "baseline_perturbation": 1,
+                "score_perturbation": 2, "train_multiomics": 1, "baseline_multiomics": 1, "score_multiomics": 2}
     assert {r: len(v) for r, v in by_rule.items()} == expected
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:

@@ -66,7 +66,8 @@ def test_manual_text_is_parsed(registry):
 def test_registry_lists_the_datasets(registry):
     expected = {"pbmc10k": "integration", "sim_integration": "integration", "myeloid": "annotation",
                 "ms": "annotation", "hpancreas": "annotation", "pbmc68k_reduced": "annotation",
-                "norman": "perturbation", "bmmc_cite": "multiomics", "bmmc_multiome": "multiomics"}
+                "norman": "perturbation", "bmmc_cite": "multiomics", "bmmc_multiome": "multiomics",
+                "sim_perturbation": "perturbation", "sim_multiome": "multiomics"}
     assert {name: e["task"] for name, e in registry["datasets"].items()} == expected
 
 
@@ -83,6 +84,8 @@ def test_registry_lists_the_datasets(registry):
     pytest.param(lambda r: r["datasets"]["norman"].update(reader="gears"), id="unknown-reader"),
     pytest.param(lambda r: r["datasets"]["norman"].update(x_kind="log"), id="unknown-x-kind"),
     pytest.param(lambda r: r["datasets"]["norman"]["files"]["h5ad"].update(name="a/b.h5ad"), id="name-with-dir"),
+    pytest.param(lambda r: r["datasets"]["sim_multiome"]["files"]["positions"].update(url="https://x"),
+                 id="path-and-url"),
 ])
 def test_stale_or_wrong_keys_fail(registry, validator, edit):
     broken = copy.deepcopy(registry)
@@ -90,7 +93,7 @@ def test_stale_or_wrong_keys_fail(registry, validator, edit):
     assert _errors(validator, broken), "the schema accepted a stale / wrong key"
 
 
-def test_entries_match_the_readers(registry):
+def test_entries_match_the_readers(registry, repo_root):
     schema_readers = set(READERS)
     for name, entry in registry["datasets"].items():
         assert entry["reader"] in schema_readers, name
@@ -101,7 +104,19 @@ def test_entries_match_the_readers(registry):
         for option in entry.get("options") or {}:
             assert has_var_kw or option in accepted, f"{name}: reader {entry['reader']} takes no option {option!r}"
         for spec in entry["files"].values():
-            assert spec["url"] is not None or spec.get("manual"), name
+            if "path" in spec:  # shipped with the repository
+                assert (repo_root / spec["path"]).is_file(), (name, spec["path"])
+            else:
+                assert spec["url"] is not None or spec.get("manual"), name
+
+
+def test_simulator_options_are_the_simulators_keywords(registry):
+    from cellmamba.datasets import simulate_integration, simulate_multiome, simulate_perturbation
+
+    for name, fn in (("sim_integration", simulate_integration), ("sim_perturbation", simulate_perturbation),
+                     ("sim_multiome", simulate_multiome)):
+        options = set(registry["datasets"][name].get("options") or {})
+        assert options <= set(inspect.signature(fn).parameters) - {"positions"}, (name, options)
 
 
 def test_reader_file_names(registry):
@@ -123,5 +138,9 @@ def test_protocol_pins(registry):
         assert d[name]["protocol"]["n_hvg"] is None and d[name]["protocol"]["data_is_raw"] is False
     assert d["hpancreas"]["protocol"]["log1p_again"] is False
     assert any("0.0.2" in pin for pin in d["norman"]["pins"])
-    assert d["sim_integration"]["simulated"] is True
-    assert all(not e.get("simulated", False) for n, e in d.items() if n != "sim_integration")
+    simulators = {"sim_integration", "sim_perturbation", "sim_multiome"}
+    assert all(d[n]["simulated"] is True for n in simulators)
+    assert all(not e.get("simulated", False) for n, e in d.items() if n not in simulators)
+    # the demo datasets follow the protocols of the datasets they stand in for
+    for key in ("split_method", "split_seed", "train_gene_set_size", "combo_seen2_train_frac"):
+        assert d["sim_perturbation"]["protocol"][key] == d["norman"]["protocol"][key], key

@@ -75,6 +75,10 @@ def test_perturbation_hand_computed():
     assert out.loc["X", "mse_de2"] == pytest.approx(1.0)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    # a constant predicted change scores 0 (GEARS' NaN -> 0); a constant measured change stays NaN
+    flat = perturbation_scores(pd.DataFrame([[1.0] * 4, [2.0, 3.0, 1.0, 0.0]], index=["X", "Y"], columns=genes),
+                               pd.DataFrame([[2.0, 3.0, 1.0, 0.0], [1.0] * 4], index=["X", "Y"], columns=genes), ctrl)
+    assert flat.loc["X", "pearson_delta"] == 0.0 and np.isnan(flat.loc["Y", "pearson_delta"])
 
 
 def test_summarize_perturbation_groups():

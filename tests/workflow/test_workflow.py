@@ -34,8 +34,12 @@ def test_lint_is_clean():
 
 
 def test_dry_run_demo():
-    out = _snakemake("-n", "--cores", "2").stdout
-    for rule in ("build_demo_census", "census_plan", "census_download", "qc", "gene_stats", "tokenize", "token_manifest"):
+    # --forceall: the whole DAG whatever results/ of this checkout already holds
+    out = _snakemake("-n", "--cores", "2", "--forceall", "--quiet", "rules").stdout
+    for rule in ("build_demo_census", "census_plan", "census_download", "qc", "gene_stats", "tokenize", "token_manifest",
+                 "pretrain", "finetune_annotation", "finetune_integration", "perturbation_split",
+                 "finetune_perturbation", "baseline_perturbation", "train_multiomics", "baseline_multiomics",
+                 "perturbation_table", "multiomics_table"):
         assert rule in out, f"demo DAG lacks rule {rule}"
 
 
@@ -202,7 +206,7 @@ def test_workflow_scripts_put_this_checkouts_package_first():
         assert Path(proc.stdout.strip()).resolve() == REPO / "src" / "cellmamba" / "__init__.py", proc.stdout
 
 
-GPU_RULES = {"pretrain", "finetune_annotation", "finetune_integration"}
+GPU_RULES = {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation", "train_multiomics"}
 
 
 def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
@@ -213,6 +217,10 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
                      "results/annotation/myeloid/logreg/seed0/metrics.csv",
                      "results/integration/pbmc10k/protocol/genemamba_transformer/seed1/metrics.csv",
                      "results/integration/pbmc10k/all_genes/harmony/seed0/metrics.csv",
+                     "results/perturbation/norman/genemamba/seed0/metrics.csv",
+                     "results/perturbation/norman/additive/seed0/metrics.csv",
+                     "results/multiomics/bmmc_multiome/scmamba/seed0/metrics.csv",
+                     "results/multiomics/bmmc_cite/pca_cca/seed0/metrics.csv",
                      "--sdm", "env-modules").stdout
     jobs = out.split("\nrule ")[1:]
     assert jobs, out[-2000:]
@@ -227,4 +235,6 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
             assert not gpus or gpus == [0], f"{name} asks for a GPU: {resources}"
         seen.add(name)
     assert GPU_RULES | {"census_download", "qc", "gene_stats", "prepare_dataset", "download_dataset",
-                        "baseline_annotation", "baseline_integration", "score_annotation", "score_integration"} <= seen
+                        "baseline_annotation", "baseline_integration", "score_annotation", "score_integration",
+                        "perturbation_split", "baseline_perturbation", "score_perturbation", "baseline_multiomics",
+                        "score_multiomics"} <= seen

@@ -26,7 +26,11 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 
-__all__ = ["PERTURBATION_METHODS", "CTRL", "condition_genes", "additive_flags", "perturbation_baseline"]
+__all__ = ["PERTURBATION_METHODS", "CTRL", "condition_genes", "additive_flags", "perturbation_baseline",
+           "prediction_targets", "run_perturbation_baseline", "OBS_ROLE"]
+
+#: obs column of a predictions file: "test" (a test condition) or "reverse_candidate"
+OBS_ROLE = "role"
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +157,64 @@ def perturbation_baseline(X, conditions: Sequence[str], *, method: str, train_co
                 pred = pred + effects[g]
         out[c] = pred
     return out
+
+
+def prediction_targets(split) -> tuple[list[str], list[str]]:
+    """What every perturbation method predicts: the split's test conditions (as spelled in the
+    data, ``ctrl`` excluded), then the reverse-perturbation candidates that perturb other gene
+    sets than those (canonical spelling).
+
+    Returns
+    -------
+    conditions, roles
+        Equal-length lists; roles are ``"test"`` or ``"reverse_candidate"``.
+    """
+    conditions = [c for c in split.test if c != CTRL]
+    seen = {condition_genes(c) for c in conditions}
+    roles = ["test"] * len(conditions)
+    for c in split.reverse_candidates:
+        if condition_genes(c) not in seen:
+            seen.add(condition_genes(c))
+            conditions.append(c)
+            roles.append("reverse_candidate")
+    return conditions, roles
+
+
+def run_perturbation_baseline(dataset, split, out, *, method: str, seed: int = 0) -> None:
+    """File-level baseline run (rule baseline_perturbation).
+
+    Parameters
+    ----------
+    dataset
+        Standard-schema perturbation h5ad (obs ``condition``, X = log1p expression as published).
+    split
+        Split JSON (:func:`cellmamba.datasets.gears_split.read_split`); the baseline learns from
+        the ``train`` conditions only (``ctrl`` included), as the models do.
+    out
+        Profiles h5ad (:func:`cellmamba.io.write_profiles`): one predicted mean profile per
+        :func:`prediction_targets` condition, obs ``role``; uns records the method, seed and
+        (additive) the genes without a training single.
+    seed
+        Recorded only: the three baselines are deterministic.
+    """
+    import pandas as pd
+
+    from ..datasets.gears_split import read_split
+    from ..io import read_h5ad_checked, write_profiles
+    from ..keys import OBS_CONDITION
+
+    adata = read_h5ad_checked(dataset)
+    sp_ = read_split(split)
+    if OBS_CONDITION not in adata.obs:
+        raise InputError(f"{dataset}: obs['{OBS_CONDITION}'] (perturbation conditions) is missing")
+    conditions, roles = prediction_targets(sp_)
+    pred = perturbation_baseline(adata.X, adata.obs[OBS_CONDITION].astype(str).to_numpy(), method=method,
+                                 train_conditions=sp_.train, predict_conditions=conditions)
+    frame = pd.DataFrame(np.vstack([pred[c] for c in conditions]), index=pd.Index(conditions),
+                         columns=adata.var_names.astype(str))
+    info = {"method": method, "seed": int(seed), "n_train_conditions": len(sp_.train)}
+    if method == "additive":
+        info["genes_without_training_single"] = {c: list(g) for c, g in
+                                                 additive_flags(sp_.train, conditions).items() if g}
+    write_profiles(frame, out, obs=pd.DataFrame({OBS_ROLE: roles}, index=frame.index), info=info)
+    log.info("%s: %d conditions predicted (%d test) -> %s", method, len(conditions), roles.count("test"), out)

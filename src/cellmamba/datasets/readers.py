@@ -38,7 +38,8 @@ from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_M
 from .schema import UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, validate_standard
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
-           "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "stratified_split",
+           "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
+           "read_sim_multiome", "stratified_split",
            "VAR_FEATURE_TYPE", "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER"]
 
 log = logging.getLogger(__name__)
@@ -492,11 +493,14 @@ def read_norman(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnDa
     ``gene_id`` (the Ensembl var index). No split: GEARS' simulation split is made downstream.
     obs ``cell_type`` is the file's (``A549``, a known mislabel: the cells are K562).
     """
-    reader = "norman"
-    path = _file(files, "h5ad", reader)
+    path = _file(files, "h5ad", "norman")
+    return _norman_standard(read_h5ad_checked(path), path, keys=keys, reader="norman")
+
+
+def _norman_standard(adata, path, *, keys: Mapping, reader: str, simulated: bool = False):
+    """GEARS' perturb_processed.h5ad layout (read from ``path``, or simulated) -> the standard schema."""
     condition_key = _key(keys, "condition_key", reader)
     gene_key = _key(keys, "gene_name_key", reader)
-    adata = read_h5ad_checked(path)
     conditions = _obs_column(adata, condition_key, path, what="perturbation condition")
     _check_conditions(conditions, path, condition_key)
     symbols = _var_column(adata, gene_key, path, what="gene symbols")
@@ -510,7 +514,7 @@ def read_norman(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnDa
         adata.obs[OBS_CONDITION] = _categorical(conditions)
     _gene_columns(adata, symbols=symbols, ids=adata.var_names if _looks_ensembl(adata.var_names) else None)
     _check_unique_obs(adata, path)
-    _set_uns(adata, x_kind="other", reader=reader)
+    _set_uns(adata, x_kind="other", reader=reader, simulated=simulated)
     adata.uns[UNS]["x_description"] = "log1p(normalize_total(counts)) at scanpy's default target (median total)"
     log.info("%s: %d cells, %d conditions, %d genes", path, adata.n_obs, conditions.nunique(), adata.n_vars)
     return adata
@@ -537,14 +541,17 @@ def read_bmmc(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnData
     (``rna`` / ``protein`` / ``atac``), ``gene_name`` (the var index: symbols, ADT names or
     peaks), ``gene_id`` (the source column). The towers are split downstream by var ``modality``.
     """
-    reader = "bmmc"
-    path = _file(files, "h5ad", reader)
+    path = _file(files, "h5ad", "bmmc")
+    return _bmmc_standard(read_h5ad_checked(path), path, keys=keys, reader="bmmc")
+
+
+def _bmmc_standard(adata, path, *, keys: Mapping, reader: str, simulated: bool = False):
+    """The NeurIPS 2021 BMMC layout (read from ``path``, or simulated) -> the standard schema."""
     label_key = _key(keys, "label_key", reader)
     batch_key = _key(keys, "batch_key", reader)
     type_key = _key(keys, "feature_type_key", reader)
     id_key = _key(keys, "gene_id_key", reader, required=False)
     donor_key = _key(keys, "donor_key", reader, required=False)
-    adata = read_h5ad_checked(path)
     labels = _obs_column(adata, label_key, path, what="cell-type label")
     batch = _obs_column(adata, batch_key, path, what="batch")
     if donor_key:
@@ -568,7 +575,7 @@ def read_bmmc(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnData
     _set_column(adata.var, VAR_MODALITY, types.map(FEATURE_MODALITY).to_numpy(), source=path)
     _gene_columns(adata, symbols=adata.var_names, ids=ids)
     _check_unique_obs(adata, path)
-    _set_uns(adata, x_kind="other", reader=reader)
+    _set_uns(adata, x_kind="other", reader=reader, simulated=simulated)
     log.info("%s: %d cells x %s", path, adata.n_obs, dict(types.value_counts()))
     return adata
 
@@ -680,6 +687,28 @@ def read_sim_integration(files: Mapping[str, os.PathLike], *, keys: Mapping, **o
     return adata
 
 
+def read_sim_perturbation(files: Mapping[str, os.PathLike], *, keys: Mapping, **options) -> "ad.AnnData":
+    """The simulated perturbation demo (:func:`cellmamba.datasets.simulate_perturbation.simulate_perturbation`
+    with the registry's ``options``), in GEARS' Norman layout, standardised like :func:`read_norman`."""
+    from .simulate_perturbation import simulate_perturbation
+
+    if files:
+        raise InputError(f"reader 'sim_perturbation': takes no files; got {sorted(files)}")
+    return _norman_standard(simulate_perturbation(**options), "simulated perturbation data", keys=keys,
+                            reader="sim_perturbation", simulated=True)
+
+
+def read_sim_multiome(files: Mapping[str, os.PathLike], *, keys: Mapping, **options) -> "ad.AnnData":
+    """The simulated paired RNA + ATAC demo (:func:`cellmamba.datasets.simulate_multiome.simulate_multiome`
+    with the registry's ``options``; ``files["positions"]``: the gene position table), in the
+    BMMC multiome layout, standardised like :func:`read_bmmc`."""
+    from .simulate_multiome import simulate_multiome
+
+    positions = _file(files, "positions", "sim_multiome")
+    return _bmmc_standard(simulate_multiome(positions=positions, **options), "simulated multiome data", keys=keys,
+                          reader="sim_multiome", simulated=True)
+
+
 # --------------------------------------------------------------------------- dispatch
 READERS: dict[str, Callable] = {
     "pbmc10k": read_pbmc10k,
@@ -689,6 +718,8 @@ READERS: dict[str, Callable] = {
     "pbmc68k_reduced": read_pbmc68k_reduced,
     "user_h5ad": read_user_h5ad,
     "sim_integration": read_sim_integration,
+    "sim_perturbation": read_sim_perturbation,
+    "sim_multiome": read_sim_multiome,
 }
 
 

@@ -12,11 +12,14 @@ from ._common import Scores
 from ._lisi_build import LisiBuildError, build_lisi_binary, lisi_binary
 from .classification import (ANNOTATION_METRICS, PREDICTION_COLUMNS, confusion, query_only_classes,
                              score_annotation, score_predictions)
-from .foscttm import foscttm, foscttm_per_cell, label_transfer_accuracy, mixing_entropy, score_multiomics
-from .integration import (EMBEDDING_KEY, INTEGRATION_METRICS, SCIB, ScibSettings, clisi, ilisi,
+from .foscttm import (MULTIOMICS_METRICS, foscttm, foscttm_per_cell, label_transfer_accuracy, mixing_entropy,
+                      score_multiomics, score_paired_embedding_file)
+from .integration import (EMBEDDING_KEY, INTEGRATION_METRICS, SCIB, ScibSettings, clisi, cluster_agreement, ilisi,
                           l2_normalize, score_embedding_file, score_integration)
-from .perturbation import (pearson, perturbation_scores, reverse_perturbation_scores,
-                           summarize_perturbation, topk_accuracy)
+from .perturbation import (REVERSE_KS, REVERSE_MATCH, condition_profiles, de_gene_lists, pearson,
+                           perturbation_frame, perturbation_scores, reverse_perturbation_scores,
+                           reverse_perturbation_topk, score_perturbation_files, summarize_perturbation,
+                           topk_accuracy)
 from .tables import higher_is_better, metrics_frame, read_metrics, summarize, write_csv, write_table
 
 __all__ = [
@@ -24,9 +27,11 @@ __all__ = [
     "ANNOTATION_METRICS", "PREDICTION_COLUMNS", "score_annotation", "score_predictions", "confusion",
     "query_only_classes",
     "INTEGRATION_METRICS", "SCIB", "ScibSettings", "EMBEDDING_KEY", "score_integration",
-    "score_embedding_file", "ilisi", "clisi", "l2_normalize",
+    "score_embedding_file", "ilisi", "clisi", "l2_normalize", "cluster_agreement",
     "pearson", "perturbation_scores", "summarize_perturbation", "topk_accuracy",
-    "reverse_perturbation_scores",
+    "reverse_perturbation_scores", "reverse_perturbation_topk", "REVERSE_KS", "condition_profiles",
+    "de_gene_lists", "score_perturbation_files", "perturbation_frame", "REVERSE_MATCH",
     "foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy", "score_multiomics",
+    "score_paired_embedding_file", "MULTIOMICS_METRICS",
     "metrics_frame", "write_csv", "read_metrics", "summarize", "write_table", "higher_is_better",
 ]

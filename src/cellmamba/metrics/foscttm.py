@@ -14,7 +14,11 @@ from ..errors import InputError
 from ._common import Scores, as_labels, as_matrix
 
 __all__ = ["foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy",
-           "score_multiomics"]
+           "score_multiomics", "score_paired_embedding_file", "MULTIOMICS_METRICS"]
+
+#: the multi-omics table's metrics, in order
+MULTIOMICS_METRICS = ("foscttm", "omics_mixing_entropy", "nmi", "ari", "label_transfer", "label_transfer_1to2",
+                      "label_transfer_2to1")
 
 _METRICS = ("euclidean", "cosine")
 
@@ -192,3 +196,36 @@ def score_multiomics(x, y, *, labels: Sequence[str] | None = None, mixing_k: int
     scores["label_transfer_2to1"] = label_transfer_accuracy(y, x, source_labels=labels, target_labels=labels, k=transfer_k)
     scores["label_transfer"] = (scores["label_transfer_1to2"] + scores["label_transfer_2to1"]) / 2
     return scores
+
+
+def score_paired_embedding_file(path, *, seed: int = 0, label_key: str = "cell_type") -> Scores:
+    """Multi-omics metrics of one method's paired embedding file.
+
+    Parameters
+    ----------
+    path
+        h5ad of :func:`cellmamba.io.write_paired_embedding`: both modalities' embeddings of every
+        cell (row i = the same cell), obs ``label_key``.
+    seed
+        Seed of the kNN graph and Leiden (fixed for every run).
+
+    Returns
+    -------
+    Scores
+        :func:`score_multiomics` on the two embeddings as written (FOSCTTM, omics mixing
+        entropy, label transfer both ways), plus ``nmi`` / ``ari`` of the joint embedding:
+        each cell's two L2-normalised embeddings concatenated, clustered with scib's
+        optimal-resolution Leiden (:func:`cellmamba.metrics.integration.cluster_agreement`).
+    """
+    from ..io import read_paired_embedding
+    from .integration import cluster_agreement, l2_normalize
+
+    obs, mods, x, y = read_paired_embedding(path)
+    if label_key not in obs:
+        raise InputError(f"{path}: obs['{label_key}'] (cell types) is missing; found {list(obs.columns)}")
+    labels = obs[label_key].astype(str).to_numpy()
+    scores = score_multiomics(x, y, labels=labels)
+    joint = np.hstack([l2_normalize(x), l2_normalize(y)])
+    scores.update(cluster_agreement(joint, labels, seed=seed, normalize=False))
+    out = Scores({k: scores[k] for k in MULTIOMICS_METRICS}, notes=scores.notes)
+    return out

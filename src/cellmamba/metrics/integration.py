@@ -31,8 +31,8 @@ from ..errors import InputError
 from ..keys import OBS_BATCH, OBS_CELL_TYPE
 from ._common import Scores, as_labels, as_matrix, quiet_stdout
 
-__all__ = ["ScibSettings", "SCIB", "INTEGRATION_METRICS", "score_integration", "ilisi", "clisi",
-           "l2_normalize", "score_embedding_file", "EMBEDDING_KEY"]
+__all__ = ["ScibSettings", "SCIB", "INTEGRATION_METRICS", "score_integration", "cluster_agreement", "ilisi",
+           "clisi", "l2_normalize", "score_embedding_file", "EMBEDDING_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,57 @@ def _kbet(work, scores: Scores, *, label_key, batch_key, settings) -> None:
         scores.skip("kbet", f"kBET unavailable: {exc}")
 
 
+def _optimal_clusters(work, label_key: str, *, settings: ScibSettings, seed: int) -> dict[str, float]:
+    """NMI and ARI of the Leiden clustering (resolution maximising NMI) of ``work``'s kNN graph
+    (already built on obsm['X_emb']) against ``obs[label_key]``, as scib.metrics.metrics does."""
+    from scib.metrics import ari, cluster_optimal_resolution, nmi
+
+    cluster_optimal_resolution(work, label_key, cluster_key=_CLUSTER, metric=nmi, use_rep=_EMB,
+                               resolutions=list(settings.resolutions), force=True, verbose=False,
+                               flavor=settings.leiden_flavor, random_state=seed)
+    return {"nmi": float(nmi(work, _CLUSTER, label_key, implementation=settings.nmi_implementation)),
+            "ari": float(ari(work, _CLUSTER, label_key))}
+
+
+def cluster_agreement(embedding, labels, *, seed: int = 0, normalize: bool = True,
+                      settings: ScibSettings = SCIB) -> Scores:
+    """NMI and ARI between cell types and the Leiden clusters of an embedding (scib's
+    optimal-resolution clustering, the same calls as :func:`score_integration`).
+
+    Parameters
+    ----------
+    embedding
+        (n_cells, n_dims) array.
+    labels
+        (n_cells,) cell types.
+    seed
+        Seed of the kNN graph and of Leiden.
+    normalize
+        L2-normalise each row first.
+
+    Returns
+    -------
+    Scores
+        ``nmi``, ``ari`` in [0, 1].
+    """
+    import anndata as ad
+
+    emb = as_matrix(embedding, name="embedding")
+    labels = as_labels(labels, name="labels")
+    if len(labels) != emb.shape[0]:
+        raise InputError(f"labels: {len(labels)} entries for {emb.shape[0]} cells")
+    if len(np.unique(labels)) < 2:
+        raise InputError("labels: NMI / ARI need at least 2 cell types")
+    emb = l2_normalize(emb) if normalize else emb.astype(np.float32)
+    work = ad.AnnData(obs=pd.DataFrame({"label": pd.Categorical(labels)},
+                                       index=[str(i) for i in range(len(labels))]), obsm={_EMB: emb})
+    _neighbors(work, settings=settings, seed=seed)
+    with quiet_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return Scores(_optimal_clusters(work, "label", settings=settings, seed=seed))
+
+
 def score_integration(adata, embed_key: str, *, label_key: str = OBS_CELL_TYPE,
                       batch_key: str = OBS_BATCH, unintegrated=None, seed: int = 0,
                       normalize: bool = True, lisi: bool = True, kbet: bool = True,
@@ -260,8 +311,7 @@ def score_integration(adata, embed_key: str, *, label_key: str = OBS_CELL_TYPE,
         ``avg_bio`` = mean(ari, nmi, asw_cell), ``avg_batch`` = mean(asw_batch,
         graph_connectivity). ``.notes`` says why a value is NaN.
     """
-    from scib.metrics import (ari, cluster_optimal_resolution, graph_connectivity, isolated_labels,
-                              nmi, pcr_comparison, silhouette, silhouette_batch)
+    from scib.metrics import graph_connectivity, isolated_labels, pcr_comparison, silhouette, silhouette_batch
 
     work = _scoring_copy(adata, embed_key, label_key=label_key, batch_key=batch_key, normalize=normalize)
     scores = Scores()
@@ -269,7 +319,7 @@ def score_integration(adata, embed_key: str, *, label_key: str = OBS_CELL_TYPE,
     if n_labels < 2:
         raise InputError(f"obs['{label_key}'] has {n_labels} cell type; integration metrics need at least 2")
     _neighbors(work, settings=settings, seed=seed)
-    leiden_kwargs = {"flavor": settings.leiden_flavor, "random_state": seed}
+    leiden_kwargs = {"flavor": settings.leiden_flavor, "random_state": seed}  # isolated-label F1's clustering
 
     with quiet_stdout(log), warnings.catch_warnings():
         # scanpy / pandas deprecation notices about scib 1.1.x's calls, once per metric: noise
@@ -277,11 +327,7 @@ def score_integration(adata, embed_key: str, *, label_key: str = OBS_CELL_TYPE,
         warnings.simplefilter("ignore", DeprecationWarning)
         # scib's notice that no label is isolated: recorded as a note instead
         warnings.filterwarnings("ignore", message="iso_threshold is equal", category=UserWarning)
-        cluster_optimal_resolution(work, label_key, cluster_key=_CLUSTER, metric=nmi, use_rep=_EMB,
-                                   resolutions=list(settings.resolutions), force=True, verbose=False,
-                                   **leiden_kwargs)
-        scores["nmi"] = float(nmi(work, _CLUSTER, label_key, implementation=settings.nmi_implementation))
-        scores["ari"] = float(ari(work, _CLUSTER, label_key))
+        scores.update(_optimal_clusters(work, label_key, settings=settings, seed=seed))
         scores["asw_cell"] = float(silhouette(work, label_key, _EMB, metric=settings.silhouette_metric))
         if n_batches < 2:
             scores.skip("asw_batch", f"one batch in obs['{batch_key}']")
@@ -401,13 +447,6 @@ def score_embedding_file(dataset_path, embedding_path, *, seed: int = 0, embed_k
 
 def _read_embedding(path):
     """An embedding h5ad (obs + obsm; X may be absent, so not read_h5ad_checked's X check)."""
-    import anndata as ad
+    from ..io import read_h5ad_plain
 
-    from ..errors import CorruptFileError
-
-    if not Path(path).exists():
-        raise InputError(f"{path}: no such file (expected an .h5ad file with obsm['{EMBEDDING_KEY}'])")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # anndata raises many types for damaged files
-        raise CorruptFileError(f"{path}: could not be read as h5ad ({type(exc).__name__}: {exc})") from exc
+    return read_h5ad_plain(path, f"an .h5ad file with obsm['{EMBEDDING_KEY}']")

@@ -28,7 +28,8 @@ _SUMMARY_STATS = ("mean", "std", "n_seeds")
 #: metrics where lower is better (prefix match: ``mse`` covers ``mse_de20`` and ``mse_<split>``)
 LOWER_IS_BETTER = ("foscttm", "mse")
 #: descriptive counts, never bolded as "best"
-NOT_RANKED = ("n_classes_macro", "n_query_only_classes", "query_only_cell_fraction")
+NOT_RANKED = ("n_classes_macro", "n_query_only_classes", "query_only_cell_fraction", "n_conditions", "n_queries",
+              "n_candidates")
 
 
 def higher_is_better(metric: str) -> bool | None:
@@ -42,9 +43,13 @@ def _metric_order() -> list[str]:
     from .classification import ANNOTATION_METRICS
     from .integration import INTEGRATION_METRICS
 
-    return [*ANNOTATION_METRICS, *INTEGRATION_METRICS, "pearson_delta", "pearson_delta_de20", "mse",
-            "mse_de20", "foscttm", "omics_mixing_entropy", "label_transfer", "label_transfer_1to2",
-            "label_transfer_2to1"]
+    from .foscttm import MULTIOMICS_METRICS
+    from .perturbation import REVERSE_KS
+
+    # multi-omics' own metrics lead its table; its nmi / ari keep integration's place after them
+    return [*ANNOTATION_METRICS, "foscttm", "omics_mixing_entropy", *INTEGRATION_METRICS, "pearson_delta",
+            "pearson_delta_de20", "mse", "mse_de20", *(f"top{k}" for k in REVERSE_KS), "n_conditions", "n_queries",
+            *MULTIOMICS_METRICS]
 
 
 def metrics_frame(scores: Mapping[str, float], *, task: str, dataset: str, method: str, seed: int,
@@ -144,7 +149,9 @@ def summarize(frames: Iterable[pd.DataFrame] | pd.DataFrame) -> pd.DataFrame:
 
     out = frame.groupby(keys, sort=False, dropna=False)[["value", NOTE]].apply(agg).reset_index()
     out["n_seeds"] = out["n_seeds"].astype(int)
-    order = {m: i for i, m in enumerate(_metric_order())}
+    order = {}
+    for m in _metric_order():  # first place wins (nmi / ari are integration's and multi-omics' metrics)
+        order.setdefault(m, len(order))
     out["_order"] = out["metric"].map(lambda m: order.get(m, len(order)))
     out = out.sort_values(["task", "dataset", "method", *flags, "_order", "metric"], kind="stable")
     return out.drop(columns="_order").reset_index(drop=True)
@@ -181,7 +188,6 @@ def render_markdown(summary: pd.DataFrame, *, title: str) -> str:
     better for FOSCTTM and MSE; counts are not ranked), and the notes under the table.
     """
     flags = [c for c in summary.columns if c not in ("task", "dataset", "method", "metric", NOTE, *_SUMMARY_STATS)]
-    shown_flags = [c for c in flags if c != "simulated"]
     lines = [f"# {title}", "",
              "Mean ± standard deviation over seeds (ddof=1; one seed shows the mean alone); "
              "best value per column in **bold** (lower is better for "
@@ -189,6 +195,8 @@ def render_markdown(summary: pd.DataFrame, *, title: str) -> str:
     many_tasks = summary["task"].nunique() > 1
     for (task, dataset), block in summary.groupby(["task", "dataset"], sort=False):
         metrics = list(dict.fromkeys(block["metric"]))
+        # flags blank throughout this block (e.g. another task's row keys) are not shown
+        shown_flags = [c for c in flags if c != "simulated" and (block[c].astype(str).str.strip() != "").any()]
         row_keys = ["method", *flags]
         rows = list(dict.fromkeys(map(tuple, block[row_keys].astype(object).to_numpy().tolist())))
         table = {r: {} for r in rows}

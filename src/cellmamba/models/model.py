@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import CorruptFileError, InputError
-from ..io import atomic_path
+from .._util import dataclass_from_dict
+from ..errors import InputError
+from ..io import atomic_path, read_json_object
 from ..vocab import PAD_ID
 from ._backend import BackendUnavailableError
 from .backbone import Backbone, BackboneConfig, BackboneOutput
@@ -25,20 +26,14 @@ from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict, read_
 from .embeddings import EmbeddingConfig, InputEmbedding
 from .heads import HeadConfig, build_head
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CellModelConfig", "CellModel"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CellModelConfig", "CellModel", "read_model_config"]
 
 FORMAT = "cellmamba.CellModel"
 FORMAT_VERSION = 1
 
 
 def _from_dict(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected an object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
-    return cls(**data)
+    return dataclass_from_dict(cls, data, where=where)
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,19 @@ class CellModelConfig:
             backbone=_from_dict(BackboneConfig, data.get("backbone", {}), f"{source}: backbone"),
             heads={name: _from_dict(HeadConfig, h, f"{source}: heads.{name}") for name, h in heads.items()},
         )
+
+
+def read_model_config(directory: str | os.PathLike) -> CellModelConfig:
+    """The :class:`CellModelConfig` of a saved model directory (its config.json), without
+    building or loading the model."""
+    cfg_path = Path(directory) / CONFIG_NAME
+    meta = read_json_object(cfg_path, what=f"the {CONFIG_NAME} of a cellmamba model directory")
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{cfg_path}: not a {FORMAT} config (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{cfg_path}: format_version {meta.get('format_version')!r} is not supported "
+                         f"(this cellmamba reads {FORMAT_VERSION})")
+    return CellModelConfig.from_dict(meta.get("config"), source=str(cfg_path))
 
 
 class CellModel(nn.Module):
@@ -141,19 +149,7 @@ class CellModel(nn.Module):
             on a CPU); weights are the same whatever the backend.
         """
         directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise InputError(f"{cfg_path}: no such file (is {directory} a cellmamba model directory?)")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise InputError(f"{cfg_path}: not a {FORMAT} config (format={meta.get('format') if isinstance(meta, dict) else None!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{cfg_path}: format_version {meta.get('format_version')!r} is not supported "
-                             f"(this cellmamba reads {FORMAT_VERSION})")
-        config = CellModelConfig.from_dict(meta.get("config"), source=str(cfg_path))
+        config = read_model_config(directory)
         if backend is not None:
             config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, backend=backend))
         try:

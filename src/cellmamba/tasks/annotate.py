@@ -66,8 +66,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     labels[ref] = codes_ref
 
     device = pick_device(device)
-    model = load_for_finetuning(model_dir, {}, backend=config.backend, seed=config.seed)
-    tokenizer = model_tokenizer(model)
+    tokenizer = model_tokenizer(model_dir)
     pooling = resolve_pooling(config, tokenizer)
     model = load_for_finetuning(model_dir, {"classifier": HeadConfig(kind="classifier", n_out=len(classes),
                                                                      pooling=pooling, dropout=config.dropout)},

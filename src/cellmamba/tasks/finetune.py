@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .._util import dataclass_from_dict
 from ..errors import InputError
 from ..models import CellModel, HeadConfig
 from ..models.checkpoint import load_state_dict_strict, read_weights
@@ -75,11 +76,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "FinetuneConfig":
-        data = dict(data or {})
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise InputError(f"FinetuneConfig: unknown keys {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def pick_device(device=None) -> torch.device:
@@ -88,8 +85,14 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_tokenizer(model: CellModel) -> str:
-    kind = model.config.embedding.kind
+def model_tokenizer(model) -> str:
+    """The tokenizer a model reads: from a CellModel, or from a saved model directory's config."""
+    if isinstance(model, (str, os.PathLike)):
+        from ..models.model import read_model_config
+
+        kind = read_model_config(model).embedding.kind
+    else:
+        kind = model.config.embedding.kind
     if kind not in ("binned", "rank"):
         raise InputError(f"fine-tuning reads binned or rank tokens; this model reads {kind!r}")
     return kind

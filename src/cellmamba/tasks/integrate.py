@@ -15,6 +15,7 @@ import pandas as pd
 from ..errors import InputError
 from ..keys import OBS_BATCH
 from ..models import HeadConfig
+from ..models.model import read_model_config
 from ..train import train
 from ..train.objectives import MaskedGeneObjective, MaskedValueObjective
 from .finetune import (AdversarialObjective, FinetuneConfig, collator_for, embed_cells, label_codes,
@@ -48,11 +49,12 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     if len(names) < 2:
         log.warning("integration: only one batch (%s); the adversarial term has nothing to remove", names)
     device = pick_device(device)
-    probe = load_for_finetuning(model_dir, {}, backend=config.backend, seed=config.seed)
-    tokenizer = model_tokenizer(probe)
+    saved = read_model_config(model_dir)  # tokenizer and width, without loading the weights twice
+    tokenizer = model_tokenizer(model_dir)
     keep = ("value",) if tokenizer == "binned" else ("gene",)
     pooling = resolve_pooling(config, tokenizer)
-    heads = {"batch": HeadConfig(kind="classifier", n_out=max(len(names), 2), pooling="cls", hidden=probe.config.backbone.d_model)}
+    heads = {"batch": HeadConfig(kind="classifier", n_out=max(len(names), 2), pooling="cls",
+                                 hidden=saved.backbone.d_model)}
     model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
                               source="integration dataset")

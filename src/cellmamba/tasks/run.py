@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path, read_h5ad_checked
+from ..io import atomic_path, read_h5ad_checked, write_h5ad_atomic
 from ..runlog import provenance
 from .annotate import run_annotation
 from .finetune import FinetuneConfig
 from .integrate import run_integration
 from .tokens import select_genes
 
-__all__ = ["finetune_annotation_files", "finetune_integration_files", "write_embedding"]
+__all__ = ["finetune_annotation_files", "finetune_integration_files", "write_embedding",
+           "finetune_perturbation_files", "train_multiomics_files"]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: 
 
 
 def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, extra: dict) -> None:
-    from ..models import CellModel
+    from safetensors import safe_open
 
-    n_params = sum(p.numel() for p in CellModel.from_pretrained(model_dir, backend="torch").parameters())
+    # parameter count from the weights file's header: no model is built or loaded for it
+    with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as fh:
+        n_params = int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
     info = provenance({"model": str(model_dir), "pretrained_params": n_params, "n_genes_selected": genes_used,
                        "config": dataclasses.asdict(config), **extra})
     with atomic_path(path) as tmp:
@@ -60,9 +63,7 @@ def write_embedding(adata, emb: np.ndarray, path, *, info: dict) -> None:
 
     out = ad.AnnData(obs=adata.obs.copy(), obsm={"X_emb": np.asarray(emb, dtype=np.float32)})
     out.uns["cellmamba"] = json.loads(json.dumps(info, default=str))
-    with atomic_path(path) as tmp:
-        out.write_h5ad(tmp.with_suffix(".h5ad"))
-        tmp.with_suffix(".h5ad").rename(tmp)
+    write_h5ad_atomic(out, path)
 
 
 def finetune_integration_files(dataset, model_dir, vocabulary, *, config: FinetuneConfig, embedding,
@@ -74,3 +75,51 @@ def finetune_integration_files(dataset, model_dir, vocabulary, *, config: Finetu
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
     write_embedding(adata, emb, embedding, info={"method": Path(model_dir).parent.name, "seed": config.seed,
                                                  "n_genes_selected": int(mask.sum()), "genes": genes or {}})
+
+
+def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config, predictions, train_dir) -> None:
+    """Rule finetune_perturbation: profiles h5ad (predicted mean profile of every test condition
+    and reverse candidate, obs ``role``) + train dir.
+
+    The split's ``train`` conditions are the training targets and ``val`` the validation
+    targets; ``ctrl`` cells are only ever inputs (SC-MAMBA2 removes ctrl from both lists).
+    """
+    from ..baselines.perturbation import OBS_ROLE, prediction_targets
+    from ..datasets.gears_split import read_split
+    from ..io import write_profiles
+    from .perturb import run_perturbation
+
+    adata = read_h5ad_checked(dataset)
+    vocab = pd.read_csv(vocabulary, sep="\t")
+    sp_ = read_split(split)
+    conditions, roles = prediction_targets(sp_)
+    with atomic_path(train_dir) as tmp:
+        result = run_perturbation(adata, model_dir, vocab, train_conditions=sp_.train, valid_conditions=sp_.val,
+                                  predict_conditions=conditions, config=config, out_dir=tmp)
+        _run_info(tmp / "run.json", model_dir, config, result.n_genes_used,
+                  {"dataset": str(dataset), "split": str(split), "n_genes_unmapped": result.n_genes_unmapped,
+                   "unflagged": result.unflagged})
+    frame = result.predictions.loc[conditions]
+    info = {"method": Path(model_dir).parent.name, "seed": config.seed, "n_genes_used": result.n_genes_used,
+            "n_genes_unmapped": result.n_genes_unmapped, "unflagged": result.unflagged}
+    write_profiles(frame, predictions, obs=pd.DataFrame({OBS_ROLE: roles}, index=frame.index), info=info)
+
+
+def train_multiomics_files(dataset, positions, *, config, embedding, train_dir, method: str) -> None:
+    """Rule train_multiomics: paired-embedding h5ad (both modalities' embeddings of every cell,
+    :func:`cellmamba.io.write_paired_embedding`) + train dir (towers, metrics, run.json)."""
+    from ..io import write_paired_embedding
+    from .multiomics import run_multiomics
+
+    adata = read_h5ad_checked(dataset)
+    with atomic_path(train_dir) as tmp:
+        result = run_multiomics(adata, config=config, out_dir=tmp, positions=positions)
+        info = provenance({"method": method, "dataset": str(dataset), "config": dataclasses.asdict(config),
+                           "n_features": result.n_features, "n_patches": result.n_patches,
+                           "n_params": result.n_params, "n_unplaced": result.n_unplaced,
+                           "train_metrics": result.train_metrics})
+        (tmp / "run.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    keep = [c for c in ("cell_type", "batch") if c in adata.obs]
+    write_paired_embedding(adata.obs[keep], {m: result.embeddings[m] for m in result.modalities}, embedding,
+                           info={"method": method, "seed": config.seed, "arch": config.arch,
+                                 "n_params": result.n_params})

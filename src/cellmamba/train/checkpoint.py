@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CorruptFileError, InputError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, read_json_object, sha256_file
 from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict, read_weights, write_weights
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "checkpoint_name", "capture_rng", "restore_rng",
@@ -134,15 +134,7 @@ def export_model(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CorruptFileError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, what="a checkpoint's JSON", missing=CorruptFileError)
 
 
 def _load_model(model: nn.Module, directory: Path) -> None:

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .._util import dataclass_from_dict
 from ..errors import InputError
 from ..io import atomic_path
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
@@ -105,11 +106,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(f"TrainConfig: unknown keys {unknown} (known: {sorted(names)})")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass

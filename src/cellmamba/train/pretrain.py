@@ -44,6 +44,7 @@ class PretrainConfig:
     d_model: int = 512                  # hidden width
     n_layers: int = 6                   # depth
     context_length: int = 2048          # tokens per cell seen by the model (longer cells are cropped)
+    d_state: int | None = None          # SSM state size; None = mamba_ssm's default (Mamba2 128, Mamba1 16)
     lm: str = "masked_gene"             # genemamba: "masked_gene" (shared with its Transformer peer) | "next_token"
     mask_ratio: float = 0.15            # masked values (scmamba2) or masked genes (genemamba masked_gene)
     zeros_ratio: float = 0.0            # scmamba2: unexpressed measured genes added per expressed gene
@@ -86,13 +87,11 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
     tokenizer = RECIPE_TOKENIZER[config.recipe]
     vocab_size = N_SPECIAL + n_genes
     embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins)
-    if config.backbone == "transformer":
-        backbone = same_size_transformer(BackboneConfig(arch=config.match_backbone, d_model=config.d_model,
-                                                        n_layers=config.n_layers, backend=config.backend))
-    else:
-        backbone = BackboneConfig(arch=config.backbone, d_model=config.d_model, n_layers=config.n_layers,
-                                  backend=config.backend,
-                                  d_state=16 if config.backbone.endswith("mamba1") else 128)
+    mamba = config.match_backbone if config.backbone == "transformer" else config.backbone
+    d_state = config.d_state if config.d_state is not None else (16 if mamba.endswith("mamba1") else 128)
+    mamba_config = BackboneConfig(arch=mamba, d_model=config.d_model, n_layers=config.n_layers,
+                                  backend=config.backend, d_state=d_state)
+    backbone = same_size_transformer(mamba_config) if config.backbone == "transformer" else mamba_config
     if config.recipe == "scmamba2":
         heads = {"value": HeadConfig(kind="value_regression")}
     else:
