@@ -18,9 +18,17 @@ include: "rules/datasets.smk"
 include: "rules/finetune.smk"
 include: "rules/baselines.smk"
 include: "rules/metrics.smk"
+include: "rules/common_figures.smk"
+include: "rules/figures.smk"
 
 
-localrules: all, corpus, pretrained, download_dataset, annotation_table, integration_table, perturbation_table, multiomics_table
+report: "report/workflow.rst"
+
+
+localrules:
+    all, corpus, pretrained, download_dataset, annotation_table, integration_table, perturbation_table,
+    multiomics_table, plot_metric_bars, plot_umaps, plot_perturbation_scatter, plot_confusion, plot_loss_curves,
+    plot_throughput, table_report,
 
 
 rule all:

@@ -73,7 +73,7 @@ def token_manifests():
 
 def all_targets():
     """Everything `snakemake all` builds (grows as the workflow's stages land)."""
-    return token_manifests() + pretrained_models() + tables()
+    return token_manifests() + pretrained_models() + tables() + figures()
 
 
 # --- pretraining ---
@@ -90,12 +90,12 @@ def _recipe(model):
 
 
 def pretrain_inputs(wildcards):
-    """The recipe's token corpus; genemamba's pathway loss also reads the gene table and the GMT files."""
+    """The recipe's token corpus and the gene table (copied into the model directory as its
+    vocabulary); genemamba's pathway loss also reads the GMT files."""
     recipe = _recipe(wildcards.model)
     tokenizer = config["models"][recipe]["tokenizer"]
-    inputs = {"corpus": f"results/tokens/{tokenizer}/manifest.json"}
+    inputs = {"corpus": f"results/tokens/{tokenizer}/manifest.json", "gene_stats": "results/qc/gene_stats.tsv"}
     if recipe == "genemamba" and config["pretrain"]["pathway_weight"] > 0:
-        inputs["gene_stats"] = "results/qc/gene_stats.tsv"
         inputs["gene_sets"] = config["pretrain"]["gene_sets"]
     return inputs
 

@@ -25,7 +25,9 @@ if n_gpus > 1:  # one process per GPU, data parallel
            "-m", "cellmamba", "pretrain", "--corpus", snakemake.input.corpus, "--out", str(out_dir),
            "--config", json.dumps(snakemake.params.settings), "--log", snakemake.log[0] + ".ranks"]
     if gene_stats:
-        cmd += ["--gene-stats", gene_stats, "--gene-sets", *gene_sets]
+        cmd += ["--gene-stats", gene_stats]
+    if gene_sets:
+        cmd += ["--gene-sets", *gene_sets]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
     subprocess.run(cmd, check=True, env=env)
 else:

@@ -12,4 +12,14 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 from .errors import CellmambaError, CorruptFileError, InputError
 
-__all__ = ["__version__", "CellmambaError", "InputError", "CorruptFileError"]
+__all__ = ["__version__", "CellmambaError", "InputError", "CorruptFileError", "embed"]
+
+
+def __getattr__(name: str):
+    # `embed` pulls in torch; loading it on first use keeps `import cellmamba` light
+    if name == "embed":
+        from .embedding import embed
+
+        globals()["embed"] = embed
+        return embed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

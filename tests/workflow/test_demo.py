@@ -154,3 +154,55 @@ def test_demo_perturbation_and_multiomics_tables(demo_run):
     fos = multi[multi["metric"] == "foscttm"].set_index("method")["mean"]
     assert fos.between(0, 1).all() and (fos < 0.5).all(), fos  # every method pairs cells better than chance
     assert "(simulated)" in (demo_run / "results/tables/multiomics.md").read_text()
+
+
+def test_demo_checkpoint_info_and_embed_cli(demo_run, tmp_path):
+    """`python -m cellmamba info` and `embed` on the demo's pretrained scmamba2 model and its real
+    pbmc68k_reduced dataset (vocabulary passed explicitly: works whether or not the model
+    directory holds vocabulary.tsv)."""
+    import anndata as ad
+
+    model_dir = demo_run / "results/pretrain/scmamba2/model"
+    proc = subprocess.run([sys.executable, "-m", "cellmamba", "info", "--json", str(model_dir)],
+                          capture_output=True, text=True, cwd=demo_run)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["recipe"] == "scmamba2" and info["tokenizer"] == "binned" and info["n_parameters"] > 0
+    out = tmp_path / "embedded.h5ad"
+    proc = subprocess.run([sys.executable, "-m", "cellmamba", "embed", "--checkpoint", str(model_dir),
+                           "--vocabulary", str(demo_run / "results/qc/gene_stats.tsv"), "--device", "cpu",
+                           str(demo_run / "results/datasets/pbmc68k_reduced.h5ad"), str(out)],
+                          capture_output=True, text=True, cwd=demo_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adata = ad.read_h5ad(out)
+    emb = adata.obsm["X_cellmamba_scmamba2"]
+    assert emb.shape == (adata.n_obs, info["d_model"]) and np.isfinite(emb).all()
+    assert emb.std(0).mean() > 0
+    assert adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]["n_genes_used"] > 500
+    # the demo's model directories carry their vocabulary: embed needs no --vocabulary
+    assert info["vocabulary_tsv"] is True
+    proc = subprocess.run([sys.executable, "-m", "cellmamba", "embed", "--checkpoint",
+                           str(demo_run / "results/pretrain/genemamba/model"), "--device", "cpu",
+                           str(demo_run / "results/datasets/pbmc68k_reduced.h5ad"), str(tmp_path / "rank.h5ad")],
+                          capture_output=True, text=True, cwd=demo_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "X_cellmamba_genemamba" in ad.read_h5ad(tmp_path / "rank.h5ad").obsm
+
+
+def test_demo_figures_and_report(demo_run):
+    """Every figure of the demo exists as PNG and PDF, and `snakemake --report` packs figures and
+    tables into one zip (as a user types it after the demo)."""
+    import zipfile
+
+    figures = sorted((demo_run / "results/figures").glob("*.png"))
+    names = {p.stem.split("_")[0] for p in figures}
+    assert {"metrics", "umap", "perturbation", "confusion", "pretrain"} <= names, names
+    for png in figures:
+        assert png.stat().st_size > 10_000 and png.with_suffix(".pdf").is_file(), png
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", "report.zip"], cwd=demo_run,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(demo_run / "report.zip") as zf:
+        packed = " ".join(zf.namelist())
+    for stem in ("metrics_perturbation", "umap_multiomics", "confusion_pbmc68k_reduced", "table_annotation"):
+        assert stem in packed, (stem, packed[:2000])

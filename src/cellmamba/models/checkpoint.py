@@ -10,11 +10,13 @@ import torch.nn as nn
 
 from ..errors import CorruptFileError, InputError
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "load_state_dict_strict", "write_weights", "read_weights"]
+__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "VOCABULARY_NAME", "load_state_dict_strict", "write_weights", "read_weights"]
 
 #: file names inside a model directory
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+#: the gene table in token order, written beside the weights by pretraining (what embed tokenizes with)
+VOCABULARY_NAME = "vocabulary.tsv"
 _SHOW = 10  # keys listed per kind of mismatch
 
 

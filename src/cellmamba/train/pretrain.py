@@ -12,11 +12,13 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ..models.checkpoint import VOCABULARY_NAME
 from ..errors import InputError
 from ..io import atomic_path, sha256_file
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME
@@ -142,12 +144,15 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     corpus
         The corpus manifest (results/tokens/{tokenizer}/manifest.json) of the recipe's tokenizer.
     out_dir
-        Receives checkpoints/, model/ (safetensors + config.json), metrics.csv, loss_curve.png,
-        provenance.json and pretrain_config.json.
+        Receives checkpoints/, model/ (safetensors + config.json [+ vocabulary.tsv]), metrics.csv,
+        loss_curve.png, provenance.json and pretrain_config.json.
     config
         :class:`PretrainConfig`.
     gene_stats
-        genemamba: the gene table in vocabulary order (maps pathway gene symbols to tokens).
+        The corpus' gene table in vocabulary order (results/qc/gene_stats.tsv): checked against
+        the corpus (vocab_hash) and copied to ``model/vocabulary.tsv``, so new data can be
+        tokenized for the model (:func:`cellmamba.embed`); genemamba also maps pathway gene
+        symbols to tokens with it.
     gene_sets
         genemamba: GMT files of the pathway-aware contrastive loss.
 
@@ -163,11 +168,11 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
         raise InputError(f"{corpus}: a {manifest.get('tokenizer')!r} corpus, but recipe {config.recipe!r} reads "
                          f"{expected!r} tokens")
     vocabulary = None
-    if config.recipe == "genemamba" and config.pathway_weight > 0:
-        if gene_stats is None or not gene_sets:
-            raise InputError("genemamba with pathway_weight > 0 needs gene_stats= and gene_sets= (GMT files)")
+    if config.recipe == "genemamba" and config.pathway_weight > 0 and (gene_stats is None or not gene_sets):
+        raise InputError("genemamba with pathway_weight > 0 needs gene_stats= and gene_sets= (GMT files)")
+    if gene_stats is not None:
         vocabulary = read_vocabulary(gene_stats)
-        if vocabulary.hash != manifest["vocab_hash"]:
+        if vocabulary.hash != manifest.get("vocab_hash"):
             raise InputError(f"{gene_stats}: its genes are not the vocabulary of {corpus} (vocab_hash differs)")
     n_bins = int(manifest.get("settings", {}).get("n_bins", 51))
     model = build_pretrain_model(config, n_genes=dataset.n_genes, n_bins=n_bins)
@@ -185,4 +190,20 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     _guard_resume(out_dir, config, corpus, write=rank == 0)
     log.info("pretraining %s (%s backbone) on %s: %d cells, %d genes", config.recipe, config.backbone, corpus,
              len(dataset), dataset.n_genes)
-    return train(model, objective, loader, train_config, out_dir=out_dir, device=device)
+    state = train(model, objective, loader, train_config, out_dir=out_dir, device=device)
+    if gene_stats is not None and rank == 0:
+        _add_vocabulary(out_dir / "model", gene_stats)
+    return state
+
+
+def _add_vocabulary(model_dir: Path, gene_stats: str | os.PathLike) -> None:
+    """Copy the gene table into the exported model directory (atomically), so that new data
+    can be tokenized for the model; if that fails the model directory is removed rather than
+    left without its vocabulary."""
+    try:
+        with atomic_path(model_dir / VOCABULARY_NAME) as tmp:
+            shutil.copyfile(gene_stats, tmp)
+    except BaseException:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    log.info("gene table %s copied to %s", gene_stats, model_dir / VOCABULARY_NAME)
