@@ -1,14 +1,8 @@
 """GEARS 0.0.2 simulation split: identical to GEARS' own DataSplitter; reverse-perturbation grid."""
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import logging
-import sys
-import types
-import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -17,46 +11,13 @@ import pytest
 
 from cellmamba.datasets.gears_split import (SUBGROUPS, PerturbationSplit, make_split_file, read_split, reverse_grid,
                                             simulation_split, split_of_cells, subgroup_of, write_split)
+from _gears_ref import load_gears_data_utils
 from cellmamba.errors import InputError
-
-_STUB = "_gears_ref_stub"
-
 
 @pytest.fixture(scope="module")
 def gears_data_utils():
-    """GEARS 0.0.2's own ``gears/data_utils.py``, loaded without its heavy package ``__init__``.
-
-    ``gears/__init__`` and ``gears/utils.py`` import torch_geometric & co (not installed), so the
-    four helpers data_utils imports from ``.utils`` are taken from the real utils.py source with
-    ``ast`` and registered under a stub package.
-    """
-    spec = importlib.util.find_spec("gears")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("GEARS (cell-gears 0.0.2) source is not installed: cannot compare with its DataSplitter")
-    root = Path(list(spec.submodule_search_locations)[0])
-    if not (root / "data_utils.py").is_file() or not (root / "utils.py").is_file():
-        pytest.skip(f"{root} lacks data_utils.py / utils.py (not cell-gears 0.0.2)")
-    wanted = {"parse_single_pert", "parse_combo_pert", "parse_any_pert", "print_sys"}
-    tree = ast.parse((root / "utils.py").read_text())
-    funcs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
-    assert {f.name for f in funcs} == wanted
-    package = types.ModuleType(_STUB)
-    package.__path__ = [str(root)]
-    utils = types.ModuleType(f"{_STUB}.utils")
-    utils.__dict__.update({"sys": sys, "np": np})
-    exec(compile(ast.Module(body=funcs, type_ignores=[]), str(root / "utils.py"), "exec"), utils.__dict__)
-    sys.modules[_STUB], sys.modules[f"{_STUB}.utils"] = package, utils
-    import scanpy as sc
-
-    verbosity = sc.settings.verbosity
-    mod_spec = importlib.util.spec_from_file_location(f"{_STUB}.data_utils", root / "data_utils.py")
-    module = importlib.util.module_from_spec(mod_spec)
-    with warnings.catch_warnings():  # data_utils calls warnings.filterwarnings("ignore") at import
-        mod_spec.loader.exec_module(module)
-    sc.settings.verbosity = verbosity
-    yield module
-    for name in (_STUB, f"{_STUB}.utils"):
-        sys.modules.pop(name, None)
+    """GEARS 0.0.2's own ``gears/data_utils.py`` (see _gears_ref)."""
+    return load_gears_data_utils("_gears_ref_stub", needed_for="its DataSplitter")
 
 
 def _conditions(n_genes: int, n_singles: int, n_combos: int, seed: int) -> list:

@@ -1,18 +1,14 @@
 """The perturbation simulator: GEARS' file layout, and its ground truth is what it says it is."""
 from __future__ import annotations
 
-import ast
-import importlib.util
-import sys
-import types
 import warnings
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from _gears_ref import load_gears_data_utils
 from cellmamba.datasets.gears_split import simulation_split
 from cellmamba.datasets.readers import read_norman
 from cellmamba.datasets.simulate_perturbation import UNS_PERT_SIMULATION, simulate_perturbation
@@ -185,38 +181,8 @@ def test_gears_split_on_simulated_conditions(sim):
     assert all(sizes[k] > 0 for k in ("combo_seen0", "combo_seen1", "combo_seen2", "unseen_single")), sizes
 
 
-def _gears_data_utils():
-    """GEARS 0.0.2's data_utils.py with a stub ``.utils`` built from the real utils.py (see test_gears_split)."""
-    spec = importlib.util.find_spec("gears")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("GEARS (cell-gears 0.0.2) source is not installed: cannot compare with get_DE_genes")
-    root = Path(list(spec.submodule_search_locations)[0])
-    wanted = {"parse_single_pert", "parse_combo_pert", "parse_any_pert", "print_sys"}
-    funcs = [n for n in ast.parse((root / "utils.py").read_text()).body
-             if isinstance(n, ast.FunctionDef) and n.name in wanted]
-    stub = "_gears_ref_stub_sim"
-    package, utils = types.ModuleType(stub), types.ModuleType(f"{stub}.utils")
-    package.__path__ = [str(root)]
-    utils.__dict__.update({"sys": sys, "np": np})
-    exec(compile(ast.Module(body=funcs, type_ignores=[]), str(root / "utils.py"), "exec"), utils.__dict__)
-    sys.modules[stub], sys.modules[f"{stub}.utils"] = package, utils
-    import scanpy as sc
-
-    verbosity = sc.settings.verbosity
-    mod_spec = importlib.util.spec_from_file_location(f"{stub}.data_utils", root / "data_utils.py")
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        with warnings.catch_warnings():  # data_utils calls warnings.filterwarnings("ignore") at import
-            mod_spec.loader.exec_module(module)
-    finally:
-        sc.settings.verbosity = verbosity
-        sys.modules.pop(stub, None)
-        sys.modules.pop(f"{stub}.utils", None)
-    return module
-
-
 def test_uns_equals_gears_own_functions(small):
-    data_utils = _gears_data_utils()
+    data_utils = load_gears_data_utils("_gears_ref_stub_sim", needed_for="get_DE_genes")
     ref = small.copy()
     ref.obs = ref.obs[["condition", "cell_type"]].astype(str).copy()
     for key in list(ref.uns):
