@@ -165,6 +165,19 @@ def _download(url: str, tmp: Path, *, dest: Path) -> str:
     return h.hexdigest()
 
 
+def _present(dest: Path, *, url, sha256, lock_file: Path, key: str, manual) -> bool:
+    """True when ``dest`` is already there (then verified, never replaced); an InputError when it
+    is absent and has no URL to be fetched from; False when it must be downloaded."""
+    if dest.exists():
+        log.info("%s: already present, verifying instead of downloading", dest)
+        verify_file(dest, sha256=sha256, lock_file=lock_file, key=key, url=url)
+        return True
+    if url is None:
+        raise InputError(f"{dest}: file {key} has no download URL in the registry and is not present. "
+                         f"{manual or 'Place it at this path by hand.'}")
+    return False
+
+
 def fetch(url: str | None, dest: str | os.PathLike, *, sha256: str | None = None,
           lock_file: str | os.PathLike, key: str | None = None, manual: str | None = None) -> Path:
     """Download ``url`` to ``dest`` under the checksum policy; return ``dest``.
@@ -199,13 +212,8 @@ def fetch(url: str | None, dest: str | os.PathLike, *, sha256: str | None = None
     """
     dest, lock_file = Path(dest), Path(lock_file)
     key = key or f"{dest.parent.name}/{dest.name}"
-    if dest.exists():
-        log.info("%s: already present, verifying instead of downloading", dest)
-        verify_file(dest, sha256=sha256, lock_file=lock_file, key=key, url=url)
+    if _present(dest, url=url, sha256=sha256, lock_file=lock_file, key=key, manual=manual):
         return dest
-    if url is None:
-        raise InputError(f"{dest}: file {key} has no download URL in the registry and is not present. "
-                         f"{manual or 'Place it at this path by hand.'}")
     expected, origin = _expected(key, sha256, lock_file)
     log.info("%s: downloading %s", dest, url)
     with atomic_path(dest) as tmp:
@@ -322,13 +330,8 @@ def download_file(spec: Mapping, dest: str | os.PathLike, *, lock_file: str | os
         raise InputError(f"registry file {key}: 'member' and 'gunzip' are exclusive")
     if not member and not gunzip:
         return fetch(url, dest, sha256=sha256, lock_file=lock_file, key=key, manual=manual)
-    if dest.exists():
-        log.info("%s: already present, verifying instead of downloading", dest)
-        verify_file(dest, sha256=sha256, lock_file=lock_file, key=key, url=url)
+    if _present(dest, url=url, sha256=sha256, lock_file=lock_file, key=key, manual=manual):
         return dest
-    if url is None:
-        raise InputError(f"{dest}: file {key} has no download URL in the registry and is not present. "
-                         f"{manual or 'Place it at this path by hand.'}")
     archive = _archive_path(url, archive_dir)
     with _flock(archive):  # a second job wanting another member of the same archive waits, then verifies
         fetch(url, archive, sha256=spec.get("archive_sha256"), lock_file=lock_file, key=f"archive:{url}")
