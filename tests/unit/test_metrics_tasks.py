@@ -143,3 +143,21 @@ def test_table_metric_order_is_each_tasks_own():
     assert list(out[out["task"] == "multiomics"]["metric"]) == ["foscttm", "omics_mixing_entropy", "nmi", "ari",
                                                                "label_transfer", "label_transfer_1to2",
                                                                "label_transfer_2to1"]
+
+
+def test_de_gene_lists_without_published_ranking_reproduce_it():
+    """Data without GEARS' uns ranking get the same top-20 DE genes recomputed (GEARS' get_DE_genes)."""
+    from cellmamba.datasets import simulate_perturbation
+    from cellmamba.metrics import de_gene_lists
+
+    adata = simulate_perturbation(n_perturbed_genes=4, n_combos=3, cells_per_condition=20, n_ctrl=60, n_genes=60,
+                                  seed=3)
+    conditions = [c for c in adata.obs["condition"].astype(str).unique() if c != "ctrl"]
+    published = de_gene_lists(adata, conditions)
+    bare = adata.copy()
+    del bare.uns["rank_genes_groups_cov_all"]
+    recomputed = de_gene_lists(bare, conditions)
+    assert recomputed == published
+    assert all(len(v) == 20 for v in recomputed.values())
+    with pytest.raises(InputError, match="no DE list"):
+        de_gene_lists(adata, ["NOTAGENE+ctrl"])

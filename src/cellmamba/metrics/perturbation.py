@@ -326,15 +326,17 @@ def de_gene_lists(adata, conditions: Sequence[str], *, n_de: int = 20, condition
                 raise InputError(f"uns['{uns_key}'] has no DE list for condition {c!r} (condition_name {name!r})")
             out[c] = [str(g) for g in np.asarray(ranked[name])[:n_de]]
         return out
-    import scanpy as sc
+    import anndata as ad
 
-    log.info("no uns['%s']: ranking DE genes with scanpy (t-test vs ctrl, rankby_abs) as GEARS does", uns_key)
-    work = sc.AnnData(X=adata.X, obs=pd.DataFrame({"g": obs[condition_key].astype(str).to_numpy()},
+    from ..datasets.simulate_perturbation import gears_de_genes
+
+    log.info("no uns['%s']: ranking DE genes with GEARS' get_DE_genes computation (t-test vs ctrl, rankby_abs)",
+             uns_key)
+    # the condition itself is the group name (GEARS' condition_name adds cell type and dose)
+    work = ad.AnnData(X=adata.X, obs=pd.DataFrame({"condition_name": pd.Categorical(obs[condition_key].astype(str))},
                                                   index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
-    sc.tl.rank_genes_groups(work, groupby="g", reference="ctrl", groups=list(conditions), rankby_abs=True,
-                            n_genes=n_de, use_raw=False)
-    names = work.uns["rank_genes_groups"]["names"]
-    return {c: [str(g) for g in names[c]] for c in conditions}
+    ranked = gears_de_genes(work, ctrl_name="ctrl")
+    return {c: [str(g) for g in ranked[c][:n_de]] for c in conditions}
 
 
 def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLike,
