@@ -64,6 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..baselines.multiomics import clr_per_cell, log_normalise
+from ..datasets import VAR_GENE_ID, VAR_MODALITY
 from .._util import dataclass_from_dict
 from ..errors import InputError
 from ..io import atomic_path, read_json_object
@@ -88,13 +89,10 @@ log = logging.getLogger(__name__)
 ARCHS = ("mamba2", "bimamba_mamba2", "transformer")
 #: modalities of var ``modality`` this task reads (cellmamba.datasets.FEATURE_MODALITY's values)
 MODALITIES = ("rna", "protein", "atac")
-VAR_MODALITY = "modality"  # var column of read_bmmc (cellmamba.datasets.readers.VAR_MODALITY)
-VAR_GENE_ID = "gene_id"  # var column with Ensembl ids of the rna features
 TWO_TOWER_FORMAT = "cellmamba.TwoTowerModel"
 TWO_TOWER_VERSION = 1
 TWO_TOWER_JSON = "two_tower.json"
 HEAD = "projection"
-TARGET_SUM = 1e4
 _CHROM_RANK = {c: i for i, c in enumerate(CHROMOSOMES)}
 _PEAK = re.compile(r"^([^:\s]+?)[:\-](\d+)-(\d+)$")
 
