@@ -105,7 +105,7 @@ def pretrain_settings(wildcards):
     recipe, p = _recipe(wildcards.model), config["pretrain"]
     m = config["models"][recipe]
     keys = ("mask_ratio", "batch_size", "max_steps", "lr", "warmup_steps", "weight_decay", "grad_clip",
-            "grad_accum", "checkpoint_every", "log_every", "seed", "backend")
+            "grad_accum", "checkpoint_every", "log_every", "seed", "backend", "recompute")
     settings = {k: p[k] for k in keys}
     settings.update(recipe=recipe, d_model=m["d_model"], n_layers=m["n_layers"], context_length=m["context_length"],
                     d_state=m.get("d_state"),

@@ -43,6 +43,10 @@ def _kernel_status(kind: str) -> tuple[bool, str]:
             import mamba_ssm.ops.triton.ssd_combined  # noqa: F401
         else:
             import mamba_ssm.ops.selective_scan_interface  # noqa: F401
+            import selective_scan_cuda
+            if not hasattr(selective_scan_cuda, "fwd"):  # an empty stand-in lets Mamba2 import; Mamba1 needs the real one
+                return False, ("selective_scan_cuda has no compiled kernels (a stand-in module?); Mamba1 needs mamba-ssm "
+                               "built with its CUDA extension")
     except Exception as exc:  # ImportError, or a broken compiled extension
         return False, f"mamba_ssm kernels do not import ({type(exc).__name__}: {exc}); install mamba-ssm (pip install 'cellmamba[cuda]')"
     return True, "mamba_ssm kernels import"

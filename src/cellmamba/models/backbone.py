@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from . import _fused
 from ._backend import BACKENDS
 from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, both_directions, \
     check_right_padded, split_directions
@@ -45,6 +46,7 @@ class BackboneConfig:
     merge: str = "mean"  # how the two directions are merged: "mean" | "sum" | "gate" (learned sigmoid gate)
     merge_every: str = "stack"  # "stack": run the stack per direction, merge at the end (leak-free directions); "layer": merge in every layer
     backend: str = "auto"  # "auto" (kernels on CUDA if installed, else reference) | "torch" (reference) | "cuda" (kernels or error)
+    recompute: bool = False  # Mamba2 on CUDA: recompute conv output and SSD states in the backward pass (less memory: expected about mamba_ssm's path's 10.7 instead of 14.4 GiB per 65k tokens at d512 x 6, not yet measured; slower)
     # --- Transformer (ignored by the Mamba archs) ---
     n_heads: int = 8  # attention heads; d_model must be a multiple
     mlp_ratio: float = 4.0  # MLP hidden width = round(mlp_ratio * d_model); see same_size_transformer
@@ -115,7 +117,8 @@ def _mixer(config: BackboneConfig) -> nn.Module:
     common = dict(d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
                   chunk_size=config.chunk_size, backend=config.backend)
     if config.arch.endswith("mamba2"):
-        return Mamba2Mixer(config.d_model, headdim=config.headdim, ngroups=config.ngroups, **common)
+        return Mamba2Mixer(config.d_model, headdim=config.headdim, ngroups=config.ngroups, recompute=config.recompute,
+                           **common)
     return Mamba1Mixer(config.d_model, **common)
 
 
@@ -179,25 +182,30 @@ class Backbone(nn.Module):
                 h = layer(h, key_mask, mask)
             hidden = self.norm_f(h)
         elif c.bidirectional and c.merge_every == "layer":
-            h = x
-            for layer in self.layers:
-                h = layer(h, mask, lengths)
-            hidden = self.norm_f(h)
+            hidden = self._stack(x, mask, lengths)
         elif c.bidirectional:
             # both directions as one batch through the shared stack
-            h = both_directions(x, lengths)
             mask2 = None if block_mask is None else torch.cat([block_mask, block_mask], dim=0)
-            for layer in self.layers:
-                h = layer(h, mask2)
-            forward, reverse = split_directions(self.norm_f(h), lengths)
+            forward, reverse = split_directions(self._stack(both_directions(x, lengths), mask2), lengths)
             forward, reverse = forward * mask, reverse * mask
             hidden = self.merge(forward, reverse)
         else:
-            h = x
-            for layer in self.layers:
-                h = layer(h, block_mask)
-            hidden = forward = self.norm_f(h) * mask
+            hidden = forward = self._stack(x, block_mask) * mask
         return BackboneOutput(hidden=hidden * mask, attention_mask=attention_mask, forward=forward, reverse=reverse)
+
+
+    def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
+        if _fused.available(h):
+            # same sums, fewer passes: each residual add happens inside the next norm's kernel
+            update, residual = h, None
+            for layer in self.layers:
+                u, residual = _fused.add_rms_norm(update, residual, layer.norm.weight, layer.norm.eps)
+                update = layer.update(u, mask, lengths)
+            return _fused.add_rms_norm(update, residual, self.norm_f.weight, self.norm_f.eps)[0]
+        for layer in self.layers:
+            h = layer(h, mask) if lengths is None else layer(h, mask, lengths)
+        return self.norm_f(h)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -121,9 +121,13 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return x + self.update(self.norm(x), mask)
+
+    def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual update from the normed input u (the fused CUDA stack calls this)."""
         if mask is None:  # nothing padded: skip the two masking passes
-            return x + self.dropout(self.mixer(self.norm(x)))
-        return x + self.dropout(self.mixer(self.norm(x) * mask)) * mask
+            return self.dropout(self.mixer(u))
+        return self.dropout(self.mixer(u * mask)) * mask
 
 
 class DirectionMerge(nn.Module):
@@ -174,6 +178,9 @@ class BiMambaLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        u = self.norm(x) * mask
-        forward, reverse = split_directions(self.mixer(both_directions(u, lengths)), lengths)
-        return x + self.dropout(self.merge(forward, reverse)) * mask
+        return x + self.update(self.norm(x), mask, lengths)
+
+    def update(self, u: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The residual update from the normed input u (the fused CUDA stack calls this)."""
+        forward, reverse = split_directions(self.mixer(both_directions(u * mask, lengths)), lengths)
+        return self.dropout(self.merge(forward, reverse)) * mask

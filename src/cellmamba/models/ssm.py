@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _fused
 from ._backend import check_backend, has_compiled_causal_conv1d, resolve_backend
 from ._ref import selective_scan_ref, ssd_scan_ref
 
@@ -73,6 +74,10 @@ class Mamba2Mixer(nn.Module):
         As in mamba_ssm (defaults are mamba_ssm's).
     backend
         "auto" | "torch" | "cuda" (see :mod:`cellmamba.models._backend`).
+    recompute
+        On the fused CUDA path (:mod:`._fused`): recompute the conv output and the SSD chunk
+        states in the backward pass instead of keeping them (less memory, slower). No effect
+        elsewhere.
 
     State dict: ``in_proj.weight`` (2*d_inner + 2*ngroups*d_state + nheads, d_model),
     ``conv1d.weight`` (d_inner + 2*ngroups*d_state, 1, d_conv), ``conv1d.bias``, ``dt_bias``
@@ -83,9 +88,11 @@ class Mamba2Mixer(nn.Module):
     kind = "mamba2"
 
     def __init__(self, d_model: int, *, d_state: int = 128, d_conv: int = 4, expand: int = 2,
-                 headdim: int = 64, ngroups: int = 1, chunk_size: int = 256, backend: str = "auto"):
+                 headdim: int = 64, ngroups: int = 1, chunk_size: int = 256, backend: str = "auto",
+                 recompute: bool = False):
         super().__init__()
         check_backend(backend, self.kind)
+        self.recompute = bool(recompute)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         if self.d_inner % headdim:
@@ -127,6 +134,8 @@ class Mamba2Mixer(nn.Module):
     def _forward_cuda(self, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
+        if _fused.available(zxbcdt):  # ours: the same kernels, conv output kept, wider norm backward
+            return _fused.mamba2_mixer(self, zxbcdt, A)
         if has_compiled_causal_conv1d():  # fused conv + scan + gated norm + out_proj
             return mamba_split_conv1d_scan_combined(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, self.D,

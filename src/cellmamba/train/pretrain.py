@@ -64,6 +64,7 @@ class PretrainConfig:
     seed: int = 0                       # model init, data order, masking
     num_workers: int = 0                # DataLoader worker processes
     backend: str = "auto"               # SSM kernels: auto | torch | cuda
+    recompute: bool = False             # Mamba2 on CUDA: recompute activations in the backward pass (long contexts)
 
     def __post_init__(self):
         if self.recipe not in RECIPE_TOKENIZER:
@@ -92,7 +93,7 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
     mamba = config.match_backbone if config.backbone == "transformer" else config.backbone
     d_state = config.d_state if config.d_state is not None else (16 if mamba.endswith("mamba1") else 128)
     mamba_config = BackboneConfig(arch=mamba, d_model=config.d_model, n_layers=config.n_layers,
-                                  backend=config.backend, d_state=d_state)
+                                  backend=config.backend, d_state=d_state, recompute=config.recompute)
     backbone = same_size_transformer(mamba_config) if config.backbone == "transformer" else mamba_config
     if config.recipe == "scmamba2":
         heads = {"value": HeadConfig(kind="value_regression")}

@@ -1,0 +1,327 @@
+"""Fused CUDA path of the Mamba2 stacks: mamba_ssm's Triton / CUDA kernels, composed our way.
+
+Why this module exists (measured on one H100, bf16, d512 x 6, BiMamba2 at 65,536 tokens per
+step; ``benchmarks/results/gpu_profile_*.txt``): with mamba_ssm 2.3.2's own composition
+(``mamba_split_conv1d_scan_combined`` + ``rms_norm_fn`` + a separate residual add) a training
+step spent
+
+- 15% in its two layer-norm backward kernels: both launch one program per SM, and each program
+  walks ``M / n_SM`` rows one after the other (~1,000 rows at M = 131,072), so the kernel waits
+  on memory latency instead of streaming at bandwidth;
+- 4% recomputing the causal convolution in the backward pass (the forward output is dropped);
+- 4% on separate residual adds (forward and backward) around every block.
+
+What is done here instead, changing no arithmetic: the same mamba_ssm kernels, launched with
+:data:`PROGRAMS_PER_SM` times as many programs (fewer rows each); the convolution output
+(channel-last, which also spares copies of B and C) and the SSD's float32 chunk states and CB
+kept for the backward pass instead of recomputed; and mamba_ssm's fused residual-add + RMSNorm
+in the block (as its own ``Block`` does). Keeping costs memory (14.4 instead of 10.7 GiB per
+65,536 tokens at d512 x 6, d_state 128): ``BackboneConfig.recompute=True`` recomputes them as
+mamba_ssm does, for the longest contexts. mamba_ssm offers no switch for any of this, and no
+kernel is re-written: only the Python composition around them (the mamba_ssm functions named
+below).
+
+It uses private mamba_ssm functions, so it is tied to the versions in :data:`TESTED_MAMBA`;
+with any other version (or without the compiled ``causal_conv1d``) :func:`available` says no and
+the models use mamba_ssm's public path, which computes the same function. ``CELLMAMBA_FUSED=0``
+turns it off (benchmarks compare both). Correctness: tests/gpu/test_fused.py (against the
+pure-PyTorch reference and against mamba_ssm's own path, forward and backward, fp32 and bf16).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TESTED_MAMBA", "PROGRAMS_PER_SM", "available", "add_rms_norm", "mamba2_mixer"]
+
+#: mamba_ssm versions whose private kernel signatures this module was tested against
+TESTED_MAMBA = ("2.3.2", "2.3.2.post1")
+#: backward layer-norm programs per SM (mamba_ssm launches 1): enough rows in flight to stream
+PROGRAMS_PER_SM = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_ok() -> bool:
+    try:
+        import mamba_ssm
+        from causal_conv1d.cpp_functions import _causal_conv1d_fwd_cpp, causal_conv1d_bwd_function  # noqa: F401
+        from mamba_ssm.ops.triton import layer_norm, layernorm_gated, ssd_combined  # noqa: F401
+    except Exception:
+        return False
+    ok = mamba_ssm.__version__ in TESTED_MAMBA
+    if not ok:
+        log.info("cellmamba: fused Mamba2 path off (mamba_ssm %s is not one of %s); using mamba_ssm's own path",
+                 mamba_ssm.__version__, TESTED_MAMBA)
+    return ok
+
+
+def available(t: torch.Tensor) -> bool:
+    """Whether the fused path can run on ``t`` (CUDA, a tested mamba_ssm, compiled causal_conv1d)."""
+    if not t.is_cuda or os.environ.get("CELLMAMBA_FUSED", "1") == "0":
+        return False
+    from ._backend import has_compiled_causal_conv1d
+    return has_compiled_causal_conv1d() and _mamba_ok()
+
+
+def _grid_rows(x: torch.Tensor, M: int) -> tuple[int, int]:
+    """(programs, rows per program) for a row-looping backward kernel over M rows."""
+    sm = torch.cuda.get_device_properties(x.device).multi_processor_count
+    programs = max(1, min(M, sm * PROGRAMS_PER_SM))
+    return programs, math.ceil(M / programs)
+
+
+def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype):
+    """Backward of mamba_ssm's (residual-add +) RMSNorm: its ``layer_norm._layer_norm_bwd_kernel``
+    on a wider grid. x is the norm's input (the residual stream); returns (dx in x_dtype, dw,
+    dresidual_in in x's dtype or None when it equals dx)."""
+    from mamba_ssm.ops.triton.layer_norm import _layer_norm_bwd_kernel
+
+    M, N = x.shape
+    dx = torch.empty(M, N, dtype=x_dtype, device=x.device)
+    dres_in = torch.empty_like(x) if dx.dtype != x.dtype else None
+    programs, rows = _grid_rows(x, M)
+    dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
+    block_n = _next_pow2(N)
+    _layer_norm_bwd_kernel[(programs,)](
+        x, weight, None, None, dy, dx, dw_part, None, dresidual, None, None, None, None, None, dres_in, None, None,
+        None, rstd,
+        x.stride(0), 0, dy.stride(0), dx.stride(0), dresidual.stride(0) if dresidual is not None else 0, 0, 0,
+        dres_in.stride(0) if dres_in is not None else 0,
+        M, N, eps, 0.0, rows,
+        True, block_n, dresidual is not None, dres_in is not None, False, False,
+    )
+    return dx, dw_part.sum(0).to(weight.dtype), dres_in
+
+
+def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out):
+    """Backward of ``RMSNorm(x * silu(z))`` (mamba_ssm's ``layernorm_gated._layer_norm_bwd_kernel``,
+    norm_before_gate=False) on a wider grid; also recomputes the output into ``out`` (for the
+    out_proj weight gradient) and writes dz into ``dz``. Returns (dx, dw)."""
+    from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_bwd_kernel
+
+    M, N = x.shape
+    ngroups = N // group_size
+    dx = torch.empty_like(x)
+    block_n = _next_pow2(group_size)
+    num_warps = min(max(block_n // 256, 1), 8)  # mamba_ssm's heuristic
+    programs, rows = _grid_rows(x, M)
+    dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
+    _layer_norm_bwd_kernel[(programs, ngroups)](
+        x, weight, None, z, out, dy, dx, dw_part, None, dz, None, rstd,
+        x.stride(0), z.stride(0), out.stride(0), dy.stride(0), dx.stride(0), dz.stride(0), dw_part.stride(0), 0,
+        M, group_size, eps, rows,
+        NORM_BEFORE_GATE=False, IS_RMS_NORM=True, BLOCK_N=block_n, num_warps=num_warps,
+    )
+    return dx, dw_part.sum(0).to(weight.dtype)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (int(n) - 1).bit_length()
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    """``residual_out = x + residual`` (in float32) and ``y = RMSNorm(residual_out)``, one kernel
+    each way (mamba_ssm's ``layer_norm._layer_norm_fwd``; backward: :func:`_rms_norm_bwd`)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps):
+        from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd
+
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        r2 = residual.reshape(-1, shape[-1]).contiguous() if residual is not None else None
+        y, _, _, rstd, residual_out, *_ = _layer_norm_fwd(
+            x2, weight.contiguous(), None, eps, r2, residual_dtype=torch.float32, is_rms_norm=True)
+        if residual_out is None:  # x already float32 and no residual: the norm's input is x
+            residual_out = x2
+        ctx.save_for_backward(residual_out, weight, rstd)
+        ctx.eps, ctx.x_dtype, ctx.has_residual = eps, x.dtype, residual is not None
+        return y.view(shape), residual_out.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy, dresidual_out):
+        residual_out, weight, rstd = ctx.saved_tensors
+        shape = dy.shape
+        dy = dy.reshape(-1, shape[-1]).contiguous()
+        dres = dresidual_out.reshape(-1, shape[-1]).contiguous() if dresidual_out is not None else None
+        dx, dw, dres_in = _rms_norm_bwd(dy, residual_out, weight, rstd, ctx.eps, dres, ctx.x_dtype)
+        dresidual = (dres_in if dres_in is not None else dx).view(shape) if ctx.has_residual else None
+        return dx.view(shape), dresidual, dw, None
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """Fused pre-norm step: ``(RMSNorm(x + residual), x + residual)``, the sum in float32.
+
+    x: (..., d) the previous block's update (or the stack's input when residual is None);
+    residual: (..., d) float32 or None. The normed output has x's dtype.
+    """
+    return _AddRMSNorm.apply(x, residual, weight, eps)
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """t with a unit last stride (the SSD kernels need no more; a strided view stays a view)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size):
+    """mamba_ssm's ``_mamba_chunk_scan_combined_fwd`` (no z, no initial states) that also returns
+    what its backward would recompute: (y, (dA_cumsum, softplus dt, float32 chunk states, CB)).
+    x: (b, l, h, p); dt: (b, l, h) before softplus and bias; B, C: (b, l, g, n)."""
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+
+    dA_cumsum, dt_sp, states, CB = saved = _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size)
+    y, _ = _chunk_scan_fwd(CB, x, dt_sp, dA_cumsum, _unit_stride(C), states, D=D, z=None)
+    return y, saved
+
+
+def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size):
+    """The SSD's (dA_cumsum, softplus dt, float32 passed chunk states, CB): what its forward
+    computes before the output and its backward needs (mamba_ssm's calls, in its order)."""
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    B, C = _unit_stride(B), _unit_stride(C)  # no-ops for the channel-last conv output
+    dA_cumsum, dt_sp = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=True)
+    states = _chunk_state_fwd(B, x, dt_sp, dA_cumsum, states_in_fp32=True)
+    # float32 passed states, as mamba_ssm's backward recomputes them (its forward's are in C's dtype)
+    states, _ = _state_passing_fwd(states.flatten(-2), dA_cumsum[:, :, :, -1], chunk_size=chunk_size,
+                                   out_dtype=torch.float32)
+    states = states.unflatten(-1, (x.shape[-1], B.shape[-1]))
+    CB = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    return dA_cumsum, dt_sp, states, CB
+
+
+def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC):
+    """mamba_ssm's ``_mamba_chunk_scan_combined_bwd`` (no z, no initial states) on
+    :func:`_ssd_prepare`'s (dA_cumsum, dt, states, CB), kept from the forward or recomputed. Writes
+    dx, ddt (w.r.t. the raw dt), dB, dC into the given views; returns (dA, dD, ddt_bias)."""
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_bwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import (_chunk_scan_bwd_dC, _chunk_scan_bwd_dcb,
+                                                     _chunk_scan_bwd_ddAcs_stable, _chunk_scan_bwd_dstates)
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_bwd, _chunk_state_bwd_db
+    from mamba_ssm.ops.triton.ssd_combined import _chunk_scan_chunk_state_bwd_dx
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_bwd
+
+    dA_cumsum, dt_sp, states, CB = saved
+    headdim, dstate, ngroups = x.shape[-1], B.shape[-1], B.shape[-2]
+    B, C, dy = _unit_stride(B), _unit_stride(C), _unit_stride(dy)
+    dstates = _chunk_scan_bwd_dstates(C, dA_cumsum, dy, dtype=states.dtype)
+    dstates, ddA_chunk_cumsum, _, states = _state_passing_bwd(
+        states.flatten(-2), dA_cumsum[:, :, :, -1], dstates.flatten(-2), has_initial_states=False,
+        dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=chunk_size)
+    states, dstates = states.unflatten(-1, (headdim, dstate)), dstates.unflatten(-1, (headdim, dstate))
+    dx, ddt_sp, dD = _chunk_scan_chunk_state_bwd_dx(x, dt_sp, dA_cumsum, B, CB, dy, dstates, D=D, dx=dx)
+    dB_states, ddA_next = _chunk_state_bwd_db(x, dt_sp, dA_cumsum, dstates, B=B, ngroups=ngroups)
+    dC_states, ddA_cumsum_prev = _chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dy, C=C, ngroups=ngroups)
+    dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, ngroups=ngroups).to(CB.dtype)
+    _bmm_chunk_bwd(C, dCB, residual=dB_states, out=dB)
+    _bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_states, out=dC)
+    ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
+    ddA = _chunk_scan_bwd_ddAcs_stable(x, dt_sp, dA_cumsum, dy, CB)
+    ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    _, dA, ddt_bias = _chunk_cumsum_bwd(ddA, ddt_sp, dt, A, dt_bias=dt_bias, dt_softplus=True, ddt=ddt)
+    return dA, dD, ddt_bias
+
+
+class _Mamba2Fn(torch.autograd.Function):
+    """conv -> SSD -> gated RMSNorm -> out_proj of one Mamba2 layer (mamba_ssm's
+    ``MambaSplitConv1dScanCombinedFn`` without the options we do not use) that keeps the conv
+    output (channel-last) and the SSD's chunk states instead of recomputing them (``keep``; off:
+    recomputed as mamba_ssm does, for less memory), and runs the gated-norm backward on
+    :func:`_gated_rms_norm_bwd`."""
+
+    @staticmethod
+    def forward(ctx, zxbcdt, conv_w, conv_b, dt_bias, A, D, norm_w, out_w, chunk_size, headdim, ngroups, eps, keep):
+        from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_fwd
+
+        batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
+        xBC_conv = _conv_silu(xBC, conv_w, conv_b)
+        x, B, C = xBC_conv.split([dim, gn, gn], dim=-1)
+        y_ssm, ssd_saved = _ssd_fwd(x.unflatten(-1, (nheads, headdim)), dt, A, B.unflatten(-1, (ngroups, -1)),
+                                    C.unflatten(-1, (ngroups, -1)), D, dt_bias, chunk_size)
+        y_ssm = y_ssm.reshape(M, dim)
+        y, _, rstd = _layer_norm_fwd(y_ssm, norm_w.contiguous(), None, eps, z.reshape(M, dim),
+                                     group_size=dim // ngroups, norm_before_gate=False, is_rms_norm=True)
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+            y, out_w = y.to(dtype), out_w.to(dtype)
+        out = F.linear(y, out_w).view(batch, seqlen, -1)
+        kept = (xBC_conv, *ssd_saved) if keep else ()
+        ctx.save_for_backward(zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept)
+        ctx.chunk_size, ctx.headdim, ctx.ngroups, ctx.eps = chunk_size, headdim, ngroups, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        from causal_conv1d.cpp_functions import causal_conv1d_bwd_function
+        from mamba_ssm.ops.triton.ssd_combined import ensure_stride
+
+        zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept = ctx.saved_tensors
+        headdim, ngroups = ctx.headdim, ctx.ngroups
+        batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
+        xBC_conv = kept[0] if kept else _conv_silu(xBC, conv_w, conv_b)
+        x, B, C = xBC_conv.split([dim, gn, gn], dim=-1)
+        split = lambda t: t.unflatten(-1, (ngroups, -1))  # noqa: E731
+        ssd_saved = kept[1:] if kept else _ssd_prepare(x.unflatten(-1, (nheads, headdim)), dt, A, split(B), split(C),
+                                                       dt_bias, ctx.chunk_size)
+        dzxbcdt = torch.empty_like(zxbcdt)
+        dz, dxBC_given, ddt_given = dzxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
+        dxBC = torch.empty(xBC_conv.shape, dtype=xBC_conv.dtype, device=xBC_conv.device)  # channel-last
+        dx, dB, dC = dxBC.split([dim, gn, gn], dim=-1)
+        dout = dout.reshape(M, -1)
+        dy = dout @ out_w  # (M, dim); out_w: (d_model, dim)
+        y = torch.empty(M, dim, dtype=y_ssm.dtype, device=y_ssm.device)
+        dy_ssm, dnorm_w = _gated_rms_norm_bwd(dy, y_ssm, z.reshape(M, dim), norm_w, rstd, ctx.eps, dim // ngroups,
+                                              dz.reshape(M, dim), y)
+        dA, dD, ddt_bias = _ssd_bwd(
+            dy_ssm.view(batch, seqlen, nheads, headdim), x.unflatten(-1, (nheads, headdim)), dt, A,
+            B.unflatten(-1, (ngroups, -1)), C.unflatten(-1, (ngroups, -1)), D, dt_bias, ctx.chunk_size, ssd_saved,
+            dx=dx.unflatten(-1, (nheads, headdim)), ddt=ddt_given, dB=dB.unflatten(-1, (ngroups, -1)),
+            dC=dC.unflatten(-1, (ngroups, -1)))
+        dout_w = dout.t().mm(y.to(dout.dtype))  # (d_model, dim)
+        dxBC_update, dconv_w, dconv_b, *_ = causal_conv1d_bwd_function(
+            ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dxBC.transpose(1, 2), None, None, None,
+            ensure_stride(dxBC_given).transpose(1, 2), False, True)
+        dxBC_update = dxBC_update.transpose(1, 2)
+        if dxBC_update.data_ptr() != dxBC_given.data_ptr() or dxBC_update.stride() != dxBC_given.stride():
+            dxBC_given.copy_(dxBC_update)
+        return dzxbcdt, dconv_w, dconv_b, ddt_bias, dA, dD, dnorm_w, dout_w, None, None, None, None, None
+
+
+def _layout(zxbcdt, conv_w, D, headdim):
+    """Sizes of one Mamba2 layer's projection and its (z, xBC, dt) views:
+    (batch, seqlen, batch * seqlen, nheads, d_inner, ngroups * d_state, (z, xBC, dt))."""
+    batch, seqlen, _ = zxbcdt.shape
+    nheads = D.shape[0]
+    dim = nheads * headdim
+    gn = (conv_w.shape[0] - dim) // 2
+    return batch, seqlen, batch * seqlen, nheads, dim, gn, zxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
+
+
+def _conv_silu(xBC: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor) -> torch.Tensor:
+    """causal_conv1d + SiLU of (b, l, c) into a channel-last (b, l, c) tensor. causal_conv1d's own
+    wrapper allocates a channel-first output for a strided input, which then costs copies of B,
+    C and of the gradient."""
+    from causal_conv1d.cpp_functions import _causal_conv1d_fwd_cpp
+    from mamba_ssm.ops.triton.ssd_combined import ensure_stride
+
+    out = torch.empty(xBC.shape, dtype=xBC.dtype, device=xBC.device)
+    _causal_conv1d_fwd_cpp(x=ensure_stride(xBC).transpose(1, 2), weight=conv_w, bias=conv_b, seq_idx=None,
+                           initial_states=None, out=out.transpose(1, 2), final_states_out=None, silu_activation=True)
+    return out
+
+
+def mamba2_mixer(mixer, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """The fused Mamba2 layer body for a :class:`~cellmamba.models.ssm.Mamba2Mixer` (after in_proj);
+    ``mixer.recompute`` trades the kept activations for recomputation."""
+    return _Mamba2Fn.apply(zxbcdt, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.dt_bias, A, mixer.D,
+                           mixer.norm.weight, mixer.out_proj.weight, mixer.chunk_size, mixer.headdim, mixer.ngroups,
+                           mixer.norm.eps, not mixer.recompute)

@@ -1,0 +1,134 @@
+"""The fused CUDA path (cellmamba.models._fused) against independent computations.
+
+- the fused residual-add + RMSNorm against the naive float64 formula and its autograd gradients,
+  on enough rows that the widened backward grid gives each program several rows and a ragged tail;
+- whole backbones on the fused path against the same weights on mamba_ssm's own path
+  (CELLMAMBA_FUSED=0) and on the pure-PyTorch reference, forward and backward (input and every
+  parameter), fp32 and bf16 autocast, padded batches, every Mamba arch and both BiMamba forms.
+
+Marked ``gpu``: skipped at collection without CUDA and mamba_ssm (tests/conftest.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cellmamba.models import Backbone, BackboneConfig, kernels_available
+from cellmamba.models import _fused
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12)).item()
+
+
+@pytest.fixture
+def fused_on():
+    x = torch.zeros(1, device=DEV)
+    if not _fused.available(x):
+        pytest.skip("fused path unavailable here (needs compiled causal_conv1d and mamba_ssm in "
+                    f"{_fused.TESTED_MAMBA})")
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rms_norm_matches_formula(fused_on, x_dtype, with_residual):
+    torch.manual_seed(0)
+    M, N, eps = 9_001, 512, 1e-5  # 9,001 rows: several per program and a short last program
+    x = torch.randn(M, N, device=DEV).to(x_dtype).requires_grad_()
+    res = torch.randn(M, N, device=DEV, requires_grad=True) if with_residual else None
+    w = (1 + 0.1 * torch.randn(N, device=DEV)).requires_grad_()
+    y, r = _fused.add_rms_norm(x, res, w, eps)
+    gy = torch.randn_like(y)
+    gr = torch.randn(M, N, device=DEV)
+    (y.float() * gy.float()).sum().add_((r * gr).sum()).backward()
+
+    x64 = x.detach().double().requires_grad_()
+    res64 = res.detach().double().requires_grad_() if with_residual else None
+    w64 = w.detach().double().requires_grad_()
+    r_ref = x64 + res64 if with_residual else x64
+    y_ref = r_ref * torch.rsqrt(r_ref.square().mean(-1, keepdim=True) + eps) * w64
+    ((y_ref * gy.double()).sum() + (r_ref * gr.double()).sum()).backward()
+
+    assert r.dtype == torch.float32 and y.dtype == x_dtype
+    tol = TOL[x_dtype] / 10
+    assert rel_err(r, r_ref) < 1e-6
+    assert rel_err(y, y_ref) < tol
+    assert rel_err(x.grad, x64.grad) < tol
+    assert rel_err(w.grad, w64.grad) < 1e-4  # float32 partial sums over 9,001 rows
+    if with_residual:
+        assert rel_err(res.grad, res64.grad) < 1e-5
+
+
+def run(model, x, mask, dtype):
+    xi = x.clone().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = model(xi, mask)
+    weights = torch.linspace(-1, 1, out.hidden.numel(), device=DEV).view_as(out.hidden)
+    (out.hidden.float() * weights).sum().backward()
+    grads = {"input": xi.grad, **{n: p.grad for n, p in model.named_parameters()}}
+    return out.hidden.detach(), grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch,merge_every", [("bimamba_mamba2", "stack"), ("bimamba_mamba2", "layer"),
+                                              ("mamba2", "stack"), ("bimamba_mamba1", "stack")])
+def test_fused_backbone_matches_mamba_ssm_path_and_reference(fused_on, monkeypatch, arch, merge_every, dtype):
+    need = "mamba1" if arch.endswith("mamba1") else "mamba2"
+    ok, reason = kernels_available(need)
+    if not ok:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    cfg = BackboneConfig(arch=arch, d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64,
+                         merge="gate", merge_every=merge_every, backend="cuda")
+    fused = Backbone(cfg).to(DEV)
+    plain = Backbone(cfg).to(DEV)
+    ref = Backbone(dataclasses.replace(cfg, backend="torch")).to(DEV)
+    plain.load_state_dict(fused.state_dict())
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 333, 64, device=DEV)
+    mask = torch.arange(333, device=DEV) < torch.tensor([[333], [200], [1]], device=DEV)
+
+    out_f, g_f = run(fused, x, mask, dtype)
+    monkeypatch.setenv("CELLMAMBA_FUSED", "0")
+    assert not _fused.available(x)
+    out_p, g_p = run(plain, x, mask, dtype)
+    out_r, g_r = run(ref, x, mask, torch.float32)
+
+    assert (out_f[~mask] == 0).all()
+    assert rel_err(out_f, out_p) < TOL[dtype]
+    assert rel_err(out_f, out_r) < TOL[dtype]
+    for name in g_r:
+        assert g_f[name] is not None, name
+        assert rel_err(g_f[name], g_p[name]) < 5 * TOL[dtype], name
+        assert rel_err(g_f[name], g_r[name]) < 5 * TOL[dtype], name
+
+
+def test_recompute_matches_kept_activations(fused_on):
+    """recompute=True recomputes the conv output and the SSD states in the backward pass: the same
+    kernels on the same inputs, so the same outputs and gradients (up to atomic-add order)."""
+    ok, reason = kernels_available("mamba2")
+    if not ok:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    cfg = BackboneConfig(arch="bimamba_mamba2", d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64,
+                         backend="cuda")
+    kept = Backbone(cfg).to(DEV)
+    recomputed = Backbone(dataclasses.replace(cfg, recompute=True)).to(DEV)
+    recomputed.load_state_dict(kept.state_dict())
+    assert all(m.recompute for m in recomputed.modules() if hasattr(m, "recompute"))
+    x = torch.randn(2, 300, 64, device=DEV)
+    mask = torch.arange(300, device=DEV) < torch.tensor([[300], [123]], device=DEV)
+    for dtype in (torch.float32, torch.bfloat16):
+        out_k, g_k = run(kept, x, mask, dtype)
+        out_r, g_r = run(recomputed, x, mask, dtype)
+        assert rel_err(out_r, out_k) < 1e-6
+        for name in g_k:
+            assert rel_err(g_r[name], g_k[name]) < 1e-5, name
+        kept.zero_grad(set_to_none=True)
+        recomputed.zero_grad(set_to_none=True)
