@@ -3,7 +3,7 @@ largest context that trains. Kernel-vs-reference correctness lives in tests/gpu 
 benchmarks/gpu_check.sh before this script).
 
     python benchmarks/gpu_check.py sweep --models bimamba_mamba2 transformer --out results.csv
-    python benchmarks/gpu_check.py maxlen --models bimamba_mamba2 --out maxlen.csv
+    python benchmarks/gpu_check.py maxlen --models bimamba_mamba2 --recompute --out maxlen.csv
 
 sweep: training (forward + backward + AdamW step) and forward-only tokens/s of each model at
 d_model 512 x 6 layers, bf16 autocast, L in 1k..131k with max(65,536, L) tokens per step (the
@@ -28,12 +28,12 @@ FIELDS = ["model", "mode", "L", "batch", "params", "tokens_per_s", "peak_gib", "
 T0 = time.perf_counter()
 
 
-def make_config(model: str, d_model: int, n_layers: int) -> BackboneConfig:
+def make_config(model: str, d_model: int, n_layers: int, recompute: bool = False) -> BackboneConfig:
     if model == "transformer":  # same size as the default recipe's backbone (DESIGN.md)
         base = BackboneConfig(arch="bimamba_mamba2", d_model=d_model, n_layers=n_layers)
         return same_size_transformer(base)
     return BackboneConfig(arch=model, d_model=d_model, n_layers=n_layers, backend="cuda",
-                          d_state=16 if model.endswith("mamba1") else 128)
+                          d_state=16 if model.endswith("mamba1") else 128, recompute=recompute)
 
 
 def measure(config: BackboneConfig, *, L: int, batch: int, mode: str, steps: int) -> tuple[float, float]:
@@ -91,6 +91,8 @@ def main(argv=None):
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--n-layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--recompute", action="store_true",
+                   help="Mamba2: recompute activations in the backward pass (rows named <model>+recompute)")
     p.add_argument("--deadline", type=float, default=1e9, help="seconds after start to stop starting new runs")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -101,7 +103,9 @@ def main(argv=None):
         if new:
             writer.writeheader()
         for model in args.models:
-            config = make_config(model, args.d_model, args.n_layers)
+            config = make_config(model, args.d_model, args.n_layers, args.recompute)
+            if args.recompute and model != "transformer":
+                model = f"{model}+recompute"
             if args.part == "sweep":
                 for L in args.lengths:
                     for mode in args.modes:
