@@ -77,15 +77,15 @@ def _grid_rows(x: torch.Tensor, M: int) -> tuple[int, int]:
     return programs, math.ceil(M / programs)
 
 
-def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype):
+def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype, has_residual):
     """Backward of mamba_ssm's (residual-add +) RMSNorm: its ``layer_norm._layer_norm_bwd_kernel``
     on a wider grid. x is the norm's input (the residual stream); returns (dx in x_dtype, dw,
-    dresidual_in in x's dtype or None when it equals dx)."""
+    dresidual_in in x's dtype, or None where there is no residual or it equals dx)."""
     from mamba_ssm.ops.triton.layer_norm import _layer_norm_bwd_kernel
 
     M, N = x.shape
     dx = torch.empty(M, N, dtype=x_dtype, device=x.device)
-    dres_in = torch.empty_like(x) if dx.dtype != x.dtype else None
+    dres_in = torch.empty_like(x) if has_residual and dx.dtype != x.dtype else None
     programs, rows = _grid_rows(x, M)
     dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
     block_n = _next_pow2(N)
@@ -151,7 +151,7 @@ class _AddRMSNorm(torch.autograd.Function):
         shape = dy.shape
         dy = dy.reshape(-1, shape[-1]).contiguous()
         dres = dresidual_out.reshape(-1, shape[-1]).contiguous() if dresidual_out is not None else None
-        dx, dw, dres_in = _rms_norm_bwd(dy, residual_out, weight, rstd, ctx.eps, dres, ctx.x_dtype)
+        dx, dw, dres_in = _rms_norm_bwd(dy, residual_out, weight, rstd, ctx.eps, dres, ctx.x_dtype, ctx.has_residual)
         dresidual = (dres_in if dres_in is not None else dx).view(shape) if ctx.has_residual else None
         return dx.view(shape), dresidual, dw, None
 
@@ -244,9 +244,8 @@ class _Mamba2Fn(torch.autograd.Function):
 
         batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
         xBC_conv = _conv_silu(xBC, conv_w, conv_b)
-        x, B, C = xBC_conv.split([dim, gn, gn], dim=-1)
-        y_ssm, ssd_saved = _ssd_fwd(x.unflatten(-1, (nheads, headdim)), dt, A, B.unflatten(-1, (ngroups, -1)),
-                                    C.unflatten(-1, (ngroups, -1)), D, dt_bias, chunk_size)
+        x, B, C = _heads(xBC_conv, nheads, headdim, ngroups, dim, gn)
+        y_ssm, ssd_saved = _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size)
         y_ssm = y_ssm.reshape(M, dim)
         y, _, rstd = _layer_norm_fwd(y_ssm, norm_w.contiguous(), None, eps, z.reshape(M, dim),
                                      group_size=dim // ngroups, norm_before_gate=False, is_rms_norm=True)
@@ -268,24 +267,19 @@ class _Mamba2Fn(torch.autograd.Function):
         headdim, ngroups = ctx.headdim, ctx.ngroups
         batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
         xBC_conv = kept[0] if kept else _conv_silu(xBC, conv_w, conv_b)
-        x, B, C = xBC_conv.split([dim, gn, gn], dim=-1)
-        split = lambda t: t.unflatten(-1, (ngroups, -1))  # noqa: E731
-        ssd_saved = kept[1:] if kept else _ssd_prepare(x.unflatten(-1, (nheads, headdim)), dt, A, split(B), split(C),
-                                                       dt_bias, ctx.chunk_size)
+        x, B, C = _heads(xBC_conv, nheads, headdim, ngroups, dim, gn)
+        ssd_saved = kept[1:] if kept else _ssd_prepare(x, dt, A, B, C, dt_bias, ctx.chunk_size)
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_given, ddt_given = dzxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
         dxBC = torch.empty(xBC_conv.shape, dtype=xBC_conv.dtype, device=xBC_conv.device)  # channel-last
-        dx, dB, dC = dxBC.split([dim, gn, gn], dim=-1)
+        dx, dB, dC = _heads(dxBC, nheads, headdim, ngroups, dim, gn)
         dout = dout.reshape(M, -1)
         dy = dout @ out_w  # (M, dim); out_w: (d_model, dim)
         y = torch.empty(M, dim, dtype=y_ssm.dtype, device=y_ssm.device)
         dy_ssm, dnorm_w = _gated_rms_norm_bwd(dy, y_ssm, z.reshape(M, dim), norm_w, rstd, ctx.eps, dim // ngroups,
                                               dz.reshape(M, dim), y)
-        dA, dD, ddt_bias = _ssd_bwd(
-            dy_ssm.view(batch, seqlen, nheads, headdim), x.unflatten(-1, (nheads, headdim)), dt, A,
-            B.unflatten(-1, (ngroups, -1)), C.unflatten(-1, (ngroups, -1)), D, dt_bias, ctx.chunk_size, ssd_saved,
-            dx=dx.unflatten(-1, (nheads, headdim)), ddt=ddt_given, dB=dB.unflatten(-1, (ngroups, -1)),
-            dC=dC.unflatten(-1, (ngroups, -1)))
+        dA, dD, ddt_bias = _ssd_bwd(dy_ssm.view(batch, seqlen, nheads, headdim), x, dt, A, B, C, D, dt_bias,
+                                    ctx.chunk_size, ssd_saved, dx=dx, ddt=ddt_given, dB=dB, dC=dC)
         dout_w = dout.t().mm(y.to(dout.dtype))  # (d_model, dim)
         dxBC_update, dconv_w, dconv_b, *_ = causal_conv1d_bwd_function(
             ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dxBC.transpose(1, 2), None, None, None,
@@ -294,6 +288,12 @@ class _Mamba2Fn(torch.autograd.Function):
         if dxBC_update.data_ptr() != dxBC_given.data_ptr() or dxBC_update.stride() != dxBC_given.stride():
             dxBC_given.copy_(dxBC_update)
         return dzxbcdt, dconv_w, dconv_b, ddt_bias, dA, dD, dnorm_w, dout_w, None, None, None, None, None
+
+
+def _heads(xBC_conv, nheads, headdim, ngroups, dim, gn):
+    """x, B, C of the conv output as the SSD kernels take them: (b, l, h, p), (b, l, g, n), (b, l, g, n) views."""
+    x, B, C = xBC_conv.split([dim, gn, gn], dim=-1)
+    return x.unflatten(-1, (nheads, headdim)), B.unflatten(-1, (ngroups, -1)), C.unflatten(-1, (ngroups, -1))
 
 
 def _layout(zxbcdt, conv_w, D, headdim):

@@ -193,7 +193,6 @@ class Backbone(nn.Module):
             hidden = forward = self._stack(x, block_mask) * mask
         return BackboneOutput(hidden=hidden * mask, attention_mask=attention_mask, forward=forward, reverse=reverse)
 
-
     def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
         if _fused.available(h):
