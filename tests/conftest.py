@@ -10,6 +10,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CELLMAMBA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+# Without a GPU, our Triton kernels run in Triton's interpreter (tests/unit/test_triton_kernels.py).
+# Triton reads this when it is first imported (its own library functions are decorated then), so
+# it is set here, before any test module imports it.
+if not _cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
@@ -25,11 +40,7 @@ def shared_data() -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests at collection where there is no CUDA or no mamba_ssm, with the reason shown."""
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        has_cuda = False
+    has_cuda = _cuda()
     try:
         import mamba_ssm  # noqa: F401
         has_kernel = True

@@ -132,3 +132,30 @@ def test_recompute_matches_kept_activations(fused_on):
             assert rel_err(g_r[name], g_k[name]) < 1e-5, name
         kept.zero_grad(set_to_none=True)
         recomputed.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_dcb_ddA_kernel_matches_mamba_ssm_kernels(fused_on, ngroups):
+    """cellmamba.models._ssd against the two mamba_ssm kernels it replaces, at the benchmark's layer
+    shapes (headdim 64, chunk 256, d_state 128, bf16) with a short last chunk."""
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_bwd_dcb, _chunk_scan_bwd_ddAcs_stable
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd
+
+    from cellmamba.models import _ssd
+
+    torch.manual_seed(0)
+    b, L, nheads, headdim, dstate, chunk = 2, 1000, 16, 64, 128, 256
+    x = torch.randn(b, L, nheads, headdim, device=DEV, dtype=torch.bfloat16)
+    dout = torch.randn_like(x)
+    Bm = torch.randn(b, L, ngroups, dstate, device=DEV, dtype=torch.bfloat16)
+    Cm = torch.randn_like(Bm)
+    dt_raw = torch.randn(b, L, nheads, device=DEV) - 3
+    A = -torch.rand(nheads, device=DEV) * 8
+    dA_cumsum, dt = _chunk_cumsum_fwd(dt_raw, A, chunk, dt_bias=torch.zeros(nheads, device=DEV), dt_softplus=True)
+    CB = _bmm_chunk_fwd(Cm, Bm, chunk, output_dtype=torch.float32)
+    dcb, ddA = _ssd.dcb_ddA(x, dt, dA_cumsum, dout, CB)
+    dcb_ref = _chunk_scan_bwd_dcb(x, dt, dA_cumsum, dout, ngroups=ngroups)
+    ddA_ref = _chunk_scan_bwd_ddAcs_stable(x, dt, dA_cumsum, dout, CB)
+    assert rel_err(dcb, dcb_ref) < 1e-4
+    assert rel_err(ddA, ddA_ref) < 1e-4

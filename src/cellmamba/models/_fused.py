@@ -13,13 +13,17 @@ step spent
 
 What is done here instead, changing no arithmetic: the same mamba_ssm kernels, launched with
 :data:`PROGRAMS_PER_SM` times as many programs (fewer rows each); the convolution output
-(channel-last, which also spares copies of B and C) and the SSD's float32 chunk states and CB
-kept for the backward pass instead of recomputed; and mamba_ssm's fused residual-add + RMSNorm
-in the block (as its own ``Block`` does). Keeping costs memory (14.4 instead of 10.7 GiB per
-65,536 tokens at d512 x 6, d_state 128): ``BackboneConfig.recompute=True`` recomputes them as
-mamba_ssm does, for the longest contexts. mamba_ssm offers no switch for any of this, and no
-kernel is re-written: only the Python composition around them (the mamba_ssm functions named
-below).
+(channel-last, which also spares copies of B and C), the gated norm's output and the SSD's
+float32 chunk states and CB kept for the backward pass instead of recomputed; and mamba_ssm's
+fused residual-add + RMSNorm in the block (as its own ``Block`` does). Keeping costs memory
+(about 35% more activations at d512 x 6, d_state 128): ``BackboneConfig.recompute=True``
+recomputes them as mamba_ssm does, for the longest contexts. mamba_ssm offers no switch for any
+of this.
+
+One step runs on our own Triton kernel, tested against the kernels it replaces and against an
+independent formula: the SSD backward's dCB and intra-chunk ddA (:mod:`._ssd`: one kernel in place
+of mamba_ssm's two, which each computed the same per-head product; 0.96 instead of 1.59 ms per
+layer at 131,072 token-directions). :data:`TRITON_DCB` switches it off for comparisons.
 
 It uses private mamba_ssm functions, so it is tied to the versions in :data:`TESTED_MAMBA`;
 with any other version (or without the compiled ``causal_conv1d``) :func:`available` says no and
@@ -100,10 +104,10 @@ def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype, has_residual):
     return dx, dw_part.sum(0).to(weight.dtype), dres_in
 
 
-def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out):
+def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out=None):
     """Backward of ``RMSNorm(x * silu(z))`` (mamba_ssm's ``layernorm_gated._layer_norm_bwd_kernel``,
-    norm_before_gate=False) on a wider grid; also recomputes the output into ``out`` (for the
-    out_proj weight gradient) and writes dz into ``dz``. Returns (dx, dw)."""
+    norm_before_gate=False) on a wider grid; writes dz into ``dz`` and, where ``out`` is given,
+    recomputes the output into it (for the out_proj weight gradient). Returns (dx, dw)."""
     from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_bwd_kernel
 
     M, N = x.shape
@@ -115,7 +119,8 @@ def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out):
     dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
     _layer_norm_bwd_kernel[(programs, ngroups)](
         x, weight, None, z, out, dy, dx, dw_part, None, dz, None, rstd,
-        x.stride(0), z.stride(0), out.stride(0), dy.stride(0), dx.stride(0), dz.stride(0), dw_part.stride(0), 0,
+        x.stride(0), z.stride(0), out.stride(0) if out is not None else 0, dy.stride(0), dx.stride(0), dz.stride(0),
+        dw_part.stride(0), 0,
         M, group_size, eps, rows,
         NORM_BEFORE_GATE=False, IS_RMS_NORM=True, BLOCK_N=block_n, num_warps=num_warps,
     )
@@ -199,6 +204,18 @@ def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size):
     return dA_cumsum, dt_sp, states, CB
 
 
+#: the SSD backward's dCB and intra-chunk ddA in one Triton kernel (cellmamba.models._ssd) where
+#: the shapes allow; False: mamba_ssm's two kernels (benchmarks compare both)
+TRITON_DCB = True
+
+
+def _triton_dcb(chunk_size: int, headdim: int) -> bool:
+    if not TRITON_DCB:
+        return False
+    from ._ssd import supported
+    return supported(chunk_size, headdim)
+
+
 def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC):
     """mamba_ssm's ``_mamba_chunk_scan_combined_bwd`` (no z, no initial states) on
     :func:`_ssd_prepare`'s (dA_cumsum, dt, states, CB), kept from the forward or recomputed. Writes
@@ -221,11 +238,15 @@ def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC)
     dx, ddt_sp, dD = _chunk_scan_chunk_state_bwd_dx(x, dt_sp, dA_cumsum, B, CB, dy, dstates, D=D, dx=dx)
     dB_states, ddA_next = _chunk_state_bwd_db(x, dt_sp, dA_cumsum, dstates, B=B, ngroups=ngroups)
     dC_states, ddA_cumsum_prev = _chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dy, C=C, ngroups=ngroups)
-    dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, ngroups=ngroups).to(CB.dtype)
+    if _triton_dcb(chunk_size, headdim):  # one kernel for both (cellmamba.models._ssd)
+        from ._ssd import dcb_ddA
+        dCB, ddA = dcb_ddA(x, dt_sp, dA_cumsum, dy, CB)
+    else:
+        dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, ngroups=ngroups).to(CB.dtype)
+        ddA = _chunk_scan_bwd_ddAcs_stable(x, dt_sp, dA_cumsum, dy, CB)
     _bmm_chunk_bwd(C, dCB, residual=dB_states, out=dB)
     _bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_states, out=dC)
     ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
-    ddA = _chunk_scan_bwd_ddAcs_stable(x, dt_sp, dA_cumsum, dy, CB)
     ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     _, dA, ddt_bias = _chunk_cumsum_bwd(ddA, ddt_sp, dt, A, dt_bias=dt_bias, dt_softplus=True, ddt=ddt)
     return dA, dD, ddt_bias
@@ -253,40 +274,33 @@ class _Mamba2Fn(torch.autograd.Function):
             dtype = torch.get_autocast_dtype("cuda")
             y, out_w = y.to(dtype), out_w.to(dtype)
         out = F.linear(y, out_w).view(batch, seqlen, -1)
-        kept = (xBC_conv, *ssd_saved) if keep else ()
+        # kept: the conv output, the norm output (out_proj's input) and the SSD's chunk states / CB
+        kept = (xBC_conv, y, *ssd_saved) if keep else ()
         ctx.save_for_backward(zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept)
         ctx.chunk_size, ctx.headdim, ctx.ngroups, ctx.eps = chunk_size, headdim, ngroups, eps
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        from causal_conv1d.cpp_functions import causal_conv1d_bwd_function
-        from mamba_ssm.ops.triton.ssd_combined import ensure_stride
-
         zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept = ctx.saved_tensors
         headdim, ngroups = ctx.headdim, ctx.ngroups
         batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
         xBC_conv = kept[0] if kept else _conv_silu(xBC, conv_w, conv_b)
         x, B, C = _heads(xBC_conv, nheads, headdim, ngroups, dim, gn)
-        ssd_saved = kept[1:] if kept else _ssd_prepare(x, dt, A, B, C, dt_bias, ctx.chunk_size)
+        ssd_saved = kept[2:] if kept else _ssd_prepare(x, dt, A, B, C, dt_bias, ctx.chunk_size)
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_given, ddt_given = dzxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
         dxBC = torch.empty(xBC_conv.shape, dtype=xBC_conv.dtype, device=xBC_conv.device)  # channel-last
         dx, dB, dC = _heads(dxBC, nheads, headdim, ngroups, dim, gn)
         dout = dout.reshape(M, -1)
         dy = dout @ out_w  # (M, dim); out_w: (d_model, dim)
-        y = torch.empty(M, dim, dtype=y_ssm.dtype, device=y_ssm.device)
+        y = kept[1] if kept else torch.empty(M, dim, dtype=y_ssm.dtype, device=y_ssm.device)
         dy_ssm, dnorm_w = _gated_rms_norm_bwd(dy, y_ssm, z.reshape(M, dim), norm_w, rstd, ctx.eps, dim // ngroups,
-                                              dz.reshape(M, dim), y)
+                                              dz.reshape(M, dim), None if kept else y)
         dA, dD, ddt_bias = _ssd_bwd(dy_ssm.view(batch, seqlen, nheads, headdim), x, dt, A, B, C, D, dt_bias,
                                     ctx.chunk_size, ssd_saved, dx=dx, ddt=ddt_given, dB=dB, dC=dC)
         dout_w = dout.t().mm(y.to(dout.dtype))  # (d_model, dim)
-        dxBC_update, dconv_w, dconv_b, *_ = causal_conv1d_bwd_function(
-            ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dxBC.transpose(1, 2), None, None, None,
-            ensure_stride(dxBC_given).transpose(1, 2), False, True)
-        dxBC_update = dxBC_update.transpose(1, 2)
-        if dxBC_update.data_ptr() != dxBC_given.data_ptr() or dxBC_update.stride() != dxBC_given.stride():
-            dxBC_given.copy_(dxBC_update)
+        dconv_w, dconv_b = _conv_silu_bwd(xBC, conv_w, conv_b, dxBC, dxBC_given)
         return dzxbcdt, dconv_w, dconv_b, ddt_bias, dA, dD, dnorm_w, dout_w, None, None, None, None, None
 
 
@@ -317,6 +331,21 @@ def _conv_silu(xBC: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor) ->
     _causal_conv1d_fwd_cpp(x=ensure_stride(xBC).transpose(1, 2), weight=conv_w, bias=conv_b, seq_idx=None,
                            initial_states=None, out=out.transpose(1, 2), final_states_out=None, silu_activation=True)
     return out
+
+
+def _conv_silu_bwd(xBC, conv_w, conv_b, dout, dx):
+    """Backward of :func:`_conv_silu` (causal_conv1d's kernel) for dout (channel-last), writing dx
+    into ``dx`` (the input projection gradient's xBC slice); returns (dconv_w, dconv_b)."""
+    from causal_conv1d.cpp_functions import causal_conv1d_bwd_function
+    from mamba_ssm.ops.triton.ssd_combined import ensure_stride
+
+    dx_out, dconv_w, dconv_b, *_ = causal_conv1d_bwd_function(
+        ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dout.transpose(1, 2), None, None, None,
+        ensure_stride(dx).transpose(1, 2), False, True)
+    dx_out = dx_out.transpose(1, 2)
+    if dx_out.data_ptr() != dx.data_ptr() or dx_out.stride() != dx.stride():
+        dx.copy_(dx_out)
+    return dconv_w, dconv_b
 
 
 def mamba2_mixer(mixer, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
