@@ -157,15 +157,11 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
     :class:`~cellmamba.tasks.tokens.DatasetTokens`, plus ``x_kind`` (what X was read as).
     """
     from .tasks.tokens import tokenize_dataset
-    from .tokenize import BinnedConfig
 
     config = _config(checkpoint)
     model_recipe(config)  # patch models: a clear error before any work
     table = read_model_vocabulary(checkpoint, vocabulary, config=config)
     tokenizer = config.embedding.kind
-    if tokenizer == "binned" and config.embedding.n_bins != BinnedConfig().n_bins:
-        raise InputError(f"{checkpoint}: the model reads {config.embedding.n_bins} bins; fine-tuning tokenization "
-                         f"bins into {BinnedConfig().n_bins}")
     if adata.n_obs == 0:
         raise InputError(f"{source}: has no cells")
     if max_len is None:
@@ -173,7 +169,8 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
     elif not isinstance(max_len, (int, np.integer)) or max_len < 2:
         raise InputError(f"max_len must be an integer >= 2, got {max_len!r}")
     data, kind = _with_x_kind(adata, source)
-    tokens = tokenize_dataset(data, table, tokenizer=tokenizer, max_len=int(max_len), source=source)
+    tokens = tokenize_dataset(data, table, tokenizer=tokenizer, max_len=int(max_len), n_bins=config.embedding.n_bins,
+                              source=source)
     # the tokens of a cell shorter than max_len do not depend on max_len: report the length used
     tokens.max_len = int(min(max_len, max(int(np.diff(tokens.batch.offsets).max()), 1)))
     return tokens, kind

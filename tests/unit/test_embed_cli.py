@@ -180,6 +180,24 @@ def test_x_kind_inferred_or_asked_for(runs):
     assert "x_kind" not in counts.uns["cellmamba"]  # inferred, not written into the caller's object
 
 
+def test_embed_bins_new_data_as_the_model_does(runs, tmp_path):
+    """A binned model trained with 11 bins: its embedding reads 11-bin tokens of the new data."""
+    torch.manual_seed(3)
+    model = CellModel(CellModelConfig(embedding=EmbeddingConfig(kind="binned", vocab_size=N_SPECIAL + N_VOCAB,
+                                                                n_bins=11),
+                                      backbone=BACKBONES["mamba"],
+                                      heads={"value": HeadConfig(kind="value_regression")})).eval()
+    model_dir = model.save_pretrained(tmp_path / "bins11")
+    vocabulary_table().to_csv(model_dir / VOCABULARY_NAME, sep="\t", index=False)
+    adata = make_adata()
+    emb = cellmamba.embed(adata, model_dir, max_len=CONTEXT, batch_size=4, progress=False)
+    data = adata.copy()
+    data.uns["cellmamba"] = {"x_kind": "counts"}
+    tokens = tokenize_dataset(data, vocabulary_table(), tokenizer="binned", max_len=CONTEXT, n_bins=11)
+    assert tokens.batch.values.max() == 10
+    np.testing.assert_allclose(emb, naive_embedding(model, tokens, "cls"), rtol=1e-4, atol=1e-5)
+
+
 def test_bad_inputs_raise_clear_errors(runs, tmp_path):
     adata = make_adata()
     with pytest.raises(InputError, match="pooling"):

@@ -72,6 +72,22 @@ def test_binned_tokens_are_the_tokenizer_on_vocabulary_columns_and_equal_from_lo
     np.testing.assert_array_equal(logs.batch.values, ref.values)
 
 
+def test_binned_tokens_use_the_models_number_of_bins():
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(6.0, size=(9, 5)).astype(np.float32)
+    genes = ["A", "B", "C", "D", "E"]
+    toks = tokenize_dataset(_dataset(counts, genes), VOCAB, tokenizer="binned", max_len=10, n_bins=5)
+    M = np.zeros((9, 6), np.float32)
+    M[:, :5] = counts
+    ref = tokenize_binned(sp.csr_matrix(M), BinnedConfig(max_len=10, n_bins=5))
+    np.testing.assert_array_equal(toks.batch.values, ref.values)
+    assert toks.batch.values.max() == 4  # bins 1..n_bins-1 for expressed genes
+    default = tokenize_dataset(_dataset(counts, genes), VOCAB, tokenizer="binned", max_len=10)
+    assert default.batch.values.max() > 4  # 51 bins: the five genes spread over more bins
+    with pytest.raises(InputError, match="n_bins"):
+        tokenize_dataset(_dataset(counts, genes), VOCAB, tokenizer="binned", max_len=10, n_bins=1)
+
+
 def test_rank_tokens_from_counts_and_from_log_values_agree_and_use_all_genes_totals():
     counts = np.array([[5, 1, 7, 2], [1, 9, 3, 0]], np.float32)
     genes = ["A", "B", "C", "ZZ"]  # ZZ is outside the vocabulary but counts towards the total

@@ -72,7 +72,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
                                                                      pooling=pooling, dropout=config.dropout)},
                                 backend=config.backend, seed=config.seed)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
-                              source="annotation dataset")
+                              n_bins=model.config.embedding.n_bins, source="annotation dataset")
     train_pos, valid_pos = split_train_valid(codes_ref, config.valid_fraction, config.seed)
     train_cells, valid_cells = ref[train_pos], ref[valid_pos]
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=config.seed)

@@ -57,7 +57,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
                                  hidden=saved.backbone.d_model)}
     model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
-                              source="integration dataset")
+                              n_bins=model.config.embedding.n_bins, source="integration dataset")
     ssl = MaskedValueObjective() if tokenizer == "binned" else MaskedGeneObjective()
     objective = AdversarialObjective(ssl, batches, weight=config.adversarial_weight if len(names) > 1 else 0.0,
                                      pooling=pooling)
