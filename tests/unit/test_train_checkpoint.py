@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from cellmamba.errors import CorruptFileError, InputError
-from cellmamba.train.checkpoint import (capture_rng, latest_good_checkpoint, list_checkpoints, load_checkpoint,
-                                        restore_rng, verify_checkpoint)
+from cellmamba.train.checkpoint import (capture_rng, export_model, latest_good_checkpoint, list_checkpoints,
+                                        load_checkpoint, restore_rng, verify_checkpoint)
 from cellmamba.train.loop import TrainConfig, train
 from cellmamba.train.schedule import build_optimizer
 
@@ -176,3 +176,18 @@ def test_rng_capture_restore_round_trip():
     restore_rng(saved, "cpu")
     second = (torch.rand(3), random.random(), np.random.rand(), random.gauss(0, 1))
     assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+def test_model_files_ship_inside_the_atomic_model_export(tmp_path):
+    vocab = tmp_path / "gene_stats.tsv"
+    vocab.write_text("feature_id\tfeature_name\nENSG1\tA\n")
+    out = tmp_path / "run"
+    train(ToyModel(), toy_objective, toy_loader(4), TrainConfig(max_steps=2, batch_size=4),
+          out_dir=out, model_files={"vocabulary.tsv": vocab})
+    assert (out / "model" / "vocabulary.tsv").read_bytes() == vocab.read_bytes()
+    assert (out / "model" / "model.safetensors").is_file()
+    # a file that cannot be copied: no model directory at all (not one without the file), no leftovers
+    (tmp_path / "other").mkdir()
+    with pytest.raises(FileNotFoundError):
+        export_model(ToyModel(), tmp_path / "other" / "model", extra_files={"vocabulary.tsv": tmp_path / "missing"})
+    assert list((tmp_path / "other").iterdir()) == []

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,11 +126,16 @@ def write_model(model: nn.Module, directory: str | os.PathLike) -> None:
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def export_model(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Save ``model`` (the raw module) to ``directory`` atomically; see :func:`write_model`."""
+def export_model(model: nn.Module, directory: str | os.PathLike,
+                 extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Save ``model`` (the raw module) to ``directory`` atomically; see :func:`write_model`.
+    ``extra_files`` (name in the directory -> source file) are copied in before the rename, so
+    the directory appears complete or not at all."""
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         write_model(model, tmp)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
     return Path(directory)
 
 

@@ -525,7 +525,8 @@ def _write_provenance(path: Path, info: dict) -> None:
 def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig, *,
           out_dir: str | os.PathLike, eval_data: Iterable | None = None,
           device: torch.device | str | None = None, auto_resume: bool = True,
-          step_callback: Callable[[TrainState], None] | None = None) -> TrainState:
+          step_callback: Callable[[TrainState], None] | None = None,
+          model_files: Mapping[str, str | os.PathLike] | None = None) -> TrainState:
     """Train ``model`` on ``data`` with ``objective`` until ``config.max_steps``, resuming automatically.
 
     Works single-process and under ``torchrun`` (DDP; nccl on CUDA, gloo on CPU; the process
@@ -552,6 +553,9 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
         Resume from the newest good checkpoint in ``out_dir/checkpoints`` (default).
     step_callback
         Called with the :class:`TrainState` after every step (after any checkpoint of that step).
+    model_files
+        Files to ship inside the exported ``out_dir/model`` (name -> source path, e.g. the gene
+        vocabulary), written with the weights in one atomic export.
 
     Returns
     -------
@@ -561,13 +565,13 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     env = init_distributed(config.dist_backend, device=device)
     try:
         return _train(model, objective, data, config, out_dir=Path(out_dir), eval_data=eval_data, env=env,
-                      auto_resume=auto_resume, step_callback=step_callback)
+                      auto_resume=auto_resume, step_callback=step_callback, model_files=model_files)
     finally:
         destroy_distributed(env)
 
 
 def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_data, env: DistEnv,
-           auto_resume: bool, step_callback) -> TrainState:
+           auto_resume: bool, step_callback, model_files) -> TrainState:
     device = env.device
     precision = resolve_precision(config.precision, device)
     loader_bs = getattr(data, "batch_size", None)
@@ -708,7 +712,7 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         log.info("the newest checkpoint is already at step %d (max_steps %d): nothing to train",
                  ckpt.step, config.max_steps)
     if env.is_main:
-        export_model(raw, out_dir / "model")
+        export_model(raw, out_dir / "model", extra_files=model_files)
         if (out_dir / "metrics.csv").is_file() and metrics_csv.rows:
             plot_loss_curve(out_dir / "metrics.csv", out_dir / "loss_curve.png")
         _write_provenance(out_dir / "provenance.json",

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,20 +190,7 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     _guard_resume(out_dir, config, corpus, write=rank == 0)
     log.info("pretraining %s (%s backbone) on %s: %d cells, %d genes", config.recipe, config.backbone, corpus,
              len(dataset), dataset.n_genes)
-    state = train(model, objective, loader, train_config, out_dir=out_dir, device=device)
-    if gene_stats is not None and rank == 0:
-        _add_vocabulary(out_dir / "model", gene_stats)
-    return state
-
-
-def _add_vocabulary(model_dir: Path, gene_stats: str | os.PathLike) -> None:
-    """Copy the gene table into the exported model directory (atomically), so that new data
-    can be tokenized for the model; if that fails the model directory is removed rather than
-    left without its vocabulary."""
-    try:
-        with atomic_path(model_dir / VOCABULARY_NAME) as tmp:
-            shutil.copyfile(gene_stats, tmp)
-    except BaseException:
-        shutil.rmtree(model_dir, ignore_errors=True)
-        raise
-    log.info("gene table %s copied to %s", gene_stats, model_dir / VOCABULARY_NAME)
+    # the gene table ships inside the model directory (one atomic export), so new data can be
+    # tokenized for the model
+    files = {VOCABULARY_NAME: gene_stats} if gene_stats is not None else None
+    return train(model, objective, loader, train_config, out_dir=out_dir, device=device, model_files=files)
