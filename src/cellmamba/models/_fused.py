@@ -22,8 +22,9 @@ of this.
 
 One step runs on our own Triton kernel, tested against the kernels it replaces and against an
 independent formula: the SSD backward's dCB and intra-chunk ddA (:mod:`._ssd`: one kernel in place
-of mamba_ssm's two, which each computed the same per-head product; 0.96 instead of 1.59 ms per
-layer at 131,072 token-directions). :data:`TRITON_DCB` switches it off for comparisons.
+of mamba_ssm's two, which each computed the same per-head product; the same formulas, ddA's
+float32 sums in another order; 0.96 instead of 1.59 ms per layer at 131,072 token-directions).
+:data:`TRITON_DCB` switches it off for comparisons.
 
 It uses private mamba_ssm functions, so it is tied to the versions in :data:`TESTED_MAMBA`;
 with any other version (or without the compiled ``causal_conv1d``) :func:`available` says no and
