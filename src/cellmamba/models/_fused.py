@@ -86,6 +86,7 @@ def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype, has_residual):
     """Backward of mamba_ssm's (residual-add +) RMSNorm: its ``layer_norm._layer_norm_bwd_kernel``
     on a wider grid. x is the norm's input (the residual stream); returns (dx in x_dtype, dw,
     dresidual_in in x's dtype, or None where there is no residual or it equals dx)."""
+    import triton
     from mamba_ssm.ops.triton.layer_norm import _layer_norm_bwd_kernel
 
     M, N = x.shape
@@ -93,7 +94,7 @@ def _rms_norm_bwd(dy, x, weight, rstd, eps, dresidual, x_dtype, has_residual):
     dres_in = torch.empty_like(x) if has_residual and dx.dtype != x.dtype else None
     programs, rows = _grid_rows(x, M)
     dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
-    block_n = _next_pow2(N)
+    block_n = triton.next_power_of_2(N)
     _layer_norm_bwd_kernel[(programs,)](
         x, weight, None, None, dy, dx, dw_part, None, dresidual, None, None, None, None, None, dres_in, None, None,
         None, rstd,
@@ -109,12 +110,13 @@ def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out=None):
     """Backward of ``RMSNorm(x * silu(z))`` (mamba_ssm's ``layernorm_gated._layer_norm_bwd_kernel``,
     norm_before_gate=False) on a wider grid; writes dz into ``dz`` and, where ``out`` is given,
     recomputes the output into it (for the out_proj weight gradient). Returns (dx, dw)."""
+    import triton
     from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_bwd_kernel
 
     M, N = x.shape
     ngroups = N // group_size
     dx = torch.empty_like(x)
-    block_n = _next_pow2(group_size)
+    block_n = triton.next_power_of_2(group_size)
     num_warps = min(max(block_n // 256, 1), 8)  # mamba_ssm's heuristic
     programs, rows = _grid_rows(x, M)
     dw_part = torch.empty(programs, N, dtype=torch.float32, device=x.device)
@@ -126,10 +128,6 @@ def _gated_rms_norm_bwd(dy, x, z, weight, rstd, eps, group_size, dz, out=None):
         NORM_BEFORE_GATE=False, IS_RMS_NORM=True, BLOCK_N=block_n, num_warps=num_warps,
     )
     return dx, dw_part.sum(0).to(weight.dtype)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << (int(n) - 1).bit_length()
 
 
 class _AddRMSNorm(torch.autograd.Function):

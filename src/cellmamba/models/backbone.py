@@ -46,7 +46,7 @@ class BackboneConfig:
     merge: str = "mean"  # how the two directions are merged: "mean" | "sum" | "gate" (learned sigmoid gate)
     merge_every: str = "stack"  # "stack": run the stack per direction, merge at the end (leak-free directions); "layer": merge in every layer
     backend: str = "auto"  # "auto" (kernels on CUDA if installed, else reference) | "torch" (reference) | "cuda" (kernels or error)
-    recompute: bool = False  # Mamba2 on CUDA: recompute conv output and SSD states in the backward pass (less memory: expected about mamba_ssm's path's 10.7 instead of 14.4 GiB per 65k tokens at d512 x 6, not yet measured; slower)
+    recompute: bool = False  # Mamba2 on the fused CUDA path: recompute what it keeps for the backward pass (less memory, slower; BiMamba2 d512 x 6 trains 49,152 x 8 tokens in 64 GiB with it, benchmarks/README.md)
     # --- Transformer (ignored by the Mamba archs) ---
     n_heads: int = 8  # attention heads; d_model must be a multiple
     mlp_ratio: float = 4.0  # MLP hidden width = round(mlp_ratio * d_model); see same_size_transformer

@@ -75,9 +75,9 @@ class Mamba2Mixer(nn.Module):
     backend
         "auto" | "torch" | "cuda" (see :mod:`cellmamba.models._backend`).
     recompute
-        On the fused CUDA path (:mod:`._fused`): recompute the conv output and the SSD chunk
-        states in the backward pass instead of keeping them (less memory, slower). No effect
-        elsewhere.
+        On the fused CUDA path (:mod:`._fused`): recompute the conv output, the gated norm's
+        output and the SSD chunk states in the backward pass instead of keeping them (less
+        memory, slower). No effect elsewhere.
 
     State dict: ``in_proj.weight`` (2*d_inner + 2*ngroups*d_state + nheads, d_model),
     ``conv1d.weight`` (d_inner + 2*ngroups*d_state, 1, d_conv), ``conv1d.bias``, ``dt_bias``
@@ -134,7 +134,7 @@ class Mamba2Mixer(nn.Module):
     def _forward_cuda(self, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
-        if _fused.available(zxbcdt):  # ours: the same kernels, conv output kept, wider norm backward
+        if _fused.available(zxbcdt):  # ours: mamba_ssm's kernels composed our way (+ one kernel of ours)
             return _fused.mamba2_mixer(self, zxbcdt, A)
         if has_compiled_causal_conv1d():  # fused conv + scan + gated norm + out_proj
             return mamba_split_conv1d_scan_combined(

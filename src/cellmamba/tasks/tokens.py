@@ -134,7 +134,7 @@ def _to_vocab_columns(X, index: np.ndarray, n_vocab: int) -> sp.csr_matrix:
 
 def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len: int,
                      genes: np.ndarray | None = None, medians: np.ndarray | None = None,
-                     n_bins: int | None = None, source: str = "dataset") -> DatasetTokens:
+                     n_bins: int = BinnedConfig.n_bins, source: str = "dataset") -> DatasetTokens:
     """Tokens of every cell of ``adata`` for a model pretrained on ``vocabulary``.
 
     Parameters
@@ -153,8 +153,8 @@ def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len
         float64 (n_vocab,): rank only, the corpus non-zero medians (default: the table's
         ``nonzero_median`` column).
     n_bins
-        binned only: value bins incl. bin 0 (the pretrained model's ``embedding.n_bins``);
-        default :class:`~cellmamba.tokenize.BinnedConfig`'s (51).
+        binned only: value bins incl. bin 0 (the pretrained model's ``embedding.n_bins``;
+        default :class:`~cellmamba.tokenize.BinnedConfig`'s, 51).
     """
     if tokenizer not in ("binned", "rank"):
         raise InputError(f"tokenize_dataset: tokenizer must be 'binned' or 'rank', got {tokenizer!r}")
@@ -177,8 +177,7 @@ def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len
         value_source = "log1p_norm"
         totals = None
     if tokenizer == "binned":
-        cfg = BinnedConfig(max_len=max_len) if n_bins is None else BinnedConfig(max_len=max_len, n_bins=int(n_bins))
-        batch = tokenize_binned(X, cfg, counts=integers)
+        batch = tokenize_binned(X, BinnedConfig(max_len=max_len, n_bins=n_bins), counts=integers)
     else:
         if medians is None:
             if "nonzero_median" not in vocabulary:
