@@ -164,19 +164,23 @@ class Backbone(nn.Module):
         -------
         BackboneOutput
         """
-        if attention_mask is None:
+        if attention_mask is None:  # no checks to make: no host synchronisation either
             attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        lengths = check_right_padded(attention_mask)
-        attention_mask = attention_mask.bool()
+            lengths = torch.full(x.shape[:1], x.shape[1], dtype=torch.long, device=x.device)
+            padded = False
+        else:
+            lengths = check_right_padded(attention_mask)
+            attention_mask = attention_mask.bool()
+            padded = not bool(attention_mask.all())
         mask = attention_mask.unsqueeze(-1).to(x.dtype)
         # nothing padded (the usual pretraining batch): the blocks skip their masking passes
-        block_mask = mask if not bool(attention_mask.all()) else None
+        block_mask = mask if padded else None
         c = self.config
         forward = reverse = None
         if c.arch == "transformer":
             # a cell without real tokens attends to its padding rather than to nothing (NaN)
             # no mask at all when nothing is padded, so SDPA may pick its flash kernel
-            key_mask = None if bool(attention_mask.all()) else (attention_mask | (lengths == 0)[:, None])[:, None, None, :]
+            key_mask = (attention_mask | (lengths == 0)[:, None])[:, None, None, :] if padded else None
             h = x
             for layer in self.layers:
                 h = layer(h, key_mask, mask)
