@@ -3,6 +3,9 @@ called directly, gene selection, gradient reversal, loading a pretrained model w
 and annotation / integration runs on tiny learnable data."""
 from __future__ import annotations
 
+import json
+import math
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -175,6 +178,13 @@ def test_annotation_learns_a_separable_task(tmp_path, recipe):
     assert (pred[pred.split == "reference"].predicted == "").all()
     assert (q.predicted == q.cell_type).mean() > 0.9
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    # validation after every epoch; the epoch of lowest validation loss is the exported model
+    valid = pd.read_csv(tmp_path / "run" / "eval_metrics.csv")
+    n_ref = int((a.obs.split == "reference").sum())
+    per_epoch = math.ceil((n_ref - round(0.1 * n_ref)) / cfg.batch_size)  # 10% of the reference validates
+    assert list(valid.step) == [per_epoch * (e + 1) for e in range(cfg.epochs)]
+    provenance = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]
+    assert provenance["exported_step"] == valid.step[valid.loss.idxmin()]
 
 
 def test_integration_returns_one_finite_embedding_per_cell(tmp_path):

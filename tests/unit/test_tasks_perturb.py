@@ -238,7 +238,11 @@ def test_run_perturbation_learns_a_synthetic_effect(tmp_path):
     np.testing.assert_allclose(res.predictions["ZZ"], ctrl_mean[-1], rtol=1e-6)  # unmapped gene: no change
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics.loss.iloc[-1] < 0.5 * metrics.loss.iloc[0]
-    assert len(pd.read_csv(tmp_path / "run" / "eval_metrics.csv")) == cfg.epochs
+    valid = pd.read_csv(tmp_path / "run" / "eval_metrics.csv")
+    assert len(valid) == cfg.epochs
+    # the epoch of lowest validation loss predicts (keep_best)
+    assert res.train["best_step"] == valid.step[valid.loss.idxmin()]
+    assert res.train["best_valid_loss"] == pytest.approx(valid.loss.min())
     for c in ("G1+ctrl", "ctrl+G2"):
         truth = X[a.obs.condition == c].mean(0)[:8] - ctrl_mean[:8]
         pred = res.predictions.loc[c].to_numpy()[:8] - ctrl_mean[:8]
@@ -250,8 +254,9 @@ def test_run_perturbation_learns_a_synthetic_effect(tmp_path):
     again = predict_conditions(tuned, X[a.obs.condition == "ctrl"][:, :8], ["G1+ctrl"], gene_ids=np.arange(8) + N_SPECIAL,
                                gene_names=GENES[:8], pool_size=cfg.pool_size, seed=cfg.seed, device="cpu", progress=False)
     np.testing.assert_allclose(again.loc["G1+ctrl"].to_numpy(), res.predictions.loc["G1+ctrl"].to_numpy()[:8], atol=1e-5)
-    # a second run in the same directory resumes from the final checkpoint: nothing left to train
-    res2 = run_perturbation(a, path, VOCAB, train_conditions=["ctrl", "G1+ctrl", "ctrl+G2"], valid_conditions=[],
+    # a second run in the same directory resumes from the final checkpoint: nothing left to train,
+    # and the same best epoch predicts
+    res2 = run_perturbation(a, path, VOCAB, train_conditions=["ctrl", "G1+ctrl", "ctrl+G2"], valid_conditions=["G3+ctrl"],
                             predict_conditions=["G1+ctrl"], config=cfg, out_dir=tmp_path / "run", device="cpu")
     assert res2.train["resumed_from"] is not None and res2.train["step"] == 40
     np.testing.assert_allclose(res2.predictions.loc["G1+ctrl"], res.predictions.loc["G1+ctrl"], atol=1e-5)

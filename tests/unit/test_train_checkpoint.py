@@ -1,6 +1,7 @@
 """Checkpoints: kill + resume is bit-identical, damaged checkpoints are detected and skipped."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -191,3 +192,76 @@ def test_model_files_ship_inside_the_atomic_model_export(tmp_path):
     with pytest.raises(FileNotFoundError):
         export_model(ToyModel(), tmp_path / "other" / "model", extra_files={"vocabulary.tsv": tmp_path / "missing"})
     assert list((tmp_path / "other").iterdir()) == []
+
+
+class _Walker(torch.nn.Module):
+    """One weight that training walks up by ~lr per step (loss -w, Adam); evaluation scores
+    (w - 0.5)^2, so the best evaluation is near w = 0.5, in the middle of the run."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def _walker_objective(model, batch):
+    w = model.w.sum()
+    loss = -w if model.training else (w - 0.5) ** 2
+    return loss, {}
+
+
+def _walker_run(out: Path, *, max_steps=10, crash_at=None, keep_best=True):
+    torch.manual_seed(0)
+    model = _Walker()
+    seen = {}
+
+    def callback(state):
+        seen[state.step] = model.w.detach().clone()
+        if state.step == crash_at:
+            raise RuntimeError("crash")
+
+    config = TrainConfig(lr=0.1, warmup_steps=0, min_lr_ratio=1.0, max_steps=max_steps, batch_size=1, log_every=1,
+                         eval_every=1, checkpoint_every=4, keep_checkpoints=None, grad_clip=None, progress=False,
+                         keep_best=keep_best)
+    batches = [{"x": torch.zeros(1, 1)}] * 4
+    state = train(model, _walker_objective, batches, config, out_dir=out, eval_data=batches[:1], step_callback=callback)
+    return model, state, seen
+
+
+def _eval_curve(out: Path) -> dict[int, float]:
+    lines = (out / "eval_metrics.csv").read_text().splitlines()
+    col = lines[0].split(",")
+    return {int(r[col.index("step")]): float(r[col.index("loss")]) for r in (line.split(",") for line in lines[1:])}
+
+
+def test_keep_best_exports_the_weights_of_the_lowest_eval_loss(tmp_path):
+    model, state, seen = _walker_run(tmp_path / "run")
+    curve = _eval_curve(tmp_path / "run")
+    best = min(curve, key=curve.get)  # the naive argmin over the logged evaluations
+    assert 1 < best < 10 and curve[10] > curve[best]  # the best is not the last step
+    assert state.best_step == best and state.best_eval_loss == pytest.approx(curve[best])
+    assert torch.equal(_weights(tmp_path / "run")["w"], seen[best])  # exported = weights after step `best`
+    assert torch.equal(model.w.detach(), seen[best])  # and left in the model for the caller
+    assert json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]["exported_step"] == best
+    # without keep_best the last weights are exported
+    _, plain, seen_plain = _walker_run(tmp_path / "plain", keep_best=False)
+    assert plain.best_step is None and torch.equal(_weights(tmp_path / "plain")["w"], seen_plain[10])
+
+
+def test_keep_best_survives_a_crash_and_resume(tmp_path):
+    _walker_run(tmp_path / "full")
+    with pytest.raises(RuntimeError, match="crash"):
+        _walker_run(tmp_path / "cut", crash_at=7)  # checkpoints at 4; best so far at step 5, not checkpointed
+    assert sorted(p.name for p in (tmp_path / "cut" / "best").iterdir()) == ["step_00000004.safetensors",
+                                                                            "step_00000005.safetensors"]
+    # a best file from a step the resumed run repeats (a non-deterministic replay may choose another)
+    (tmp_path / "cut" / "best" / "step_00000006.safetensors").write_bytes(b"stale")
+    _, state, _ = _walker_run(tmp_path / "cut")  # resumes from step 4, whose best was step 4
+    assert torch.equal(_weights(tmp_path / "cut")["w"], _weights(tmp_path / "full")["w"])
+    assert state.best_step == 5
+    assert [p.name for p in (tmp_path / "cut" / "best").iterdir()] == ["step_00000005.safetensors"]
+
+
+def test_keep_best_needs_evaluation_data(tmp_path):
+    config = TrainConfig(max_steps=2, batch_size=1, keep_best=True, progress=False)
+    with pytest.raises(InputError, match="keep_best.*eval_data"):
+        train(_Walker(), _walker_objective, [{"x": torch.zeros(1, 1)}], config, out_dir=tmp_path)

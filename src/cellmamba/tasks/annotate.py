@@ -77,12 +77,15 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     train_cells, valid_cells = ref[train_pos], ref[valid_pos]
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=config.seed)
     loader = train_loader(TokenCells(tokens, train_cells), plain, batch_size=config.batch_size, seed=config.seed)
-    tcfg = train_config(config, len(train_cells))
     valid = (train_loader(TokenCells(tokens, valid_cells), plain, batch_size=config.batch_size, seed=config.seed)
              if len(valid_cells) else None)
+    tcfg = train_config(config, len(train_cells), validate_epochs=valid is not None)
     log.info("annotation: %d classes, %d train / %d valid reference cells, %d query cells, %d steps",
              len(classes), len(train_cells), len(valid_cells), len(query), tcfg.max_steps)
-    train(model, ClassificationObjective(labels), loader, tcfg, out_dir=out_dir, eval_data=valid, device=device)
+    state = train(model, ClassificationObjective(labels), loader, tcfg, out_dir=out_dir, eval_data=valid, device=device)
+    if state.best_step is not None:
+        log.info("annotation: predicting with the weights of step %d of %d (lowest validation loss %.4g)",
+                 state.best_step, tcfg.max_steps, state.best_eval_loss)
 
     _, logits = embed_cells(model, TokenCells(tokens), plain, pooling=pooling, batch_size=config.embed_batch_size,
                             device=device, classifier=True)

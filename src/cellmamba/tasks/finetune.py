@@ -49,6 +49,7 @@ class FinetuneConfig:
     pooling: str = "auto"             # cell embedding: "auto" (binned: cls, rank: mean), "cls", "mean", "last"
     dropout: float = 0.2              # classifier dropout (scGPT 0.2, SC-MAMBA2 0.5)
     valid_fraction: float = 0.1       # annotation: reference cells held out for validation (scGPT: 0.1)
+    keep_best: bool = True            # annotation: validation every epoch, the epoch of lowest validation loss is kept (scGPT)
     mask_ratio: float = 0.4           # integration: masked values / genes (scGPT integration: 0.4)
     include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
     adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)
@@ -145,13 +146,19 @@ def train_loader(data: TokenCells, collator, *, batch_size: int, seed: int):
                                                        drop_last=False, seed=seed, bucket_batches=20))
 
 
-def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None) -> TrainConfig:
+def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None,
+                 validate_epochs: bool = False) -> TrainConfig:
+    """The shared loop's settings for ``config.epochs`` passes over ``n_cells``. ``validate_epochs``
+    (there is validation data): evaluate after every epoch and, with ``config.keep_best``, keep the
+    weights of the epoch with the lowest validation loss."""
     batch_size = batch_size or min(config.batch_size, n_cells)
-    steps = config.epochs * math.ceil(n_cells / batch_size)
+    per_epoch = math.ceil(n_cells / batch_size)
+    steps = config.epochs * per_epoch
     return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
                        batch_size=batch_size, weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
                        checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
-                       precision=config.precision)
+                       precision=config.precision, eval_every=per_epoch if validate_epochs else 0,
+                       keep_best=validate_epochs and config.keep_best)
 
 
 def split_train_valid(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,9 @@ Departures from the published procedure:
 - Optimisation is the shared loop's AdamW with linear warm-up + cosine decay (scGPT: Adam,
   StepLR gamma 0.9 per epoch); validation runs each epoch on ``valid_conditions`` (MSE only,
   on ``max_len`` gene subsets like training; scGPT scores validation on all genes by Pearson)
-  and the FINAL model predicts (scGPT keeps the best-validation model, early stop 10).
+  and the weights of the epoch with the lowest validation loss predict (``keep_best``; scGPT
+  keeps its best-validation model too, and stops early after 10 epochs without improvement: we
+  run every epoch).
 - The prediction pool is ``pool_size`` controls for every condition (scGPT's test evaluation
   pairs each test cell with one random control, i.e. as many controls as test cells; its
   reverse perturbation uses 30).
@@ -90,6 +92,7 @@ class PerturbConfig:
     precision: str = "auto"           # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
     backend: str = "auto"             # SSM kernels: auto | torch | cuda
     embed_batch_size: int = 64        # sequences per forward pass when predicting
+    keep_best: bool = True            # predict with the epoch of lowest validation loss (scGPT's best_model)
 
     def __post_init__(self):
         def need(ok, what):
@@ -575,8 +578,9 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     valid_data = batches(valid_conds, config.seed + 1, False) if valid_conds else None
     if valid_data is not None and len(valid_data.perturbed) == 0:
         valid_data = None
-    tcfg = train_config(config, len(train_data.perturbed))
-    tcfg = dataclasses.replace(tcfg, eval_every=len(train_data) if valid_data is not None else 0)
+    tcfg = train_config(config, len(train_data.perturbed), validate_epochs=valid_data is not None)
+    if tcfg.eval_every:
+        tcfg = dataclasses.replace(tcfg, eval_every=len(train_data))  # batches per epoch, as the loader counts them
     log.info("perturbation: %d genes as tokens (%d unmapped), %d train pairs (%d conditions), %d valid pairs, "
              "%d steps, %d conditions to predict", len(cols), int((index < 0).sum()), len(train_data.perturbed),
              len(set(conds[train_data.perturbed])), 0 if valid_data is None else len(valid_data.perturbed),
@@ -596,6 +600,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     predictions = pd.DataFrame(full, index=predicted.index, columns=pd.Index(adata.var_names.astype(str)))
     summary = {"step": state.step, "epoch": state.epoch, "samples": state.samples, "tokens": state.tokens,
                "resumed_from": state.resumed_from, "last_metrics": dict(state.last_metrics),
+               "best_step": state.best_step, "best_valid_loss": state.best_eval_loss,
                "n_train_pairs": int(len(train_data.perturbed)),
                "n_valid_pairs": 0 if valid_data is None else int(len(valid_data.perturbed))}
     with atomic_path(out_dir / "perturbation.json") as tmp:

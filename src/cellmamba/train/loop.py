@@ -8,8 +8,10 @@ module either way).
 
 Outputs in ``out_dir``: ``checkpoints/step_XXXXXXXX/`` (:mod:`cellmamba.train.checkpoint`),
 ``metrics.csv`` (step, epoch, loss, lr, grad_norm, tokens_per_s, samples, tokens, objective
-metrics), ``eval_metrics.csv``, ``model/`` (final weights + config.json), ``provenance.json``,
-``loss_curve.png`` (if matplotlib is installed) and ``tensorboard/`` (if tensorboard is).
+metrics), ``eval_metrics.csv``, ``model/`` (final weights, or with ``keep_best`` those of the
+evaluation with the lowest loss, + config.json), ``best/`` (``keep_best``: those weights, kept
+across a resume), ``provenance.json``, ``loss_curve.png`` (if matplotlib is installed) and
+``tensorboard/`` (if tensorboard is).
 
 Determinism after resume: see :class:`_BatchStream`. On the CPU, N uninterrupted steps and
 N/2 + crash + resume + N/2 give bit-identical parameters (tests/unit/test_train_checkpoint.py).
@@ -37,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .._util import dataclass_from_dict
 from ..errors import InputError
 from ..io import atomic_path
+from ..models.checkpoint import load_state_dict_strict, read_weights, write_weights
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
                          load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
 from .distributed import (DistEnv, all_gather_tensors, all_reduce_mean, barrier, broadcast_int,
@@ -77,6 +80,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP option, for models with parameters unused in some steps
     compile: bool = False  # torch.compile the (DDP-wrapped) model; checkpoints still save the raw module
     progress: bool = True  # tqdm progress bar on rank 0
+    keep_best: bool = False  # export the weights of the evaluation with the lowest eval loss, not the last (needs eval_data)
 
     def __post_init__(self):
         def need(cond: bool, what: str):
@@ -120,6 +124,8 @@ class TrainState:
     samples: int = 0
     tokens: int = 0
     resumed_from: str | None = None  # checkpoint path this run started from
+    best_step: int | None = None  # keep_best: step of the evaluation whose weights were exported
+    best_eval_loss: float | None = None  # keep_best: its eval loss
     last_metrics: dict[str, float] = field(default_factory=dict)  # the latest logged row
 
 
@@ -521,6 +527,56 @@ def _write_provenance(path: Path, info: dict) -> None:
         tmp.write_text(json.dumps(provenance(info), indent=2, default=str) + "\n")
 
 
+# ---------------------------------------------------------------- best evaluation
+class _BestWeights:
+    """``TrainConfig.keep_best``: the weights of the evaluation with the lowest loss, as
+    ``best/step_XXXXXXXX.safetensors`` in the run directory (written by rank 0, atomically).
+
+    Kept on disk so that a resumed run still has them: the newest checkpoint records the best
+    (step, loss) it has seen, and that step's file is kept until a newer checkpoint records
+    another. On resume, files of other steps (written after the checkpoint, by steps the resumed
+    run repeats) are removed. A NaN loss is never the best."""
+
+    def __init__(self, directory: Path, env: DistEnv, resumed: Mapping[str, Any] | None):
+        self.dir, self.env = directory, env
+        self.step, self.loss = (int(resumed["step"]), float(resumed["loss"])) if resumed else (None, math.inf)
+        self.pinned = self.step  # the step the newest checkpoint refers to
+        if env.is_main and directory.is_dir():
+            for f in directory.glob("step_*.safetensors"):
+                if f.name != self._name(self.step):
+                    f.unlink()
+        if self.step is not None and not (directory / self._name(self.step)).is_file():
+            raise InputError(f"resume: the checkpoint's best evaluation (step {self.step}) has no weights file "
+                             f"{directory / self._name(self.step)}")
+
+    @staticmethod
+    def _name(step: int | None) -> str:
+        return f"{checkpoint_name(step)}.safetensors" if step is not None else ""
+
+    def offer(self, step: int, loss: float, model: nn.Module) -> None:
+        """Record ``model``'s weights if ``loss`` is the lowest so far."""
+        if not loss < self.loss:
+            return
+        if self.env.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.dir / self._name(step)) as tmp:
+                write_weights(model, tmp)
+            if self.step is not None and self.step != self.pinned:
+                (self.dir / self._name(self.step)).unlink(missing_ok=True)
+        self.step, self.loss = step, loss
+
+    def record(self) -> dict | None:
+        """The best so far, for a checkpoint's trainer state; from now on its file is the kept one."""
+        if self.env.is_main and self.pinned is not None and self.pinned != self.step:
+            (self.dir / self._name(self.pinned)).unlink(missing_ok=True)
+        self.pinned = self.step
+        return None if self.step is None else {"step": self.step, "loss": self.loss}
+
+    def load_into(self, model: nn.Module) -> None:
+        path = self.dir / self._name(self.step)
+        load_state_dict_strict(model, read_weights(path), source=str(path))
+
+
 # ---------------------------------------------------------------- the loop
 def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig, *,
           out_dir: str | os.PathLike, eval_data: Iterable | None = None,
@@ -546,7 +602,9 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     out_dir
         Output directory (see the module docstring for its contents).
     eval_data
-        Optional loader for :func:`evaluate`, every ``config.eval_every`` steps and at the end.
+        Optional loader for :func:`evaluate`, every ``config.eval_every`` steps and at the end;
+        needed by ``config.keep_best`` (then the weights of the evaluation with the lowest loss
+        are exported and left in ``model``, as scGPT keeps its best-validation model).
     device
         Default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
     auto_resume
@@ -562,6 +620,8 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     TrainState
         The final state; ``last_metrics`` holds the last logged row.
     """
+    if config.keep_best and eval_data is None:
+        raise InputError("TrainConfig.keep_best selects the weights of the best evaluation: it needs eval_data")
     env = init_distributed(config.dist_backend, device=device)
     try:
         return _train(model, objective, data, config, out_dir=Path(out_dir), eval_data=eval_data, env=env,
@@ -600,6 +660,9 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         if changed:
             log.warning("resume: TrainConfig differs from the checkpoint's: %s", changed)
 
+    best = (_BestWeights(out_dir / "best", env, ckpt.trainer.get("best") if ckpt is not None else None)
+            if config.keep_best else None)
+    barrier(env)  # rank 0 has removed best weights of steps this run repeats
     wrapped = wrap_ddp(raw, env, find_unused_parameters=config.find_unused_parameters)
     if config.compile:
         wrapped = torch.compile(wrapped)
@@ -633,7 +696,7 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
             flat = {f"rank{r}.{k}": v for r, d in enumerate(rng) for k, v in d.items()}
             trainer_state = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
                              "samples": state.samples, "tokens": state.tokens, "world_size": env.world_size,
-                             "config": config.to_dict(),
+                             "config": config.to_dict(), "best": best.record() if best is not None else None,
                              "schedule": {"kind": "linear_warmup_cosine", "lr": config.lr,
                                           "warmup_steps": config.warmup_steps, "max_steps": config.max_steps,
                                           "min_lr_ratio": config.min_lr_ratio,
@@ -650,6 +713,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         last_eval = state.step
         result = evaluate(raw, objective, eval_data, device=device, precision=config.precision,
                           max_batches=config.eval_batches, env=env)
+        if best is not None:
+            best.offer(state.step, result["loss"], raw)
         if env.is_main:
             eval_csv.write({"step": state.step, **result})
             if tb is not None:
@@ -711,6 +776,13 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
     if ckpt is not None and ckpt.step >= config.max_steps:
         log.info("the newest checkpoint is already at step %d (max_steps %d): nothing to train",
                  ckpt.step, config.max_steps)
+    if best is not None and best.step is not None:
+        barrier(env)  # rank 0 has written the file
+        if best.step != state.step:
+            best.load_into(raw)
+            log.info("keep_best: the exported weights are those of step %d (eval loss %.6g), not of the last step %d",
+                     best.step, best.loss, state.step)
+        state.best_step, state.best_eval_loss = best.step, best.loss
     if env.is_main:
         export_model(raw, out_dir / "model", extra_files=model_files)
         if (out_dir / "metrics.csv").is_file() and metrics_csv.rows:
@@ -719,7 +791,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
                           {"train": config.to_dict(), "model": getattr(getattr(raw, "config", None), "to_dict", lambda: None)(),
                            "model_class": f"{type(raw).__module__}.{type(raw).__qualname__}",
                            "world_size": env.world_size, "device": str(device), "precision": precision,
-                           "final_step": state.step, "resumed_from": state.resumed_from})
+                           "final_step": state.step, "resumed_from": state.resumed_from,
+                           "exported_step": state.best_step if state.best_step is not None else state.step})
         log.info("training finished at step %d: model in %s", state.step, out_dir / "model")
     barrier(env)
     return state
