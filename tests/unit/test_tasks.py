@@ -192,5 +192,9 @@ def test_integration_returns_one_finite_embedding_per_cell(tmp_path):
     a = _typed_cells(n=64)
     cfg = FinetuneConfig(epochs=1, batch_size=16, max_len=8, backend="torch")
     emb = run_integration(a, path, VOCAB, config=cfg, out_dir=tmp_path / "run")
-    assert emb.shape == (64, 32) and np.isfinite(emb).all()
+    assert emb.shape == (64, 32) and np.isfinite(emb).all()  # every cell, the held-out ones included
+    # 6 of 64 cells validate (scGPT's test_size=0.1): 58 train cells, 4 steps per epoch, one evaluation per epoch
+    valid = pd.read_csv(tmp_path / "run" / "eval_metrics.csv")
+    assert list(valid.step) == [4]
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv").samples.iloc[-1] == 58  # trained on the 58 only
     assert np.unique(emb.round(5), axis=0).shape[0] > 1

@@ -48,8 +48,8 @@ class FinetuneConfig:
     max_len: int = 1200               # tokens per cell (binned: CLS included); scGPT: n_genes + 1
     pooling: str = "auto"             # cell embedding: "auto" (binned: cls, rank: mean), "cls", "mean", "last"
     dropout: float = 0.2              # classifier dropout (scGPT 0.2, SC-MAMBA2 0.5)
-    valid_fraction: float = 0.1       # annotation: reference cells held out for validation (scGPT: 0.1)
-    keep_best: bool = True            # annotation: validation every epoch, the epoch of lowest validation loss is kept (scGPT)
+    valid_fraction: float = 0.1       # cells held out for validation (annotation: of the reference; scGPT: 0.1)
+    keep_best: bool = True            # validation every epoch, the epoch of lowest validation loss is kept (scGPT)
     mask_ratio: float = 0.4           # integration: masked values / genes (scGPT integration: 0.4)
     include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
     adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)

@@ -1,7 +1,9 @@
 """Batch integration: self-supervised fine-tuning with the recipe's masked objective (masked
 values for binned models, masked genes for rank models) plus an adversarial batch
 discriminator behind gradient reversal, then cell embeddings of ALL cells (scGPT / SC-MAMBA2:
-scib runs on the whole dataset; there is no query split).
+scib runs on the whole dataset; there is no query split). As scGPT's tutorial, a seeded random
+``valid_fraction`` of the cells is held out of training and validates every epoch; with
+``keep_best`` the epoch of lowest validation loss embeds the cells.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from ..models.model import read_model_config
 from ..train import train
 from ..train.objectives import MaskedGeneObjective, MaskedValueObjective
 from .finetune import (AdversarialObjective, FinetuneConfig, collator_for, embed_cells, label_codes,
-                       load_for_finetuning, model_tokenizer, pick_device, resolve_pooling, train_config, train_loader)
+                       load_for_finetuning, model_tokenizer, pick_device, resolve_pooling, split_train_valid,
+                       train_config, train_loader)
 from .tokens import TokenCells, tokenize_dataset
 
 __all__ = ["run_integration"]
@@ -29,7 +32,8 @@ log = logging.getLogger(__name__)
 
 def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame, *, config: FinetuneConfig,
                     out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None) -> np.ndarray:
-    """Fine-tune on every cell (self-supervised + adversarial), return the cell embeddings.
+    """Fine-tune (self-supervised + adversarial) on all but the validation cells, return the
+    embeddings of every cell.
 
     Parameters
     ----------
@@ -63,11 +67,18 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
                                      pooling=pooling)
     masked = collator_for(tokens, mask_ratio=config.mask_ratio, include_zeros=config.include_zeros, seed=config.seed)
     data = TokenCells(tokens)
-    tcfg = train_config(config, len(data))
-    log.info("integration: %d cells, %d batches, %s objective + adversarial (weight %g), %d steps",
-             len(data), len(names), type(ssl).__name__, config.adversarial_weight, tcfg.max_steps)
-    train(model, objective, train_loader(data, masked, batch_size=config.batch_size, seed=config.seed), tcfg,
-          out_dir=Path(out_dir), device=device)
+    train_cells, valid_cells = split_train_valid(batches, config.valid_fraction, config.seed)
+    loader = train_loader(TokenCells(tokens, train_cells), masked, batch_size=config.batch_size, seed=config.seed)
+    valid = (train_loader(TokenCells(tokens, valid_cells), masked, batch_size=config.batch_size, seed=config.seed)
+             if len(valid_cells) else None)
+    tcfg = train_config(config, len(train_cells), validate_epochs=valid is not None)
+    log.info("integration: %d cells (%d train / %d valid), %d batches, %s objective + adversarial (weight %g), %d steps",
+             len(data), len(train_cells), len(valid_cells), len(names), type(ssl).__name__, config.adversarial_weight,
+             tcfg.max_steps)
+    state = train(model, objective, loader, tcfg, out_dir=Path(out_dir), eval_data=valid, device=device)
+    if state.best_step is not None:
+        log.info("integration: embedding with the weights of step %d of %d (lowest validation loss %.4g)",
+                 state.best_step, tcfg.max_steps, state.best_eval_loss)
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=config.include_zeros, seed=config.seed)
     emb, _ = embed_cells(model, data, plain, pooling=pooling, batch_size=config.embed_batch_size, device=device)
     return emb
