@@ -82,10 +82,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     tcfg = train_config(config, len(train_cells), validate_epochs=valid is not None)
     log.info("annotation: %d classes, %d train / %d valid reference cells, %d query cells, %d steps",
              len(classes), len(train_cells), len(valid_cells), len(query), tcfg.max_steps)
-    state = train(model, ClassificationObjective(labels), loader, tcfg, out_dir=out_dir, eval_data=valid, device=device)
-    if state.best_step is not None:
-        log.info("annotation: predicting with the weights of step %d of %d (lowest validation loss %.4g)",
-                 state.best_step, tcfg.max_steps, state.best_eval_loss)
+    train(model, ClassificationObjective(labels), loader, tcfg, out_dir=out_dir, eval_data=valid, device=device)
 
     _, logits = embed_cells(model, TokenCells(tokens), plain, pooling=pooling, batch_size=config.embed_batch_size,
                             device=device, classifier=True)

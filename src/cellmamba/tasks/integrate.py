@@ -75,10 +75,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     log.info("integration: %d cells (%d train / %d valid), %d batches, %s objective + adversarial (weight %g), %d steps",
              len(data), len(train_cells), len(valid_cells), len(names), type(ssl).__name__, config.adversarial_weight,
              tcfg.max_steps)
-    state = train(model, objective, loader, tcfg, out_dir=Path(out_dir), eval_data=valid, device=device)
-    if state.best_step is not None:
-        log.info("integration: embedding with the weights of step %d of %d (lowest validation loss %.4g)",
-                 state.best_step, tcfg.max_steps, state.best_eval_loss)
+    train(model, objective, loader, tcfg, out_dir=Path(out_dir), eval_data=valid, device=device)
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=config.include_zeros, seed=config.seed)
     emb, _ = embed_cells(model, data, plain, pooling=pooling, batch_size=config.embed_batch_size, device=device)
     return emb

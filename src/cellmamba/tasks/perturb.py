@@ -579,8 +579,6 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     if valid_data is not None and len(valid_data.perturbed) == 0:
         valid_data = None
     tcfg = train_config(config, len(train_data.perturbed), validate_epochs=valid_data is not None)
-    if tcfg.eval_every:
-        tcfg = dataclasses.replace(tcfg, eval_every=len(train_data))  # batches per epoch, as the loader counts them
     log.info("perturbation: %d genes as tokens (%d unmapped), %d train pairs (%d conditions), %d valid pairs, "
              "%d steps, %d conditions to predict", len(cols), int((index < 0).sum()), len(train_data.perturbed),
              len(set(conds[train_data.perturbed])), 0 if valid_data is None else len(valid_data.perturbed),

@@ -780,8 +780,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         barrier(env)  # rank 0 has written the file
         if best.step != state.step:
             best.load_into(raw)
-            log.info("keep_best: the exported weights are those of step %d (eval loss %.6g), not of the last step %d",
-                     best.step, best.loss, state.step)
+        log.info("keep_best: the exported weights are those of step %d of %d (lowest eval loss %.6g)",
+                 best.step, state.step, best.loss)
         state.best_step, state.best_eval_loss = best.step, best.loss
     if env.is_main:
         export_model(raw, out_dir / "model", extra_files=model_files)
