@@ -159,3 +159,34 @@ def test_dcb_ddA_kernel_matches_mamba_ssm_kernels(fused_on, ngroups):
     ddA_ref = _chunk_scan_bwd_ddAcs_stable(x, dt, dA_cumsum, dout, CB)
     assert rel_err(dcb, dcb_ref) < 1e-4
     assert rel_err(ddA, ddA_ref) < 1e-4
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_heads_inner_launches_match_mamba_ssm_order(fused_on, monkeypatch, ngroups):
+    """HEADS_INNER only exchanges the batch and head axes of two launches (chunk-state forward,
+    dstates backward) through views: the same programs compute the same values, so the chunk states
+    and their gradient are identical to mamba_ssm's launch order, and the whole SSD forward and
+    backward agree (up to the order of atomic float32 sums in other kernels). Two groups take
+    mamba_ssm's order (the exchanged view needs one group). Short last chunk, batch 3."""
+    torch.manual_seed(0)
+    b, L, h, p, n, cs = 3, 1000, 16, 64, 128, 256
+    x = torch.randn(b, L, h, p, device=DEV, dtype=torch.bfloat16)
+    B, C = (torch.randn(b, L, ngroups, n, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+    dt = torch.randn(b, L, h, device=DEV) - 3
+    A, D, dt_bias = -torch.rand(h, device=DEV) * 4, torch.randn(h, device=DEV), torch.rand(h, device=DEV) * 0.1
+    dy = torch.randn_like(x)
+
+    def run(heads_inner):
+        monkeypatch.setattr(_fused, "HEADS_INNER", heads_inner)
+        y, saved = _fused._ssd_fwd(x, dt, A, B, C, D, dt_bias, cs)
+        dstates = _fused._chunk_states_bwd(C, saved[0], dy, torch.float32)
+        grads = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(B), torch.empty_like(C)
+        rest = _fused._ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, cs, saved, *grads)
+        return saved[2], dstates, (y, *grads, *rest)
+
+    states, dstates, others = run(True)
+    states_ref, dstates_ref, others_ref = run(False)
+    assert dstates.shape == dstates_ref.shape == (b, 4, h, p, n)
+    assert torch.equal(states, states_ref) and torch.equal(dstates, dstates_ref)
+    for got, want in zip(others, others_ref):
+        assert rel_err(got, want) < 1e-5

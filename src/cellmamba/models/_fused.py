@@ -174,6 +174,50 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+#: launch mamba_ssm's chunk-state forward and its dstates backward with the batch and head axes
+#: exchanged (views, one group): their grid runs the heads outermost, so each head re-reads the
+#: group-shared B (C) of every chunk from HBM; exchanged, a chunk's heads are neighbouring programs
+#: and read it from L2. Same kernels, same per-program arithmetic (False: mamba_ssm's launch order)
+HEADS_INNER = True
+
+
+def _heads_inner(ngroups: int) -> bool:
+    return HEADS_INNER and ngroups == 1
+
+
+def _group_as_batch(t: torch.Tensor, nheads: int) -> torch.Tensor:
+    """(b, l, 1, n) B or C as the (nheads, l, b, n) view the exchanged launch reads: the kernels' batch
+    axis (our heads) with stride 0, their group axis (one per "head", ratio 1) our batch."""
+    return t.permute(2, 1, 0, 3).expand(nheads, -1, -1, -1)
+
+
+def _chunk_states(B, x, dt, dA_cumsum):
+    """mamba_ssm's ``_chunk_state_fwd`` (float32 states, (b, c, h, p, n)), heads innermost where
+    :func:`_heads_inner`."""
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_state_fwd
+
+    batch, _, nheads, headdim = x.shape
+    if not _heads_inner(B.shape[2]):
+        return _chunk_state_fwd(B, x, dt, dA_cumsum, states_in_fp32=True)
+    states = torch.empty(batch, dt.shape[2], nheads, headdim, B.shape[-1], dtype=torch.float32, device=x.device)
+    _chunk_state_fwd(_group_as_batch(B, nheads), x.transpose(0, 2), dt.transpose(0, 1), dA_cumsum.transpose(0, 1),
+                     states=states.transpose(0, 2))
+    return states
+
+
+def _chunk_states_bwd(C, dA_cumsum, dy, dtype):
+    """mamba_ssm's ``_chunk_scan_bwd_dstates`` ((b, c, h, p, n) gradient of the passed states),
+    heads innermost where :func:`_heads_inner` (the result is then a (b, c, h, p, n) view of an
+    (h, c, b, p, n) tensor: the kernels after it take strides)."""
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_bwd_dstates
+
+    if not _heads_inner(C.shape[2]):
+        return _chunk_scan_bwd_dstates(C, dA_cumsum, dy, dtype=dtype)
+    nheads = dy.shape[2]
+    return _chunk_scan_bwd_dstates(_group_as_batch(C, nheads), dA_cumsum.transpose(0, 1), dy.transpose(0, 2),
+                                   dtype=dtype).transpose(0, 2)
+
+
 def _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size):
     """mamba_ssm's ``_mamba_chunk_scan_combined_fwd`` (no z, no initial states) that also returns
     what its backward would recompute: (y, (dA_cumsum, softplus dt, float32 chunk states, CB)).
@@ -189,12 +233,12 @@ def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size):
     """The SSD's (dA_cumsum, softplus dt, float32 passed chunk states, CB): what its forward
     computes before the output and its backward needs (mamba_ssm's calls, in its order)."""
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
     B, C = _unit_stride(B), _unit_stride(C)  # no-ops for the channel-last conv output
     dA_cumsum, dt_sp = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=True)
-    states = _chunk_state_fwd(B, x, dt_sp, dA_cumsum, states_in_fp32=True)
+    states = _chunk_states(B, x, dt_sp, dA_cumsum)
     # float32 passed states, as mamba_ssm's backward recomputes them (its forward's are in C's dtype)
     states, _ = _state_passing_fwd(states.flatten(-2), dA_cumsum[:, :, :, -1], chunk_size=chunk_size,
                                    out_dtype=torch.float32)
@@ -220,8 +264,7 @@ def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC)
     :func:`_ssd_prepare`'s (dA_cumsum, dt, states, CB), kept from the forward or recomputed. Writes
     dx, ddt (w.r.t. the raw dt), dB, dC into the given views; returns (dA, dD, ddt_bias)."""
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_bwd
-    from mamba_ssm.ops.triton.ssd_chunk_scan import (_chunk_scan_bwd_dC, _chunk_scan_bwd_dcb,
-                                                     _chunk_scan_bwd_ddAcs_stable, _chunk_scan_bwd_dstates)
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_bwd_dC, _chunk_scan_bwd_dcb, _chunk_scan_bwd_ddAcs_stable
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_bwd, _chunk_state_bwd_db
     from mamba_ssm.ops.triton.ssd_combined import _chunk_scan_chunk_state_bwd_dx
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_bwd
@@ -229,7 +272,7 @@ def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC)
     dA_cumsum, dt_sp, states, CB = saved
     headdim, dstate, ngroups = x.shape[-1], B.shape[-1], B.shape[-2]
     B, C, dy = _unit_stride(B), _unit_stride(C), _unit_stride(dy)
-    dstates = _chunk_scan_bwd_dstates(C, dA_cumsum, dy, dtype=states.dtype)
+    dstates = _chunk_states_bwd(C, dA_cumsum, dy, states.dtype)
     dstates, ddA_chunk_cumsum, _, states = _state_passing_bwd(
         states.flatten(-2), dA_cumsum[:, :, :, -1], dstates.flatten(-2), has_initial_states=False,
         dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=chunk_size)
