@@ -60,6 +60,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--host-csv", type=Path, help="append host-issue vs wall time per step to this CSV")
+    p.add_argument("--label", default="", help="what code ran (the host CSV's code column), e.g. a commit")
+    p.add_argument("--trace", type=Path, help="also write a Chrome trace with Python stacks (gzip if the name ends "
+                   "in .gz), to attribute each kernel to the code that launched it (benchmarks/trace_kernels.py)")
     args = p.parse_args(argv)
     cfg = BackboneConfig(arch=args.arch, d_model=512, n_layers=6, backend="cuda")
     model = Backbone(cfg).cuda()
@@ -68,7 +71,7 @@ def main(argv=None):
     for _ in range(3):
         step(model, opt, x)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], with_stack=args.trace is not None) as prof:
         for _ in range(args.steps):
             step(model, opt, x)
         torch.cuda.synchronize()
@@ -83,6 +86,8 @@ def main(argv=None):
         lines.append(f"{e.key[:90]:90s} {e.count / args.steps:10.0f} {e.self_device_time_total / args.steps / 1e3:8.3f} "
                      f"{e.self_device_time_total / total:6.1%}")
     args.out.write_text("\n".join(lines) + "\n")
+    if args.trace:
+        prof.export_chrome_trace(str(args.trace))
     print("\n".join(lines[:30]))
     if args.host_csv:
         host, synced, back_to_back = host_overhead(model, opt, x)
@@ -91,9 +96,9 @@ def main(argv=None):
             w = csv.writer(fh, lineterminator="\n")
             if new:
                 w.writerow(["model", "L", "batch", "gpu_kernel_ms_per_step", "host_enqueue_ms", "step_synchronised_ms",
-                            "steps_back_to_back_ms", "device", "date"])
+                            "steps_back_to_back_ms", "code", "device", "date"])
             w.writerow([args.arch, args.L, args.batch, round(total / args.steps / 1e3, 2), round(host * 1e3, 1),
-                        round(synced * 1e3, 1), round(back_to_back * 1e3, 1), torch.cuda.get_device_name(),
+                        round(synced * 1e3, 1), round(back_to_back * 1e3, 1), args.label, torch.cuda.get_device_name(),
                         dt.date.today().isoformat()])
         print(f"host issues a step in {host * 1e3:.1f} ms; step with a sync {synced * 1e3:.1f} ms; "
               f"back to back {back_to_back * 1e3:.1f} ms")

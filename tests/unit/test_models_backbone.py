@@ -82,6 +82,9 @@ def test_reverse_padded_reverses_real_tokens_only_and_is_an_involution():
     assert r[0, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
     assert r[1, :, 0].tolist() == [11, 10, 9, 8, 7, 6]
     assert torch.equal(reverse_padded(r, lengths), x)
+    # lengths None: nothing padded, every row reversed whole
+    assert reverse_padded(x, None)[0, :, 0].tolist() == [5, 4, 3, 2, 1, 0]
+    assert torch.equal(reverse_padded(x, None), reverse_padded(x, torch.tensor([6, 6])))
 
 
 def test_left_or_interleaved_padding_is_refused():

@@ -92,6 +92,16 @@ def test_dcb_ddA_matches_definition(ssd_kernels, dtype):
     torch.testing.assert_close(dcb.double().cpu(), dcb_ref, rtol=tol, atol=tol)
     torch.testing.assert_close(ddA.double().cpu(), ddA_ref, rtol=tol, atol=tol * 10)
     assert (ddA[..., 0] == 0).all()
+    # the other terms of the dA_cumsum gradient, added in the same kernel: mamba_ssm's expression
+    nxt, prev = torch.randn_like(dA_cumsum), torch.randn_like(dA_cumsum)
+    per_chunk = torch.randn(b, nheads, nchunks, device=DEV)
+    _, ddA_all = ssd_kernels.dcb_ddA(x, dt, dA_cumsum, dout, CB, add=(nxt, prev, per_chunk))
+    prev64 = prev.double().cpu().clone()
+    prev64[..., -1] += per_chunk.double().cpu()
+    want = ddA_ref + nxt.double().cpu() + prev64.flip([-1]).cumsum(-1).flip([-1])
+    torch.testing.assert_close(ddA_all.double().cpu(), want, rtol=tol, atol=tol * 10)
+    with pytest.raises(ValueError, match="add terms"):
+        ssd_kernels.dcb_ddA(x, dt, dA_cumsum, dout, CB, add=(nxt, prev, per_chunk[..., :1]))
 
 
 def test_dcb_ddA_rejects_unsupported(ssd_kernels):

@@ -280,16 +280,16 @@ def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC)
     dx, ddt_sp, dD = _chunk_scan_chunk_state_bwd_dx(x, dt_sp, dA_cumsum, B, CB, dy, dstates, D=D, dx=dx)
     dB_states, ddA_next = _chunk_state_bwd_db(x, dt_sp, dA_cumsum, dstates, B=B, ngroups=ngroups)
     dC_states, ddA_cumsum_prev = _chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dy, C=C, ngroups=ngroups)
-    if _triton_dcb(chunk_size, headdim):  # one kernel for both (cellmamba.models._ssd)
+    if _triton_dcb(chunk_size, headdim):  # one kernel for both, and the sum of ddA's terms (cellmamba.models._ssd)
         from ._ssd import dcb_ddA
-        dCB, ddA = dcb_ddA(x, dt_sp, dA_cumsum, dy, CB)
+        dCB, ddA = dcb_ddA(x, dt_sp, dA_cumsum, dy, CB, add=(ddA_next, ddA_cumsum_prev, ddA_chunk_cumsum))
     else:
         dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, ngroups=ngroups).to(CB.dtype)
         ddA = _chunk_scan_bwd_ddAcs_stable(x, dt_sp, dA_cumsum, dy, CB)
+        ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
+        ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     _bmm_chunk_bwd(C, dCB, residual=dB_states, out=dB)
     _bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_states, out=dC)
-    ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
-    ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     _, dA, ddt_bias = _chunk_cumsum_bwd(ddA, ddt_sp, dt, A, dt_bias=dt_bias, dt_softplus=True, ddt=ddt)
     return dA, dD, ddt_bias
 

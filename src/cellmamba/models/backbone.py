@@ -166,15 +166,15 @@ class Backbone(nn.Module):
         """
         if attention_mask is None:  # no checks to make: no host synchronisation either
             attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            lengths = torch.full(x.shape[:1], x.shape[1], dtype=torch.long, device=x.device)
-            padded = False
+            lengths, padded = None, False
         else:
             lengths = check_right_padded(attention_mask)
             attention_mask = attention_mask.bool()
             padded = not bool(attention_mask.all())
-        mask = attention_mask.unsqueeze(-1).to(x.dtype)
-        # nothing padded (the usual pretraining batch): the blocks skip their masking passes
-        block_mask = mask if padded else None
+        # nothing padded (the usual pretraining batch): no masking passes (a product with ones), and
+        # reversals are plain flips (lengths None)
+        mask = attention_mask.unsqueeze(-1).to(x.dtype) if padded else None
+        lengths = lengths if padded else None
         c = self.config
         forward = reverse = None
         if c.arch == "transformer":
@@ -189,13 +189,18 @@ class Backbone(nn.Module):
             hidden = self._stack(x, mask, lengths)
         elif c.bidirectional:
             # both directions as one batch through the shared stack
-            mask2 = None if block_mask is None else torch.cat([block_mask, block_mask], dim=0)
+            mask2 = None if mask is None else torch.cat([mask, mask], dim=0)
             forward, reverse = split_directions(self._stack(both_directions(x, lengths), mask2), lengths)
-            forward, reverse = forward * mask, reverse * mask
+            if padded:
+                forward, reverse = forward * mask, reverse * mask
             hidden = self.merge(forward, reverse)
         else:
-            hidden = forward = self._stack(x, block_mask) * mask
-        return BackboneOutput(hidden=hidden * mask, attention_mask=attention_mask, forward=forward, reverse=reverse)
+            hidden = forward = self._stack(x, mask)
+            if padded:
+                hidden = forward = hidden * mask
+        if padded:
+            hidden = hidden * mask
+        return BackboneOutput(hidden=hidden, attention_mask=attention_mask, forward=forward, reverse=reverse)
 
     def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
@@ -207,7 +212,7 @@ class Backbone(nn.Module):
                 update = layer.update(u, mask, lengths)
             return _fused.add_rms_norm(update, residual, self.norm_f.weight, self.norm_f.eps)[0]
         for layer in self.layers:
-            h = layer(h, mask) if lengths is None else layer(h, mask, lengths)
+            h = layer(h, mask, lengths) if isinstance(layer, BiMambaLayer) else layer(h, mask)
         return self.norm_f(h)
 
 

@@ -95,11 +95,14 @@ def check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverse each row's first ``lengths[b]`` positions, leaving the padding in place.
 
-    Its own inverse. x: (batch, seq_len, ...) -> same shape; lengths: (batch,).
+    Its own inverse. x: (batch, seq_len, ...) -> same shape; lengths: (batch,), or None when
+    nothing is padded (then a plain flip of the sequence axis: no index tensor to build and read).
     """
+    if lengths is None:
+        return x.flip(1)
     seq_len = x.shape[1]
     pos = torch.arange(seq_len, device=x.device)
     src = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (batch, seq_len)
@@ -152,12 +155,12 @@ class DirectionMerge(nn.Module):
         return g * forward + (1 - g) * reverse
 
 
-def both_directions(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def both_directions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Stack x and its pad-aware reversal along the batch: (2 * batch, seq_len, ...)."""
     return torch.cat([x, reverse_padded(x, lengths)], dim=0)
 
 
-def split_directions(y: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_directions(y: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`both_directions`: (forward, reverse in the original order)."""
     forward, reverse = y.chunk(2, dim=0)
     return forward, reverse_padded(reverse, lengths)
@@ -167,7 +170,8 @@ class BiMambaLayer(nn.Module):
     """One bidirectional layer: one mixer (shared weights) on both directions, merged, residual.
 
     ``h + dropout(merge(mixer(u), rev(mixer(rev(u))))) * m`` with ``u = norm(h) * m``.
-    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float, lengths: (batch,).
+    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float, lengths: (batch,); both None
+    when nothing is padded (the masking passes are skipped; the reversal is a plain flip).
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, *, merge: str = "mean", dropout: float = 0.0):
@@ -177,10 +181,12 @@ class BiMambaLayer(nn.Module):
         self.merge = DirectionMerge(d_model, merge=merge)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
         return x + self.update(self.norm(x), mask, lengths)
 
-    def update(self, u: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
         """The residual update from the normed input u (the fused CUDA stack calls this)."""
-        forward, reverse = split_directions(self.mixer(both_directions(u * mask, lengths)), lengths)
-        return self.dropout(self.merge(forward, reverse)) * mask
+        masked = mask is not None  # nothing padded: skip the two masking passes
+        forward, reverse = split_directions(self.mixer(both_directions(u * mask if masked else u, lengths)), lengths)
+        out = self.dropout(self.merge(forward, reverse))
+        return out * mask if masked else out

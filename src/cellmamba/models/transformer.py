@@ -17,7 +17,7 @@ class TransformerBlock(nn.Module):
 
     x: (batch, seq_len, d_model); key_mask: (batch, 1, 1, seq_len) bool (True = attend), or None
     when nothing is padded;
-    mask: (batch, seq_len, 1) float (1 = real token).
+    mask: (batch, seq_len, 1) float (1 = real token), or None when nothing is padded.
     """
 
     def __init__(self, d_model: int, *, n_heads: int, mlp_hidden: int, dropout: float = 0.0):
@@ -32,10 +32,14 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_model))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         batch, seq_len, d_model = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(batch, seq_len, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
-        x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(batch, seq_len, d_model))) * mask
-        return x + self.dropout(self.mlp(self.ln2(x))) * mask
+        x = x + self._masked(self.dropout(self.attn_out(a.transpose(1, 2).reshape(batch, seq_len, d_model))), mask)
+        return x + self._masked(self.dropout(self.mlp(self.ln2(x))), mask)
+
+    @staticmethod
+    def _masked(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return u if mask is None else u * mask
