@@ -20,11 +20,13 @@ fused residual-add + RMSNorm in the block (as its own ``Block`` does). Keeping c
 recomputes them as mamba_ssm does, for the longest contexts. mamba_ssm offers no switch for any
 of this.
 
-One step runs on our own Triton kernel, tested against the kernels it replaces and against an
+One step runs on our own Triton kernels, tested against the kernels they replace and against an
 independent formula: the SSD backward's dCB and intra-chunk ddA (:mod:`._ssd`: one kernel in place
 of mamba_ssm's two, which each computed the same per-head product; the same formulas, ddA's
-float32 sums in another order; 0.96 instead of 1.59 ms per layer at 131,072 token-directions).
-:data:`TRITON_DCB` switches it off for comparisons.
+float32 sums in another order; 0.96 instead of 1.59 ms per layer at 131,072 token-directions),
+and a small one that sums every term of the dA_cumsum gradient in place of ~14 PyTorch passes.
+:data:`TRITON_DCB` switches them off for comparisons. Two of mamba_ssm's SSD kernels are launched
+with the batch and head axes exchanged (:data:`HEADS_INNER`: same programs, B / C shared in L2).
 
 It uses private mamba_ssm functions, so it is tied to the versions in :data:`TESTED_MAMBA`;
 with any other version (or without the compiled ``causal_conv1d``) :func:`available` says no and
