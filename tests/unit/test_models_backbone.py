@@ -205,8 +205,9 @@ def test_fused_stack_bookkeeping_matches_plain_blocks(monkeypatch, arch, merge_e
     import cellmamba.models._fused as fused
 
     torch.manual_seed(0)
+    # backend "auto": on CPU the mixers run the reference; "torch" would keep the stack off the fused path
     cfg = BackboneConfig(arch=arch, d_model=16, n_layers=3, d_state=4, headdim=8, chunk_size=8, merge="gate",
-                         merge_every=merge_every, backend="torch")
+                         merge_every=merge_every, backend="auto")
     model = Backbone(cfg).double()
     with torch.no_grad():
         for p in model.parameters():  # non-trivial norm weights, so a misplaced norm shows
@@ -225,6 +226,24 @@ def test_fused_stack_bookkeeping_matches_plain_blocks(monkeypatch, arch, merge_e
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_backend_torch_keeps_the_stack_off_the_fused_kernels(monkeypatch):
+    """backend "torch" asks for the PyTorch reference: the stack must not take mamba_ssm's fused
+    add + norm kernel even where it is available (it did, on CUDA, before)."""
+    import cellmamba.models._fused as fused
+
+    def refuse(*args):
+        raise AssertionError("fused add_rms_norm called under backend='torch'")
+
+    monkeypatch.setattr(fused, "available", lambda t: True)
+    monkeypatch.setattr(fused, "add_rms_norm", refuse)
+    cfg = BackboneConfig(arch="bimamba_mamba2", d_model=16, n_layers=2, d_state=4, headdim=8, chunk_size=8,
+                         backend="torch")
+    out = Backbone(cfg)(torch.randn(2, 9, 16))
+    assert out.hidden.shape == (2, 9, 16)
+    with pytest.raises(AssertionError, match="fused add_rms_norm"):  # the same model under "auto" takes it
+        Backbone(dataclasses.replace(cfg, backend="auto"))(torch.randn(2, 9, 16))
 
 
 def test_recompute_reaches_every_mamba2_mixer():

@@ -204,8 +204,9 @@ class Backbone(nn.Module):
 
     def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
-        if _fused.available(h):
+        if self.config.backend != "torch" and _fused.available(h):
             # same sums, fewer passes: each residual add happens inside the next norm's kernel
+            # (mamba_ssm's Triton kernel; backend "torch" asks for the reference throughout)
             update, residual = h, None
             for layer in self.layers:
                 u, residual = _fused.add_rms_norm(update, residual, layer.norm.weight, layer.norm.eps)
