@@ -22,7 +22,7 @@ from ..models import HeadConfig
 from ..train import train
 from .finetune import (ClassificationObjective, FinetuneConfig, collator_for, embed_cells, label_codes,
                        load_for_finetuning, model_tokenizer, pick_device, resolve_pooling, split_train_valid,
-                       train_config, train_loader)
+                       train_valid_loaders)
 from .tokens import TokenCells, tokenize_dataset
 
 __all__ = ["run_annotation"]
@@ -76,10 +76,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     train_pos, valid_pos = split_train_valid(codes_ref, config.valid_fraction, config.seed)
     train_cells, valid_cells = ref[train_pos], ref[valid_pos]
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=config.seed)
-    loader = train_loader(TokenCells(tokens, train_cells), plain, batch_size=config.batch_size, seed=config.seed)
-    valid = (train_loader(TokenCells(tokens, valid_cells), plain, batch_size=config.batch_size, seed=config.seed)
-             if len(valid_cells) else None)
-    tcfg = train_config(config, len(train_cells), validate_epochs=valid is not None)
+    loader, valid, tcfg = train_valid_loaders(tokens, train_cells, valid_cells, plain, config)
     log.info("annotation: %d classes, %d train / %d valid reference cells, %d query cells, %d steps",
              len(classes), len(train_cells), len(valid_cells), len(query), tcfg.max_steps)
     train(model, ClassificationObjective(labels), loader, tcfg, out_dir=out_dir, eval_data=valid, device=device)

@@ -33,7 +33,7 @@ from .tokens import DatasetTokens, TokenCells
 
 __all__ = ["FinetuneConfig", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
            "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells", "train_config",
-           "split_train_valid", "pick_device"]
+           "split_train_valid", "train_valid_loaders", "pick_device"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,16 @@ def train_loader(data: TokenCells, collator, *, batch_size: int, seed: int):
     """Shuffled, length-bucketed batches; the last incomplete batch is kept (wrap-padded)."""
     return build_dataloader(data, collator, DataConfig(batch_size=min(batch_size, len(data)), shuffle=True,
                                                        drop_last=False, seed=seed, bucket_batches=20))
+
+
+def train_valid_loaders(tokens: DatasetTokens, train_cells: np.ndarray, valid_cells: np.ndarray, collator,
+                        config: FinetuneConfig):
+    """(training loader, validation loader or None where no cell validates, the loop's settings with
+    an evaluation after every epoch) for fine-tuning on ``train_cells`` of ``tokens``."""
+    loader = train_loader(TokenCells(tokens, train_cells), collator, batch_size=config.batch_size, seed=config.seed)
+    valid = (train_loader(TokenCells(tokens, valid_cells), collator, batch_size=config.batch_size, seed=config.seed)
+             if len(valid_cells) else None)
+    return loader, valid, train_config(config, len(train_cells), validate_epochs=valid is not None)
 
 
 def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None,

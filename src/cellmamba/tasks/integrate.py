@@ -22,7 +22,7 @@ from ..train import train
 from ..train.objectives import MaskedGeneObjective, MaskedValueObjective
 from .finetune import (AdversarialObjective, FinetuneConfig, collator_for, embed_cells, label_codes,
                        load_for_finetuning, model_tokenizer, pick_device, resolve_pooling, split_train_valid,
-                       train_config, train_loader)
+                       train_valid_loaders)
 from .tokens import TokenCells, tokenize_dataset
 
 __all__ = ["run_integration"]
@@ -68,10 +68,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     masked = collator_for(tokens, mask_ratio=config.mask_ratio, include_zeros=config.include_zeros, seed=config.seed)
     data = TokenCells(tokens)
     train_cells, valid_cells = split_train_valid(batches, config.valid_fraction, config.seed)
-    loader = train_loader(TokenCells(tokens, train_cells), masked, batch_size=config.batch_size, seed=config.seed)
-    valid = (train_loader(TokenCells(tokens, valid_cells), masked, batch_size=config.batch_size, seed=config.seed)
-             if len(valid_cells) else None)
-    tcfg = train_config(config, len(train_cells), validate_epochs=valid is not None)
+    loader, valid, tcfg = train_valid_loaders(tokens, train_cells, valid_cells, masked, config)
     log.info("integration: %d cells (%d train / %d valid), %d batches, %s objective + adversarial (weight %g), %d steps",
              len(data), len(train_cells), len(valid_cells), len(names), type(ssl).__name__, config.adversarial_weight,
              tcfg.max_steps)
