@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import InputError
 from . import _fused
 from ._backend import BACKENDS
-from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, both_directions, \
+from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, apply_mask, both_directions, \
     check_right_padded, split_directions
 from .ssm import Mamba1Mixer, Mamba2Mixer
 from .transformer import TransformerBlock
@@ -191,16 +191,12 @@ class Backbone(nn.Module):
             # both directions as one batch through the shared stack
             mask2 = None if mask is None else torch.cat([mask, mask], dim=0)
             forward, reverse = split_directions(self._stack(both_directions(x, lengths), mask2), lengths)
-            if padded:
-                forward, reverse = forward * mask, reverse * mask
+            forward, reverse = apply_mask(forward, mask), apply_mask(reverse, mask)
             hidden = self.merge(forward, reverse)
         else:
-            hidden = forward = self._stack(x, mask)
-            if padded:
-                hidden = forward = hidden * mask
-        if padded:
-            hidden = hidden * mask
-        return BackboneOutput(hidden=hidden, attention_mask=attention_mask, forward=forward, reverse=reverse)
+            hidden = forward = apply_mask(self._stack(x, mask), mask)
+        return BackboneOutput(hidden=apply_mask(hidden, mask), attention_mask=attention_mask, forward=forward,
+                              reverse=reverse)
 
     def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""

@@ -95,6 +95,11 @@ def check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+def apply_mask(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``u * mask``, or u itself where mask is None (nothing padded: a product with ones is skipped)."""
+    return u if mask is None else u * mask
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverse each row's first ``lengths[b]`` positions, leaving the padding in place.
 
@@ -128,9 +133,7 @@ class ResidualBlock(nn.Module):
 
     def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The residual update from the normed input u (the fused CUDA stack calls this)."""
-        if mask is None:  # nothing padded: skip the two masking passes
-            return self.dropout(self.mixer(u))
-        return self.dropout(self.mixer(u * mask)) * mask
+        return apply_mask(self.dropout(self.mixer(apply_mask(u, mask))), mask)
 
 
 class DirectionMerge(nn.Module):
@@ -186,7 +189,5 @@ class BiMambaLayer(nn.Module):
 
     def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
         """The residual update from the normed input u (the fused CUDA stack calls this)."""
-        masked = mask is not None  # nothing padded: skip the two masking passes
-        forward, reverse = split_directions(self.mixer(both_directions(u * mask if masked else u, lengths)), lengths)
-        out = self.dropout(self.merge(forward, reverse))
-        return out * mask if masked else out
+        forward, reverse = split_directions(self.mixer(both_directions(apply_mask(u, mask), lengths)), lengths)
+        return apply_mask(self.dropout(self.merge(forward, reverse)), mask)

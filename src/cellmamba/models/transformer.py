@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .bimamba import apply_mask
+
 __all__ = ["TransformerBlock"]
 
 
@@ -37,9 +39,5 @@ class TransformerBlock(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(batch, seq_len, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
-        x = x + self._masked(self.dropout(self.attn_out(a.transpose(1, 2).reshape(batch, seq_len, d_model))), mask)
-        return x + self._masked(self.dropout(self.mlp(self.ln2(x))), mask)
-
-    @staticmethod
-    def _masked(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return u if mask is None else u * mask
+        x = x + apply_mask(self.dropout(self.attn_out(a.transpose(1, 2).reshape(batch, seq_len, d_model))), mask)
+        return x + apply_mask(self.dropout(self.mlp(self.ln2(x))), mask)
