@@ -107,6 +107,12 @@ def pretrain_settings(wildcards):
     keys = ("mask_ratio", "batch_size", "max_steps", "lr", "warmup_steps", "weight_decay", "grad_clip",
             "grad_accum", "checkpoint_every", "log_every", "seed", "backend", "recompute")
     settings = {k: p[k] for k in keys}
+    micro = m.get("micro_batch_size")
+    if micro is not None:  # the same cells per optimizer step, in micro-batches that fit the GPU
+        if p["batch_size"] % micro:
+            raise ValueError(f"config: models.{recipe}.micro_batch_size ({micro}) must divide pretrain.batch_size "
+                             f"({p['batch_size']})")
+        settings.update(batch_size=micro, grad_accum=p["grad_accum"] * (p["batch_size"] // micro))
     settings.update(recipe=recipe, d_model=m["d_model"], n_layers=m["n_layers"], context_length=m["context_length"],
                     d_state=m.get("d_state"),
                     match_backbone=m["backbone"],

@@ -198,3 +198,35 @@ def test_integration_returns_one_finite_embedding_per_cell(tmp_path):
     assert list(valid.step) == [4]
     assert pd.read_csv(tmp_path / "run" / "metrics.csv").samples.iloc[-1] == 58  # trained on the 58 only
     assert np.unique(emb.round(5), axis=0).shape[0] > 1
+
+
+def test_micro_batches_keep_the_cells_per_step_and_the_steps_per_epoch():
+    from cellmamba.tasks.finetune import train_config
+    from cellmamba.tasks.perturb import PerturbConfig
+
+    full = train_config(FinetuneConfig(epochs=2, batch_size=32), 100, validate_epochs=True)
+    micro = train_config(FinetuneConfig(epochs=2, batch_size=32, micro_batch_size=8), 100, validate_epochs=True)
+    assert (full.batch_size, full.grad_accum) == (32, 1)
+    assert (micro.batch_size, micro.grad_accum) == (8, 4)  # 4 passes of 8 cells = 32 cells per step
+    assert micro.max_steps == full.max_steps == 2 * math.ceil(100 / 32) and micro.eval_every == full.eval_every == 4
+    # fewer cells than a batch: one pass of them all
+    small = train_config(FinetuneConfig(epochs=1, batch_size=32, micro_batch_size=16), 10)
+    assert (small.batch_size, small.grad_accum, small.max_steps) == (10, 1, 1)
+    for cls in (FinetuneConfig, PerturbConfig):
+        with pytest.raises(InputError, match="micro_batch_size must be None or an integer >= 1 that divides batch_size"):
+            cls(batch_size=32, micro_batch_size=5)
+        with pytest.raises(InputError, match="micro_batch_size"):
+            cls(batch_size=32, micro_batch_size=0)
+
+
+def test_integration_in_micro_batches_trains_the_same_cells_per_step(tmp_path):
+    _, path = _pretrained(tmp_path, "scmamba2")
+    a = _typed_cells(n=64)
+    cfg = FinetuneConfig(epochs=1, batch_size=16, micro_batch_size=8, max_len=8, backend="torch")
+    emb = run_integration(a, path, VOCAB, config=cfg, out_dir=tmp_path / "run")
+    assert emb.shape == (64, 32) and np.isfinite(emb).all()
+    valid = pd.read_csv(tmp_path / "run" / "eval_metrics.csv")
+    assert list(valid.step) == [4]  # 58 train cells, 16 per step: the same 4 steps as without micro-batches
+    train = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]["train"]
+    assert (train["batch_size"], train["grad_accum"]) == (8, 2)
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv").samples.iloc[-1] == 58  # each training cell once, as in one batch

@@ -206,3 +206,32 @@ def test_demo_figures_and_report(demo_run):
         packed = " ".join(zf.namelist())
     for stem in ("metrics_perturbation", "umap_multiomics", "confusion_pbmc68k_reduced", "table_annotation"):
         assert stem in packed, (stem, packed[:2000])
+
+
+def test_rehearsal_plan_resolves_the_settings_the_demo_jobs_ran_with(demo_run):
+    """benchmarks/rehearse.py's plan of the demo config holds, for every GPU job kind, the settings
+    the workflow's own jobs recorded (pretrain_config.json, the fine-tuning and multi-omics
+    run.json): what the rehearsal runs is what the rules pass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rehearse", REPO / "benchmarks" / "rehearse.py")
+    rehearse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearse)
+    plan = rehearse.make_plan([demo_run / "config" / "config.yaml"], snakefile=demo_run / "Snakefile", workdir=demo_run)
+    checked = set()
+    for job in plan["jobs"]:
+        w, settings = job["wildcards"], job["params"]["settings"]
+        if job["rule"] == "pretrain":
+            recorded = json.loads((demo_run / f"results/pretrain/{w['model']}/pretrain_config.json").read_text())["config"]
+        else:
+            task = {"finetune_annotation": "annotation", "finetune_integration": "integration",
+                    "finetune_perturbation": "perturbation", "train_multiomics": "multiomics"}[job["rule"]]
+            sub = f"{w['variant']}/" if "variant" in w else ""
+            run = demo_run / f"results/{task}/{w['dataset']}/{sub}{w['method']}/seed{w['seed']}/train/run.json"
+            recorded = json.loads(run.read_text())["config"]
+            recorded = recorded.get("config", recorded)  # multi-omics nests the run's config one level down
+        keys = [k for k in settings if k != "max_len"]  # fine-tuning clamps max_len to the genes selected + 1
+        assert {k: settings[k] for k in keys} == {k: recorded[k] for k in keys}, job["job"]
+        checked.add(job["rule"])
+    assert checked == {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation",
+                       "train_multiomics"}

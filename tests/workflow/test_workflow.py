@@ -55,6 +55,45 @@ def test_dry_run_paper_through_slurm_profile():
     assert int(line.split()[1]) == n_shards
 
 
+_CONDA_EXES = ("conda", "mamba", "micromamba")
+
+
+def _path_without_conda(tmp_path: Path) -> str:
+    """$PATH with no conda/mamba on it: a directory holding one is replaced by links to its other entries."""
+    dirs = []
+    for i, d in enumerate(p for p in os.environ.get("PATH", "").split(os.pathsep) if p):
+        if not any(os.access(Path(d) / exe, os.X_OK) for exe in _CONDA_EXES):
+            dirs.append(d)
+            continue
+        shadow = tmp_path / f"path{i}"
+        shadow.mkdir()
+        for entry in Path(d).iterdir():
+            if entry.name not in _CONDA_EXES:
+                (shadow / entry.name).symlink_to(entry)
+        dirs.append(str(shadow))
+    return os.pathsep.join(dirs)
+
+
+def test_readme_dry_run_works_without_conda(tmp_path):
+    """README's `snakemake -n --profile slurm all`, as typed, on a machine without conda: the profile
+    keeps `software-deployment-method: conda` for real runs but leaves it out of a dry-run where no
+    conda is on PATH (Snakemake 9 otherwise runs `conda info` to hash the envs even for a dry-run)."""
+    readme = (REPO / "README.md").read_text()
+    assert "snakemake -n --profile slurm all " in readme, "README's dry-run line changed: update this test"
+    path = _path_without_conda(tmp_path)
+    assert shutil.which("conda", path=path) is None and shutil.which("mamba", path=path) is None
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CONDA", "MAMBA", "BASH_FUNC_conda", "BASH_FUNC_mamba"))}
+    env.update(PATH=path, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([*SNAKEMAKE, "-n", "--profile", "slurm", "all"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "conda info" not in out, out[-4000:]
+    jobs = {job.split(":", 1)[0].strip() for job in out.split("\nrule ")[1:]}
+    assert {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation"} <= jobs, sorted(jobs)
+
+
 def test_unknown_config_key_is_refused():
     proc = _snakemake("-n", "--cores", "1", "--config", "bogus_key=1", check=False)
     assert proc.returncode != 0
@@ -132,6 +171,19 @@ def test_every_rule_has_a_parsing_conda_env():
                     assert "==" in req, f"{path}: pip requirement {req!r} is not pinned"
         checked += 1
     assert checked >= 5
+
+
+def test_gpu_env_pins_a_mamba_ssm_the_fused_path_runs_with():
+    """envs/gpu.yaml must pin a mamba-ssm the fused Mamba2 path (models/_fused.py) is enabled and
+    tested for: with any other version it switches itself off and a cluster run silently takes
+    mamba_ssm's slower composition."""
+    from cellmamba.models._fused import TESTED_MAMBA
+
+    specs = _conda_specs(REPO / "envs" / "gpu.yaml")
+    pinned = specs.get("mamba-ssm", "").rstrip(".*")
+    assert pinned, "envs/gpu.yaml pins no mamba-ssm"
+    assert pinned in TESTED_MAMBA, (f"envs/gpu.yaml pins mamba-ssm={pinned}, but the fused path is enabled only for "
+                                    f"{TESTED_MAMBA} (cellmamba.models._fused.TESTED_MAMBA)")
 
 
 # What each env must carry besides pyproject's [project].dependencies: the optional-dependency

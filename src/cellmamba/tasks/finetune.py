@@ -45,6 +45,7 @@ class FinetuneConfig:
     epochs: int = 10                  # passes over the training cells (scGPT / SC-MAMBA2: 10 annotation, 30 integration)
     lr: float = 1e-4                  # peak learning rate (scGPT: 1e-4)
     batch_size: int = 32              # cells per step
+    micro_batch_size: int | None = None  # cells per forward / backward pass (GPU memory); batch_size / micro_batch_size accumulated
     max_len: int = 1200               # tokens per cell (binned: CLS included); scGPT: n_genes + 1
     pooling: str = "auto"             # cell embedding: "auto" (binned: cls, rank: mean), "cls", "mean", "last"
     dropout: float = 0.2              # classifier dropout (scGPT 0.2, SC-MAMBA2 0.5)
@@ -67,6 +68,7 @@ class FinetuneConfig:
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        check_micro_batch(self, need)
         need(isinstance(self.max_len, int) and self.max_len >= 2, f"max_len must be an integer >= 2, got {self.max_len!r}")
         need(self.pooling in ("auto", "cls", "mean", "last"), f"pooling must be auto, cls, mean or last, got {self.pooling!r}")
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -140,6 +142,13 @@ def collator_for(tokens: DatasetTokens, *, mask_ratio: float, include_zeros: boo
     return MaskedGeneCollator(MaskedGeneConfig(mask_ratio=mask_ratio), n_genes=len(tokens.measured), seed=seed)
 
 
+def check_micro_batch(config, need) -> None:
+    """``micro_batch_size``: None, or an integer >= 1 that divides ``batch_size``."""
+    m = config.micro_batch_size
+    need(m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1 and config.batch_size % m == 0),
+         f"micro_batch_size must be None or an integer >= 1 that divides batch_size ({config.batch_size}), got {m!r}")
+
+
 def train_loader(data: TokenCells, collator, *, batch_size: int, seed: int):
     """Shuffled, length-bucketed batches; the last incomplete batch is kept (wrap-padded)."""
     return build_dataloader(data, collator, DataConfig(batch_size=min(batch_size, len(data)), shuffle=True,
@@ -150,22 +159,31 @@ def train_valid_loaders(tokens: DatasetTokens, train_cells: np.ndarray, valid_ce
                         config: FinetuneConfig):
     """(training loader, validation loader or None where no cell validates, the loop's settings with
     an evaluation after every epoch) for fine-tuning on ``train_cells`` of ``tokens``."""
-    loader = train_loader(TokenCells(tokens, train_cells), collator, batch_size=config.batch_size, seed=config.seed)
-    valid = (train_loader(TokenCells(tokens, valid_cells), collator, batch_size=config.batch_size, seed=config.seed)
+    settings = train_config(config, len(train_cells), validate_epochs=len(valid_cells) > 0)
+    loader = train_loader(TokenCells(tokens, train_cells), collator, batch_size=settings.batch_size, seed=config.seed)
+    valid = (train_loader(TokenCells(tokens, valid_cells), collator, batch_size=settings.batch_size, seed=config.seed)
              if len(valid_cells) else None)
-    return loader, valid, train_config(config, len(train_cells), validate_epochs=valid is not None)
+    return loader, valid, settings
 
 
 def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None,
                  validate_epochs: bool = False) -> TrainConfig:
     """The shared loop's settings for ``config.epochs`` passes over ``n_cells``. ``validate_epochs``
     (there is validation data): evaluate after every epoch and, with ``config.keep_best``, keep the
-    weights of the epoch with the lowest validation loss."""
+    weights of the epoch with the lowest validation loss.
+
+    With ``config.micro_batch_size`` the loop reads micro-batches of that many cells and
+    accumulates gradients over ``batch_size / micro_batch_size`` of them per optimizer step: the
+    same cells per step and steps per epoch, in less GPU memory (each micro-batch's loss is its
+    own mean, so losses averaged over masked tokens weight micro-batches equally)."""
     batch_size = batch_size or min(config.batch_size, n_cells)
     per_epoch = math.ceil(n_cells / batch_size)
     steps = config.epochs * per_epoch
+    micro = getattr(config, "micro_batch_size", None)
+    accum = math.ceil(batch_size / micro) if micro is not None and micro < batch_size else 1
     return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
-                       batch_size=batch_size, weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
+                       batch_size=min(micro, batch_size) if accum > 1 else batch_size, grad_accum=accum,
+                       weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
                        checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
                        precision=config.precision, eval_every=per_epoch if validate_epochs else 0,
                        keep_best=validate_epochs and config.keep_best)

@@ -67,7 +67,7 @@ from ..models.heads import ValueRegressionHead
 from ..train import train
 from ..train.objectives import masked_mse
 from ..vocab import N_SPECIAL, PAD_ID
-from .finetune import pick_device, train_config
+from .finetune import check_micro_batch, pick_device, train_config
 from .tokens import vocabulary_index
 
 __all__ = ["PerturbConfig", "ContinuousValueEncoder", "PerturbationModelConfig", "PerturbationModel",
@@ -84,6 +84,7 @@ class PerturbConfig:
     epochs: int = 15                  # passes over the training perturbed cells (scGPT: 15)
     lr: float = 1e-4                  # peak learning rate (scGPT: 1e-4)
     batch_size: int = 64              # (control, perturbed) pairs per step (scGPT: 64)
+    micro_batch_size: int | None = None  # pairs per forward / backward pass (GPU memory); batch_size / micro_batch_size accumulated
     max_len: int = 1536               # genes per training sequence (scGPT 1536, SC-MAMBA2 6000); prediction uses all
     pool_size: int = 100              # control cells averaged per predicted condition (scGPT reverse perturbation: 30)
     warmup_fraction: float = 0.05     # fraction of steps of linear warm-up before cosine decay
@@ -107,6 +108,7 @@ class PerturbConfig:
         for name, low in (("epochs", 1), ("batch_size", 1), ("max_len", 2), ("pool_size", 1),
                           ("embed_batch_size", 1), ("seed", 0)):
             integer(name, low)
+        check_micro_batch(self, need)
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -568,7 +570,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     def batches(targets, seed, shuffle):
         pert, ctrl = pair_controls(conds, targets, seed=seed)
         flags = flag_table[[flag_row[c] for c in conds[pert]]] if len(pert) else np.zeros((0, len(cols)), bool)
-        bs = min(config.batch_size, max(len(pert), 1))
+        bs = min(config.micro_batch_size or config.batch_size, max(len(pert), 1))
         return PerturbationBatches(Xt, pert, ctrl, flags=flags, gene_ids=gene_ids, batch_size=bs, max_len=config.max_len,
                                    seed=seed, shuffle=shuffle)
 

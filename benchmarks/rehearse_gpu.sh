@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The rehearsal on a lent CUDA machine (no internet): install the wheels carried in $WHEELS
+# (default .whl/: anndata, scanpy and their missing dependencies, mamba-ssm, causal-conv1d),
+# then run the plan's jobs. Usage:
+#   bash benchmarks/rehearse_gpu.sh OUTDIR --plan benchmarks/results/rehearsal_plan_paper.json [run args...]
+# A pure-Python mamba_ssm wheel imports Mamba1's compiled selective_scan_cuda unconditionally:
+# an empty stand-in lets its Mamba2 (Triton) path import (cellmamba refuses Mamba1 then).
+set -uo pipefail
+out=${1:?usage: rehearse_gpu.sh OUTDIR --plan PLAN [run args]}; shift
+mkdir -p "$out"
+WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/rehearse-site}
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache} TRITON_CACHE_AUTOTUNING=1
+export ANNDATA_ALLOW_WRITE_NULLABLE_STRINGS=1  # pandas >= 3 there: anndata writes its string arrays
+if [ -f "$WHEELS/triton-cache.tar" ]; then mkdir -p "$TRITON_CACHE_DIR" && tar -xf "$WHEELS/triton-cache.tar" -C "$TRITON_CACHE_DIR"; fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning\|conflict" | tail -3
+python3 -c "import selective_scan_cuda" 2>/dev/null || : > "$SITE/selective_scan_cuda.py"
+export PYTHONPATH=$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export CELLMAMBA_CODE=${CELLMAMBA_CODE:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+python3 - <<'PY'
+import torch, mamba_ssm, causal_conv1d
+from cellmamba.models import _fused
+print("torch", torch.__version__, torch.cuda.get_device_name(), "mamba_ssm", mamba_ssm.__version__,
+      "causal_conv1d", causal_conv1d.__version__, "fused path:", _fused.available(torch.empty(1, device="cuda")), flush=True)
+PY
+# GPU_TESTS (pytest paths, e.g. tests/gpu/test_fused.py): run first, under TESTS_TIMEOUT seconds, with
+# the same wheels: the correctness of the kernels the rehearsal times
+if [ -n "${GPU_TESTS:-}" ]; then
+    timeout "${TESTS_TIMEOUT:-0}" python3 -m pytest -q -rs -p no:cacheprovider $GPU_TESTS 2>&1 | tee "$out/gpu_tests.log" | tail -15
+fi
+# REHEARSE_TIMEOUT (seconds): stop the jobs in time to pack the Triton cache (rows are written per job)
+timeout "${REHEARSE_TIMEOUT:-0}" python3 benchmarks/rehearse.py run --work /tmp/rehearse --out "$out" "$@" 2>&1 | tee "$out/rehearsal.log"
+rc=${PIPESTATUS[0]}
+tar -cf "$out/triton-cache.tar" -C "$TRITON_CACHE_DIR" . 2>/dev/null
+exit $rc

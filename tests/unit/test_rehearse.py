@@ -1,0 +1,123 @@
+"""benchmarks/rehearse.py: the plan resolves every GPU job of a config's DAG with its rule's own
+params, and the harness runs each rule's real entry point at tiny sizes on CPU."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "rehearse.py"
+GPU_RULES = ("pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation", "train_multiomics")
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("rehearse", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def paper_plan():
+    return _module().make_plan([REPO / "config" / "paper.yaml"])
+
+
+def _dry_run_counts(*configfiles) -> dict[str, int]:
+    """Job counts per rule of `snakemake -n all` (Snakemake's own DAG)."""
+    args = [sys.executable, "-m", "snakemake", "-n", "all"] + [a for c in configfiles for a in ("--configfile", str(c))]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def test_plan_covers_every_gpu_job_of_the_paper_dag(paper_plan):
+    """One entry per job kind; their jobs_in_dag add up to Snakemake's own job count per GPU rule."""
+    counts = _dry_run_counts(REPO / "config" / "paper.yaml")
+    for rule in GPU_RULES:
+        planned = sum(j["jobs_in_dag"] for j in paper_plan["jobs"] if j["rule"] == rule)
+        assert planned == counts[rule], (rule, planned, counts[rule])
+    kinds = [j["job"] for j in paper_plan["jobs"]]
+    assert len(kinds) == len(set(kinds)) == 4 + 4 + 8 + 4 + 6
+
+
+def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
+    """Pretraining reaches pretrain.batch_size cells per optimizer step in micro-batches of
+    models.<recipe>.micro_batch_size; fine-tuning settings are evaluation.<task>.finetune + seed."""
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    jobs = {j["job"]: j for j in paper_plan["jobs"]}
+    for model in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer"):
+        s = jobs[f"pretrain/{model}"]["params"]["settings"]
+        recipe = model.removesuffix("_transformer")
+        assert s["batch_size"] == paper["models"][recipe]["micro_batch_size"]
+        assert s["batch_size"] * s["grad_accum"] == paper["pretrain"]["batch_size"] * paper["pretrain"]["grad_accum"]
+        assert s["context_length"] == paper["models"][recipe]["context_length"]
+        assert s["backbone"] == ("transformer" if model.endswith("_transformer") else paper["models"][recipe]["backbone"])
+    ann = jobs["finetune_annotation/scmamba2"]
+    assert ann["params"]["settings"] == {**paper["evaluation"]["annotation"]["finetune"], "seed": 0}
+    assert ann["datasets"] == paper["evaluation"]["annotation"]["datasets"]
+    assert jobs["finetune_integration/protocol/genemamba"]["params"]["genes"]["n_hvg"] == 1200
+    assert jobs["finetune_integration/all_genes/genemamba"]["params"]["genes"] == {"n_hvg": None, "min_counts": 0}
+    mo = jobs["train_multiomics/bmmc_multiome/scmamba_bimamba"]["params"]["settings"]
+    assert mo["arch"] == "bimamba_mamba2" and mo["n_layers"] == paper["models"]["scmamba"]["n_layers"]
+
+
+def test_micro_batch_that_does_not_divide_the_batch_is_a_config_error(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"models": {"scmamba2": {"micro_batch_size": 3}}}))
+    with pytest.raises(Exception, match=r"models\.scmamba2\.micro_batch_size \(3\) must divide pretrain\.batch_size"):
+        _module().make_plan([REPO / "config" / "paper.yaml", overlay])
+
+
+def test_counts_generator_expresses_exactly_nnz_genes_per_cell():
+    import numpy as np
+
+    X = _module()._counts(70, 50, 12, np.random.default_rng(0), weights=np.linspace(1, 2, 50) / np.linspace(1, 2, 50).sum())
+    per_cell = np.diff(X.indptr)
+    assert (per_cell == 12).all() and X.shape == (70, 50)
+    for i in range(70):  # distinct, sorted genes, counts >= 1
+        row = X.indices[X.indptr[i]:X.indptr[i + 1]]
+        assert (np.diff(row) > 0).all()
+    assert X.data.min() >= 1
+
+
+@pytest.mark.slow
+def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
+    """The demo config's plan, one job per GPU rule, at tiny sizes on CPU: every row ok, the
+    timer saw each optimizer step, pretraining cells fill the context, and the projection is
+    the configured steps times the measured step time."""
+    plan = tmp_path / "plan.json"
+    subprocess.run([sys.executable, str(SCRIPT), "plan", "--configfile", "config/config.yaml", "--out", str(plan)],
+                   cwd=REPO, check=True, capture_output=True)
+    steps, warmup = 5, 1
+    only = r"^pretrain/genemamba$|^finetune_annotation/genemamba$|^finetune_integration/protocol/scmamba2$|" \
+           r"^finetune_perturbation/genemamba$|^train_multiomics/.*/scmamba$"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--plan", str(plan), "--work", str(tmp_path / "w"),
+                           "--out", str(tmp_path), "--name", "r.csv", "--only", only, "--steps", str(steps),
+                           "--warmup", str(warmup), "--vocab-genes", "300", "--dataset-genes", "120"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["job"]: r for r in csv.DictReader(open(tmp_path / "r.csv"))}
+    assert len(rows) == 5, list(rows)
+    for job, r in rows.items():
+        assert r["status"] == "ok", (job, r["error"])
+    jobs = {j["job"]: j for j in json.loads(plan.read_text())["jobs"]}
+    pre, s = rows["pretrain/genemamba"], jobs["pretrain/genemamba"]["params"]["settings"]
+    metrics = list(csv.DictReader(open(tmp_path / "w" / f"pretrain_genemamba_steps{steps}" / "metrics.csv")))
+    assert len(metrics) == steps  # log_every 1: one row per optimizer step
+    assert int(pre["steps_timed"]) == steps - warmup
+    assert int(pre["cells_per_step"]) == s["batch_size"] * s["grad_accum"]
+    assert int(pre["tokens_per_cell"]) == s["context_length"]  # every generated cell fills the context
+    assert float(pre["projected_h"]) == pytest.approx(s["max_steps"] * float(pre["sec_per_step"]) / 3600, abs=0.006)
+    assert int(pre["configured_steps"]) == s["max_steps"]
+    ann = rows["finetune_annotation/genemamba"]
+    assert int(ann["cells_per_step"]) == jobs["finetune_annotation/genemamba"]["params"]["settings"]["batch_size"]
+    assert float(ann["rest_s_per_cell"]) > 0
