@@ -260,3 +260,40 @@ def test_input_errors(tmp_path):
         MultiomicsConfig(patch_size=0)
     assert MultiomicsConfig.from_dict({"arch": "transformer", "epochs": 2}) == MultiomicsConfig(arch="transformer",
                                                                                                 epochs=2)
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "bimamba_mamba2", "transformer"])
+def test_micro_batches_give_the_whole_batchs_infonce_gradient(arch):
+    """Towers encoded in recomputed chunks of 3 cells (micro_batch_size): the same loss and the same
+    gradient as one pass over the 8 cells, whose InfoNCE contrasts all 8 (negatives across chunks)."""
+    from cellmamba.tasks.multiomics import HEAD
+    from cellmamba.tasks.multiomics import _batch as two_tower_batch
+    from cellmamba.train.objectives import ContrastiveConfig, ContrastiveObjective
+
+    torch.manual_seed(0)
+    a, pos = _paired(n=8)
+    cfg = MultiomicsConfig(arch=arch, **TINY, batch_size=8)
+    data = prepare_modalities(a, pos, config=cfg)
+    model = build_two_tower(data, cfg).eval()  # eval: no dropout masks to differ between the passes
+    batch = two_tower_batch(data, np.arange(8))
+    grads, calls = [], []
+    sizes: list[int] = []
+    hook = model.towers["rna"].register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    for chunk in (None, 3):
+        objective = ContrastiveObjective(ContrastiveConfig(modalities=tuple(data), head=HEAD, chunk_cells=chunk))
+        model.zero_grad(set_to_none=True)
+        sizes.clear()
+        loss, _ = objective(model, batch)
+        loss.backward()
+        calls.append(list(sizes))
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()
+                                              if p.grad is not None}))
+    hook.remove()
+    assert calls == [[8], [3, 3, 2, 2, 3, 3]]  # one pass; three chunks, recomputed in the backward (last first)
+    (l_full, g_full), (l_chunk, g_chunk) = grads
+    assert l_chunk == pytest.approx(l_full, rel=1e-6)
+    assert g_full.keys() == g_chunk.keys() and len(g_full) > 10
+    for name in g_full:
+        torch.testing.assert_close(g_chunk[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(InputError, match="micro_batch_size"):
+        MultiomicsConfig(micro_batch_size=0)

@@ -118,6 +118,7 @@ class MultiomicsConfig:
     epochs: int = 20                # passes over all cells (each epoch drops its incomplete last batch)
     lr: float = 1e-3                # peak learning rate (AdamW, linear warm-up, cosine decay)
     batch_size: int = 64            # cells per step = InfoNCE negatives + 1 (capped at the number of cells)
+    micro_batch_size: int | None = None  # cells per tower pass, recomputed in the backward (exact: InfoNCE over batch_size)
     warmup_fraction: float = 0.05   # fraction of the steps spent warming up
     weight_decay: float = 0.01      # AdamW decoupled weight decay
     seed: int = 0                   # model initialisation and data order
@@ -140,6 +141,8 @@ class MultiomicsConfig:
                      "embed_batch_size"):
             v = getattr(self, name)
             need(is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+        need(self.micro_batch_size is None or (is_int(self.micro_batch_size) and self.micro_batch_size >= 1),
+             f"micro_batch_size must be None or an integer >= 1, got {self.micro_batch_size!r}")
         need(is_int(self.headdim) and self.headdim >= 0, f"headdim must be an integer >= 0, got {self.headdim!r}")
         need(self.pooling in ("auto", "last", "mean"), f"pooling must be auto, last or mean, got {self.pooling!r}")
         for name in ("temperature", "lr"):
@@ -682,7 +685,8 @@ def run_multiomics(adata, *, config: MultiomicsConfig, out_dir: str | os.PathLik
     tcfg = _train_config(config, adata.n_obs)
     objective = ContrastiveObjective(ContrastiveConfig(temperature=config.temperature,
                                                        cosine_weight=config.cosine_weight,
-                                                       modalities=modalities, head=HEAD))
+                                                       modalities=modalities, head=HEAD,
+                                                       chunk_cells=config.micro_batch_size))
     loader = _PairedLoader(data, batch_size=tcfg.batch_size, seed=config.seed)
     log.info("multiomics (%s, pooling %s): %d cells, %s, %s parameters per tower, %d steps of %d cells",
              config.arch, config.resolved_pooling, adata.n_obs,

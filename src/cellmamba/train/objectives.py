@@ -158,8 +158,14 @@ class ContrastiveConfig:
     cosine_weight: float = 0.1  # weight of mean(1 - cos(z_a_i, z_b_i)); 0 = off
     modalities: tuple[str, str] = ("rna", "other")  # tower names: model.towers[m], batch keys "{m}_values" / "{m}_input_ids", "{m}_attention_mask"
     head: str = "projection"  # projection head of each tower (tower.heads[head])
+    # encode the batch in chunks of this many cells, each recomputed in the backward pass
+    # (activation checkpointing): the InfoNCE still contrasts the whole batch and the gradient is
+    # the whole batch's, in the activation memory of one chunk, for one more forward pass (None = one pass)
+    chunk_cells: int | None = None
 
     def __post_init__(self):
+        if self.chunk_cells is not None and not (isinstance(self.chunk_cells, int) and self.chunk_cells >= 1):
+            _bad("ContrastiveConfig", f"chunk_cells must be None or an integer >= 1, got {self.chunk_cells!r}")
         _check_positive("ContrastiveConfig", "temperature", self.temperature)
         _check_nonneg("ContrastiveConfig", "cosine_weight", self.cosine_weight)
         mods = tuple(self.modalities) if isinstance(self.modalities, (list, tuple)) else None
@@ -574,13 +580,27 @@ def _tower_embeddings(model: nn.Module, batch: Mapping[str, Any], config: Contra
             have = [] if towers is None else list(towers.keys())
             raise InputError(f"contrastive objective: the model has no tower {m!r} (model.towers: {have})")
         tower = towers[m]
-        mask = batch.get(f"{m}_attention_mask")
-        if f"{m}_input_ids" in batch:
-            out = tower(batch[f"{m}_input_ids"], batch.get(f"{m}_values"), attention_mask=mask)
-        else:
+        head = _head(tower, config.head, f"contrastive objective, tower {m!r}")
+        if f"{m}_input_ids" not in batch:
             _need(batch, "contrastive objective", f"{m}_values")
-            out = tower(batch[f"{m}_values"], attention_mask=mask)
-        zs.append(_head(tower, config.head, f"contrastive objective, tower {m!r}")(out))
+        keys = [k for k in (f"{m}_input_ids", f"{m}_values", f"{m}_attention_mask") if batch.get(k) is not None]
+
+        def encode(*tensors, tower=tower, head=head, keys=keys, m=m):
+            t = dict(zip(keys, tensors))
+            mask = t.get(f"{m}_attention_mask")
+            if f"{m}_input_ids" in t:
+                return head(tower(t[f"{m}_input_ids"], t.get(f"{m}_values"), attention_mask=mask))
+            return head(tower(t[f"{m}_values"], attention_mask=mask))
+
+        tensors = [batch[k] for k in keys]
+        n, chunk = tensors[0].shape[0], config.chunk_cells
+        if chunk is None or chunk >= n or not torch.is_grad_enabled():
+            zs.append(encode(*tensors))
+        else:  # torch's own activation checkpointing, one call per chunk of cells
+            from torch.utils.checkpoint import checkpoint
+
+            zs.append(torch.cat([checkpoint(encode, *(t[s:s + chunk] for t in tensors), use_reentrant=False)
+                                 for s in range(0, n, chunk)]))
     return zs[0], zs[1]
 
 
