@@ -34,7 +34,8 @@ backend) is the plan's.
 Per row: peak GPU memory (allocated and reserved), median optimizer-step time over the steps
 after ``--warmup``, tokens and cells per second, an MFU lower bound (6 x parameters x tokens/s
 over the dense bf16 peak; the SSM scan's FLOPs are not counted), loss at the first and last step,
-the wall time of the rest of the job (model load, tokenization, validation, prediction) per cell,
+(means of the first and of the last three steps), the process' peak host memory so far, the wall
+time of the rest of the job (model load, tokenization, validation, prediction) per cell,
 and the projected wall time of the full job: configured steps (pretraining) or epochs x steps
 per epoch on the published cell numbers (fine-tuning) times the step time, plus the rest at its
 measured rate per cell.
@@ -81,7 +82,8 @@ MEMORY_LINE_GIB = 72.0
 CSV_FIELDS = ["job", "rule", "model", "status", "device", "date", "code", "kernels", "params", "cells_per_step",
               "micro_batch", "grad_accum", "tokens_per_cell", "steps_timed", "sec_per_step", "tokens_per_s",
               "cells_per_s", "mfu_lower_bound", "peak_alloc_gib", "peak_reserved_gib", "loss_first", "loss_last",
-              "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h", "projected_dataset",
+              "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
+              "projected_dataset",
               "jobs_in_dag", "projected_h_all", "error"]
 
 
@@ -583,6 +585,10 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
         oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
         row.update(status="oom" if oom else "failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
                    steps_timed=len(timer.rows))
+    import resource
+
+    # the process' peak resident memory so far (Linux: KiB): an upper bound for this job's host memory
+    row["host_peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     if torch.cuda.is_available():
         row["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)

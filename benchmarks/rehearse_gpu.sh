@@ -12,7 +12,11 @@ WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/rehearse-site}
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache} TRITON_CACHE_AUTOTUNING=1
 export ANNDATA_ALLOW_WRITE_NULLABLE_STRINGS=1  # pandas >= 3 there: anndata writes its string arrays
-if [ -f "$WHEELS/triton-cache.tar" ]; then mkdir -p "$TRITON_CACHE_DIR" && tar -xf "$WHEELS/triton-cache.tar" -C "$TRITON_CACHE_DIR"; fi
+# a Triton cache from an earlier command of the same session (compiling and autotuning the
+# kernels takes minutes on a fresh machine), packed in parts that fit what comes back from it
+if ls "$WHEELS"/triton-cache.tgz.part-* >/dev/null 2>&1; then
+    mkdir -p "$TRITON_CACHE_DIR" && cat "$WHEELS"/triton-cache.tgz.part-* | tar -xzf - -C "$TRITON_CACHE_DIR"
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning\|conflict" | tail -3
 python3 -c "import selective_scan_cuda" 2>/dev/null || : > "$SITE/selective_scan_cuda.py"
 export PYTHONPATH=$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
@@ -31,5 +35,5 @@ fi
 # REHEARSE_TIMEOUT (seconds): stop the jobs in time to pack the Triton cache (rows are written per job)
 timeout "${REHEARSE_TIMEOUT:-0}" python3 benchmarks/rehearse.py run --work /tmp/rehearse --out "$out" "$@" 2>&1 | tee "$out/rehearsal.log"
 rc=${PIPESTATUS[0]}
-tar -cf "$out/triton-cache.tar" -C "$TRITON_CACHE_DIR" . 2>/dev/null
+tar -czf - -C "$TRITON_CACHE_DIR" . 2>/dev/null | split -b 15m - "$out/triton-cache.tgz.part-"
 exit $rc
