@@ -114,7 +114,8 @@ def pretrain_settings(wildcards):
                              f"({p['batch_size']})")
         settings.update(batch_size=micro, grad_accum=p["grad_accum"] * (p["batch_size"] // micro))
     settings.update(recipe=recipe, d_model=m["d_model"], n_layers=m["n_layers"], context_length=m["context_length"],
-                    d_state=m.get("d_state"),
+                    d_state=m.get("d_state"), merge=m.get("merge"), merge_every=m.get("merge_every"),
+                    value_encoding=m.get("value_encoding"),
                     match_backbone=m["backbone"],
                     backbone="transformer" if wildcards.model.endswith("_transformer") else m["backbone"])
     if recipe == "genemamba":

@@ -142,8 +142,9 @@ def multiomics_settings(wildcards):
     settings = {**EVAL["multiomics"]["train"], "arch": MULTIOMICS_ARCH[wildcards.method], "d_model": m["d_model"],
                 "n_layers": m["n_layers"], "patch_size": config["tokenize"]["patch"]["patch_size"],
                 "seed": int(wildcards.seed)}
-    if m.get("d_state") is not None:
-        settings["d_state"] = m["d_state"]
+    for key in ("d_state", "merge", "merge_every"):  # null: MultiomicsConfig's default
+        if m.get(key) is not None:
+            settings[key] = m[key]
     return settings
 
 

@@ -197,7 +197,9 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     batch_size
         Cells per forward pass.
     pooling
-        "auto" (binned: "cls", rank: "mean"), "cls", "mean" or "last".
+        "auto" (binned: "cls", rank: "mean"), "cls", "mean" or "last"; "cls" and "last" of a
+        bidirectional model merged at the end of the stack read each direction where it has
+        seen the whole cell (:func:`cellmamba.models.heads.pool_cells`).
     device
         torch device; default CUDA when available, else CPU.
     backend

@@ -100,8 +100,12 @@ def naive_embedding(model: CellModel, tokens, pooling: str) -> np.ndarray:
             tok, val = tokens.batch.cell(i)
             ids = torch.as_tensor(tok.astype(np.int64))[None]
             values = None if val is None else torch.as_tensor(val.astype(np.int64))[None]
-            hidden = model(ids, values).hidden[0]
-            rows.append(hidden[0] if pooling == "cls" else hidden.mean(0))
+            out = model(ids, values)
+            hidden = out.hidden[0]
+            if pooling == "cls" and out.reverse is not None:  # BiMamba merged at the end: each direction's end
+                rows.append(model.backbone.merge(out.forward[0, -1], out.reverse[0, 0]))
+            else:
+                rows.append(hidden[0] if pooling == "cls" else hidden.mean(0))
     return torch.stack(rows).numpy()
 
 

@@ -97,9 +97,11 @@ def test_heads_shapes_and_pooling():
     assert model.heads["value"](out).shape == (2, 12)
     assert model.heads["gene"](out).shape == (2, 12, VOCAB)
     assert model.heads["cls"](out).shape == (2, 3) and model.heads["proj"](out).shape == (2, 6)
-    torch.testing.assert_close(pool_cells(out, "last")[0], out.hidden[0, 6])
+    # BiMamba merged at the end of the stack: "cls" and "last" read each direction at its end
+    ends = model.backbone.merge(out.forward[[0, 1], [6, 11]], out.reverse[:, 0])
+    torch.testing.assert_close(pool_cells(out, "last"), ends)
     torch.testing.assert_close(pool_cells(out, "mean")[0], out.hidden[0, :7].mean(0))
-    torch.testing.assert_close(pool_cells(out, "cls"), out.hidden[:, 0])
+    torch.testing.assert_close(pool_cells(out, "cls"), ends)
     nxt, prev = next_token_logits(model.heads["gene"], out)
     assert nxt.shape == prev.shape == (2, 12, VOCAB)
 

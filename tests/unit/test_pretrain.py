@@ -46,3 +46,53 @@ def test_resume_guard_refuses_checkpoints_of_another_run(tmp_path):
     corpus.write_text(json.dumps({"tokenizer": "binned", "n_cells": 2}))
     with pytest.raises(InputError, match="corpus"):
         _guard_resume(out, cfg, corpus, write=True)
+
+
+def test_recipes_build_their_published_backbones_and_value_encoding():
+    """SC-MAMBA2 sums the two directions in every layer and maps the bin continuously; GeneMamba
+    gates them in every block; its next-token objective keeps one merge after the stack."""
+    def built(**kw):
+        m = build_pretrain_model(PretrainConfig(d_model=32, n_layers=2, backend="torch", **kw), n_genes=30)
+        b, e = m.config.backbone, m.config.embedding
+        return b.merge, b.merge_every, e.value_encoding, e.positions, e.max_len
+
+    assert built(recipe="scmamba2") == ("sum", "layer", "continuous_norm", "none", 0)
+    assert built(recipe="genemamba") == ("gate", "layer", "categorical", "none", 0)
+    assert built(recipe="genemamba", lm="next_token") == ("gate", "stack", "categorical", "none", 0)
+    assert built(recipe="scmamba2", merge="mean", merge_every="stack", value_encoding="categorical")[:3] == (
+        "mean", "stack", "categorical")
+    # the Transformer peers: learned positions on rank tokens (their order is the encoding), none on binned
+    assert built(recipe="genemamba", backbone="transformer")[3:] == ("learned", 8192)
+    assert built(recipe="genemamba", backbone="transformer", context_length=10000)[3:] == ("learned", 10000)
+    assert built(recipe="scmamba2", backbone="transformer")[3:] == ("none", 0)
+    with pytest.raises(InputError, match=r"pretrain\.genemamba_lm and models\.genemamba\.merge_every"):
+        PretrainConfig(recipe="genemamba", lm="next_token", merge_every="layer")
+
+
+def test_a_model_saved_before_the_merge_settings_loads_and_embeds_as_it_did(tmp_path):
+    """Model directories written before merge / value_encoding / positions were settings (config
+    keys absent): BackboneConfig's and EmbeddingConfig's defaults are the old behaviour, so the
+    same weights give the same outputs."""
+    import torch
+
+    from cellmamba.models import CellModel
+
+    torch.manual_seed(0)
+    old = build_pretrain_model(PretrainConfig(recipe="scmamba2", d_model=32, n_layers=2, backend="torch", merge="mean",
+                                              merge_every="stack", value_encoding="categorical"), n_genes=30)
+    path = old.save_pretrained(tmp_path / "old")
+    meta = json.loads((path / "config.json").read_text())
+    for key in ("merge", "merge_every"):
+        meta["config"]["backbone"].pop(key)
+    for key in ("value_encoding", "positions", "max_len"):
+        meta["config"]["embedding"].pop(key, None)
+    (path / "config.json").write_text(json.dumps(meta))
+    loaded = CellModel.from_pretrained(path, backend="torch").eval()
+    assert (loaded.config.backbone.merge, loaded.config.backbone.merge_every) == ("mean", "stack")
+    assert loaded.config.embedding.value_encoding == "categorical"
+    ids = torch.randint(4, 34, (3, 9))
+    ids[:, 0] = 1  # <cls>
+    values = torch.randint(0, 51, (3, 9)).float()
+    with torch.no_grad():
+        a, b = old.eval()(ids, values), loaded(ids, values)
+    torch.testing.assert_close(b.hidden, a.hidden, rtol=0, atol=0)

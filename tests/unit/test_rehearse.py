@@ -60,6 +60,8 @@ def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
         assert s["batch_size"] == paper["models"][recipe]["micro_batch_size"]
         assert s["batch_size"] * s["grad_accum"] == paper["pretrain"]["batch_size"] * paper["pretrain"]["grad_accum"]
         assert s["context_length"] == paper["models"][recipe]["context_length"]
+        for key in ("merge", "merge_every", "value_encoding"):  # the recipe's published backbone, as the config says
+            assert s[key] == paper["models"][recipe][key], (model, key)
         assert s["backbone"] == ("transformer" if model.endswith("_transformer") else paper["models"][recipe]["backbone"])
     ann = jobs["finetune_annotation/scmamba2"]
     assert ann["params"]["settings"] == {**paper["evaluation"]["annotation"]["finetune"], "seed": 0}

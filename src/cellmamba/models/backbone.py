@@ -105,12 +105,20 @@ class BackboneOutput:
     reverse : (batch, seq_len, d_model) or None
         Reverse-direction states before the merge, in the original token order; position i
         depends on real tokens >= i only. Set for "bimamba_*" with merge_every="stack".
+    cls : (batch, d_model) or None
+        The one state per cell in which every direction has read every real token, where no
+        position of ``hidden`` has: "bimamba_*" with merge_every="stack": ``merge(forward at
+        the last real token, reverse at position 0)`` (the backbone's own direction merge);
+        unidirectional Mamba: ``forward`` at the last real token. Zero for a cell without real
+        tokens. None for the Transformer and merge_every="layer", where ``hidden[:, 0]`` already
+        sees the whole cell. Read by "cls" and "last" pooling (:func:`~cellmamba.models.heads.pool_cells`).
     """
 
     hidden: torch.Tensor
     attention_mask: torch.Tensor
     forward: torch.Tensor | None = None
     reverse: torch.Tensor | None = None
+    cls: torch.Tensor | None = None
 
 
 def _mixer(config: BackboneConfig) -> nn.Module:
@@ -176,7 +184,7 @@ class Backbone(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(x.dtype) if padded else None
         lengths = lengths if padded else None
         c = self.config
-        forward = reverse = None
+        forward = reverse = cls = None
         if c.arch == "transformer":
             # a cell without real tokens attends to its padding rather than to nothing (NaN)
             # no mask at all when nothing is padded, so SDPA may pick its flash kernel
@@ -193,10 +201,15 @@ class Backbone(nn.Module):
             forward, reverse = split_directions(self._stack(both_directions(x, lengths), mask2), lengths)
             forward, reverse = apply_mask(forward, mask), apply_mask(reverse, mask)
             hidden = self.merge(forward, reverse)
+            # position 0's forward state has read token 0 only: the cell's state is each direction's end
+            cls = self.merge(_at_last_token(forward, lengths), reverse[:, 0])
         else:
             hidden = forward = apply_mask(self._stack(x, mask), mask)
+            cls = _at_last_token(forward, lengths)
+        if cls is not None and mask is not None:
+            cls = cls * mask[:, 0]
         return BackboneOutput(hidden=apply_mask(hidden, mask), attention_mask=attention_mask, forward=forward,
-                              reverse=reverse)
+                              reverse=reverse, cls=cls)
 
     def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
@@ -211,6 +224,14 @@ class Backbone(nn.Module):
         for layer in self.layers:
             h = layer(h, mask, lengths) if isinstance(layer, BiMambaLayer) else layer(h, mask)
         return self.norm_f(h)
+
+
+def _at_last_token(states: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """states: (batch, seq_len, d) -> (batch, d) at each row's last real token (the last position
+    where ``lengths`` is None: nothing padded; position 0 for a row without real tokens)."""
+    if lengths is None:
+        return states[:, -1]
+    return states[torch.arange(states.shape[0], device=states.device), (lengths - 1).clamp(min=0)]
 
 
 def count_parameters(module: nn.Module) -> int:

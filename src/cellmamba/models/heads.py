@@ -2,7 +2,8 @@
 
 Token-level: :class:`ValueRegressionHead` (masked expression values), :class:`TokenClassificationHead`
 (masked or next gene). Cell-level: :func:`pool_cells` / :class:`CellPooling` (CLS, mean over real
-tokens, last real token), :class:`ClassifierHead`, :class:`ProjectionHead` (contrastive towers).
+tokens, last real token; a causal direction's state is read where it has seen the whole cell),
+:class:`ClassifierHead`, :class:`ProjectionHead` (contrastive towers).
 Objectives (which positions, which loss) live with the training code, not here.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = [
     "TokenClassificationHead", "next_token_logits", "ClassifierHead", "ProjectionHead", "build_head",
 ]
 
-#: cell pooling modes: the first token (CLS), the mean of real tokens, the last real token (scMamba)
+#: cell pooling modes: the cell's summary state ("cls", "last"; see :func:`pool_cells`), the mean of real tokens
 POOLINGS = ("cls", "mean", "last")
 HEAD_KINDS = ("value_regression", "token_classification", "classifier", "projection")
 
@@ -50,24 +51,33 @@ def pool_cells(output: BackboneOutput, mode: str = "mean") -> torch.Tensor:
     Parameters
     ----------
     output
-        Backbone output; uses ``hidden`` (batch, seq_len, d_model) and ``attention_mask``.
+        Backbone output; uses ``hidden`` (batch, seq_len, d_model), ``attention_mask`` and ``cls``.
     mode
-        "cls" (position 0), "mean" (over real tokens), "last" (last real token).
+        "mean": the mean of ``hidden`` over real tokens. "cls": ``hidden`` at position 0 (the
+        CLS token of binned tokens) and "last": at the last real token, where that state sees
+        the whole cell (Transformer, BiMamba with merge_every="layer"). Where it does not,
+        both read ``output.cls``, the state in which each direction has read the whole cell:
+        BiMamba with merge_every="stack": ``merge(forward at the last real token, reverse at
+        position 0)`` (at position 0 the forward direction has read token 0 only, at the last
+        token the reverse direction the last token only: half of ``hidden[:, 0]`` would be the
+        same for every cell); unidirectional Mamba: the last real token (also for "cls").
 
     Returns
     -------
     (batch, d_model)
     """
     h, mask = output.hidden, output.attention_mask
-    if mode == "cls":
-        return h[:, 0]
     if mode == "mean":
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1)
-    if mode == "last":
-        last = (mask.sum(1) - 1).clamp(min=0)
-        return h[torch.arange(h.shape[0], device=h.device), last]
-    raise InputError(f"pooling must be one of {POOLINGS}, got {mode!r}")
+    if mode not in ("cls", "last"):
+        raise InputError(f"pooling must be one of {POOLINGS}, got {mode!r}")
+    if output.cls is not None:
+        return output.cls
+    if mode == "cls":
+        return h[:, 0]
+    last = (mask.sum(1) - 1).clamp(min=0)
+    return h[torch.arange(h.shape[0], device=h.device), last]
 
 
 class CellPooling(nn.Module):

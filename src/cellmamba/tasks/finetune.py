@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from .._util import dataclass_from_dict
 from ..errors import InputError
-from ..models import CellModel, HeadConfig
+from ..models import BackboneOutput, CellModel, HeadConfig
 from ..models.checkpoint import load_state_dict_strict, read_weights
 from ..models.heads import pool_cells
 from ..train import TrainConfig
@@ -102,6 +102,9 @@ def model_tokenizer(model) -> str:
 
 
 def resolve_pooling(config: FinetuneConfig, tokenizer: str) -> str:
+    """The pooling of ``config``: "auto" is the papers' choice, "cls" for binned tokens (scGPT,
+    SC-MAMBA2) and "mean" for rank tokens (GeneMamba). For a BiMamba with merge_every="stack",
+    "cls" reads each direction where it has seen the whole cell (:func:`~cellmamba.models.heads.pool_cells`)."""
     if config.pooling != "auto":
         return config.pooling
     return "cls" if tokenizer == "binned" else "mean"
@@ -258,7 +261,7 @@ class AdversarialObjective:
         metrics = {"ssl_loss": float(loss.detach()), **metrics}
         if self.weight > 0:
             emb = pool_cells(out, self.pooling)
-            logits = model.heads["batch"](_PooledOutput(grad_reverse(emb, self.weight))).float()
+            logits = model.heads["batch"](_pooled_output(grad_reverse(emb, self.weight))).float()
             y = self.batches.to(logits.device)[batch["cell_index"]]
             adv = F.cross_entropy(logits, y)
             loss = loss + adv
@@ -266,13 +269,11 @@ class AdversarialObjective:
         return loss, metrics
 
 
-class _PooledOutput:
-    """A stand-in BackboneOutput whose "hidden" is already one vector per cell, so a
-    ClassifierHead with pooling="cls" reads it unchanged: hidden (B, 1, d)."""
-
-    def __init__(self, emb: torch.Tensor):
-        self.hidden = emb.unsqueeze(1)
-        self.attention_mask = torch.ones(emb.shape[0], 1, dtype=torch.bool, device=emb.device)
+def _pooled_output(emb: torch.Tensor) -> BackboneOutput:
+    """A BackboneOutput of one token per cell that is already the cell's vector, emb: (B, d) ->
+    hidden (B, 1, d), ``cls`` None: a cell head with any pooling reads ``emb`` unchanged."""
+    return BackboneOutput(hidden=emb.unsqueeze(1), attention_mask=torch.ones(emb.shape[0], 1, dtype=torch.bool,
+                                                                           device=emb.device))
 
 
 @torch.no_grad()

@@ -110,6 +110,8 @@ class MultiomicsConfig:
     n_layers: int = 4               # depth of each tower
     d_state: int = 16               # Mamba2 state size (small: the towers are trained from scratch on one dataset)
     headdim: int = 0                # Mamba2 head width; 0 = min(64, 2 * d_model)
+    merge: str = "sum"              # bimamba_mamba2 towers: how the two directions merge ("mean" | "sum" | "gate")
+    merge_every: str = "layer"      # bimamba_mamba2 towers: in every layer, as SC-MAMBA2 ("layer" | "stack")
     patch_size: int = 64            # features per patch
     pooling: str = "auto"           # cell vector: "auto" (mamba2: last, as published; others: mean) | "last" | "mean"
     d_out: int = 64                 # projection width (the embedding returned)
@@ -186,6 +188,8 @@ class MultiomicsConfig:
         base = self.mamba2_backbone()
         if self.arch == "transformer":
             return same_size_transformer(base)
+        if self.arch.startswith("bimamba"):
+            return dataclasses.replace(base, arch=self.arch, merge=self.merge, merge_every=self.merge_every)
         return dataclasses.replace(base, arch=self.arch)
 
 

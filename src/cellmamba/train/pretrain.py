@@ -33,6 +33,20 @@ log = logging.getLogger(__name__)
 
 #: the tokenization each census-pretrained recipe reads
 RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned"}
+#: how each recipe's bidirectional backbone merges its two directions, as published: SC-MAMBA2 sums
+#: them in every layer (its section 4.2: the combined sequence goes to the next layer), GeneMamba
+#: gates them in every block (its Fig. 2). GeneMamba's next-token objective needs each direction's
+#: own causal states, so with lm="next_token" the stack runs per direction and the gate merges once
+#: at the end (models.BackboneConfig: merge, merge_every)
+RECIPE_MERGE = {"scmamba2": ("sum", "layer"), "genemamba": ("gate", "layer")}
+NEXT_TOKEN_MERGE = ("gate", "stack")
+#: SC-MAMBA2 maps the binned value through a continuous function: scGPT's continuous value
+#: encoder form (models.embeddings, "continuous_norm")
+RECIPE_VALUE_ENCODING = {"scmamba2": "continuous_norm"}
+#: learned positions of a Transformer peer on rank tokens (Geneformer: 2,048): enough for the longest
+#: sequence fine-tuning feeds (perturbation predicts every Norman gene: 5,045 + <cls>); positions past
+#: the pretraining context are learned in fine-tuning only
+POSITION_SLOTS = 8192
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,9 @@ class PretrainConfig:
     n_layers: int = 6                   # depth
     context_length: int = 2048          # tokens per cell seen by the model (longer cells are cropped)
     d_state: int | None = None          # SSM state size; None = mamba_ssm's default (Mamba2 128, Mamba1 16)
+    merge: str | None = None            # bidirectional: "mean" | "sum" | "gate"; None = the recipe's (RECIPE_MERGE)
+    merge_every: str | None = None      # bidirectional: "layer" | "stack"; None = the recipe's (next_token: stack)
+    value_encoding: str | None = None   # binned: "categorical" | "continuous" | "continuous_norm"; None = the recipe's
     lm: str = "masked_gene"             # genemamba: "masked_gene" (shared with its Transformer peer) | "next_token"
     mask_ratio: float = 0.15            # masked values (scmamba2) or masked genes (genemamba masked_gene)
     zeros_ratio: float = 0.0            # scmamba2: unexpressed measured genes added per expressed gene
@@ -71,6 +88,21 @@ class PretrainConfig:
         if self.backbone == "transformer" and self.recipe == "genemamba" and self.lm != "masked_gene":
             raise InputError("PretrainConfig: a Transformer peer has no direction-wise causal states, so genemamba's "
                              f"lm={self.lm!r} cannot be shared with it; use lm='masked_gene'")
+        if self.recipe == "genemamba" and self.lm == "next_token" and self.merge_every == "layer":
+            raise InputError("PretrainConfig: genemamba's lm='next_token' predicts from each direction's own causal "
+                             "states, which a per-layer merge mixes (a leak): merge_every='layer' cannot go with it "
+                             "(config: pretrain.genemamba_lm and models.genemamba.merge_every; use 'stack')")
+
+    @property
+    def resolved_merge(self) -> tuple[str, str]:
+        """(merge, merge_every) of the bidirectional backbone: the settings, else the recipe's."""
+        default = (NEXT_TOKEN_MERGE if self.recipe == "genemamba" and self.lm == "next_token"
+                   else RECIPE_MERGE[self.recipe])
+        return self.merge or default[0], self.merge_every or default[1]
+
+    @property
+    def resolved_value_encoding(self) -> str:
+        return self.value_encoding or RECIPE_VALUE_ENCODING.get(self.recipe, "categorical")
 
 
 def read_vocabulary(gene_stats: str | os.PathLike) -> Vocabulary:
@@ -85,14 +117,20 @@ def read_vocabulary(gene_stats: str | os.PathLike) -> Vocabulary:
 def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 51):
     """The CellModel of one pretraining run: embedding for the recipe's tokens, backbone, heads."""
     from ..models import BackboneConfig, CellModel, CellModelConfig, EmbeddingConfig, HeadConfig, same_size_transformer
+    from ..models.embeddings import positions_for
 
     tokenizer = RECIPE_TOKENIZER[config.recipe]
     vocab_size = N_SPECIAL + n_genes
-    embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins)
+    positions = positions_for(tokenizer, "transformer" if config.backbone == "transformer" else config.backbone)
+    embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins,
+                                value_encoding=config.resolved_value_encoding, positions=positions,
+                                max_len=max(POSITION_SLOTS, config.context_length) if positions == "learned" else 0)
     mamba = config.match_backbone if config.backbone == "transformer" else config.backbone
     d_state = config.d_state if config.d_state is not None else (16 if mamba.endswith("mamba1") else 128)
+    merge, merge_every = config.resolved_merge
     mamba_config = BackboneConfig(arch=mamba, d_model=config.d_model, n_layers=config.n_layers,
-                                  backend=config.backend, d_state=d_state, recompute=config.recompute)
+                                  backend=config.backend, d_state=d_state, recompute=config.recompute,
+                                  merge=merge, merge_every=merge_every)
     backbone = same_size_transformer(mamba_config) if config.backbone == "transformer" else mamba_config
     if config.recipe == "scmamba2":
         heads = {"value": HeadConfig(kind="value_regression")}
