@@ -76,16 +76,18 @@ def run(model, x, mask, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("arch,merge_every", [("bimamba_mamba2", "stack"), ("bimamba_mamba2", "layer"),
-                                              ("mamba2", "stack"), ("bimamba_mamba1", "stack")])
-def test_fused_backbone_matches_mamba_ssm_path_and_reference(fused_on, monkeypatch, arch, merge_every, dtype):
+# genemamba's form (gate in every layer), scmamba2's (sum in every layer), a gate after the stack
+@pytest.mark.parametrize("arch,merge_every,merge", [
+    ("bimamba_mamba2", "stack", "gate"), ("bimamba_mamba2", "layer", "gate"), ("bimamba_mamba2", "layer", "sum"),
+    ("mamba2", "stack", "gate"), ("bimamba_mamba1", "stack", "gate")])
+def test_fused_backbone_matches_mamba_ssm_path_and_reference(fused_on, monkeypatch, arch, merge_every, merge, dtype):
     need = "mamba1" if arch.endswith("mamba1") else "mamba2"
     ok, reason = kernels_available(need)
     if not ok:
         pytest.skip(reason)
     torch.manual_seed(0)
     cfg = BackboneConfig(arch=arch, d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64,
-                         merge="gate", merge_every=merge_every, backend="cuda")
+                         merge=merge, merge_every=merge_every, backend="cuda")
     fused = Backbone(cfg).to(DEV)
     plain = Backbone(cfg).to(DEV)
     ref = Backbone(dataclasses.replace(cfg, backend="torch")).to(DEV)
