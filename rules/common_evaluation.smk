@@ -97,6 +97,17 @@ def baseline_settings(wildcards):
     return settings
 
 
+def score_train(task):
+    """Named input of a score rule: the run's train/ directory (its run.json holds the parameter
+    counts the tables print) for pretrained models and towers; nothing for baselines."""
+    def inputs(wildcards):
+        if wildcards.method not in MODEL_NAMES + MULTIOMICS_METHODS:
+            return {}
+        variant = f"{wildcards.variant}/" if hasattr(wildcards, "variant") else ""
+        return {"train": f"results/{task}/{wildcards.dataset}/{variant}{wildcards.method}/seed{wildcards.seed}/train"}
+    return inputs
+
+
 def score_extra(wildcards):
     """Columns every metric row of a run carries into the tables."""
     extra = {"variant": wildcards.variant} if hasattr(wildcards, "variant") else {}

@@ -5,6 +5,7 @@
 rule score_annotation:
     """Accuracy, macro precision / recall / F1 on the query split; confusion matrix."""
     input:
+        unpack(score_train("annotation")),
         predictions="results/annotation/{dataset}/{method}/seed{seed}/predictions.csv",
     output:
         metrics="results/annotation/{dataset}/{method}/seed{seed}/metrics.csv",
@@ -25,6 +26,7 @@ rule score_annotation:
 rule score_integration:
     """scib metrics of one embedding (AvgBIO, AvgBATCH and their parts)."""
     input:
+        unpack(score_train("integration")),
         dataset="results/datasets/{dataset}.h5ad",
         embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
     output:
@@ -84,6 +86,7 @@ rule score_perturbation:
     """Pearson delta (all genes, top-20 DE), MSE, overall and per GEARS subgroup; reverse
     perturbation top-k retrieval (k = 1..8) on the gene grid."""
     input:
+        unpack(score_train("perturbation")),
         unpack(perturbation_inputs),
         predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
     output:
@@ -105,6 +108,7 @@ rule score_perturbation:
 rule score_multiomics:
     """FOSCTTM, omics mixing entropy, ARI / NMI of the joint embedding, label transfer."""
     input:
+        unpack(score_train("multiomics")),
         embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
     output:
         metrics="results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",

@@ -14,11 +14,14 @@ from cellmamba.runlog import setup_logging
 log = setup_logging(snakemake.log[0])
 
 from cellmamba.metrics import metrics_frame, score_embedding_file, write_csv
+from cellmamba.metrics.tables import parameter_flags
 
 scores = score_embedding_file(snakemake.input.dataset, snakemake.input.embedding)
 for metric, note in scores.notes.items():
     log.info("%s is NaN: %s", metric, note)
+# flag columns of the table row: the rule's (variant, simulated) and a model's parameter counts
+extra = {**(snakemake.params.get("extra", None) or {}), **parameter_flags(snakemake.input.get("train"))}
 frame = metrics_frame(scores, task="integration", dataset=snakemake.params.dataset,
                       method=snakemake.params.method, seed=snakemake.params.seed,
-                      extra=snakemake.params.get("extra", None))
+                      extra=extra)
 write_csv(frame, snakemake.output.metrics)

@@ -221,3 +221,40 @@ def test_markdown_ties_and_notes():
     frames.append(metrics_frame(s, task="integration", dataset="d", method="a", seed=0))
     md = render_markdown(summarize(frames), title="t")
     assert md.count("**0.500**") == 2 and "n/a" in md and "kbet: needs R (a)" in md
+
+
+def test_parameter_counts_become_table_columns_of_model_rows(tmp_path):
+    """A model run's run.json parameter counts are flag columns of its table row (both the Mamba
+    model and its Transformer peer print theirs); baselines, without a run.json, keep their rows."""
+    import json
+
+    from cellmamba.metrics import summarize
+    from cellmamba.metrics.tables import parameter_flags
+
+    runs = {"scmamba2": {"pretrained_params": 1200, "pretrained_params_backbone": 1000},
+            "scmamba2_transformer": {"pretrained_params": 1250, "pretrained_params_backbone": 1010}}
+    frames = []
+    for method, counts in runs.items():
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "run.json").write_text(json.dumps({"created": "x", "config": {"model": "m", **counts}}))
+        flags = parameter_flags(tmp_path / method)
+        assert flags == {"n_params": counts["pretrained_params"], "n_params_backbone": counts["pretrained_params_backbone"]}
+        frames += [metrics_frame({"accuracy": 0.5 + s / 10}, task="annotation", dataset="d", method=method, seed=s,
+                                 extra=flags) for s in (0, 1)]
+    frames += [metrics_frame({"accuracy": 0.7}, task="annotation", dataset="d", method="logreg", seed=0,
+                             extra=parameter_flags(None))]
+    towers = tmp_path / "towers"
+    towers.mkdir()
+    (towers / "run.json").write_text(json.dumps({"config": {"n_params": {"rna": 10, "atac": 15}}}))
+    assert parameter_flags(towers) == {"n_params": 25}
+    table = summarize(pd.concat(frames, ignore_index=True))
+    rows = table.set_index("method")
+    assert set(rows.index) == {"scmamba2", "scmamba2_transformer", "logreg"}
+    assert rows.loc["scmamba2_transformer", "n_params_backbone"] in (1010, "1010")
+    assert rows.loc["scmamba2", "mean"] == pytest.approx(0.55)
+    md = render_markdown(table, title="annotation")
+    assert "n_params" in md and "1,010" in md
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(InputError, match="no parameter counts"):
+        parameter_flags(tmp_path / "bad")

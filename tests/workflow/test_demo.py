@@ -235,3 +235,18 @@ def test_rehearsal_plan_resolves_the_settings_the_demo_jobs_ran_with(demo_run):
         checked.add(job["rule"])
     assert checked == {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation",
                        "train_multiomics"}
+
+
+def test_demo_tables_print_both_models_parameter_counts(demo_run):
+    """Every pretrained model's rows carry its parameter counts; each Transformer peer's backbone is
+    within 10% of its Mamba model's (the same-size rule), and baselines have none."""
+    import pandas as pd
+
+    table = pd.read_csv(demo_run / "results/tables/annotation.csv")
+    counts = table.drop_duplicates("method").set_index("method")
+    for recipe in ("genemamba", "scmamba2"):
+        mamba, peer = counts.loc[recipe], counts.loc[f"{recipe}_transformer"]
+        assert mamba["n_params"] > 0 and peer["n_params"] > 0
+        assert abs(peer["n_params_backbone"] / mamba["n_params_backbone"] - 1) <= 0.10, (recipe, mamba, peer)
+    assert counts.loc["logreg", ["n_params", "n_params_backbone"]].isna().all()
+    assert "n_params" in (demo_run / "results/tables/annotation.md").read_text()

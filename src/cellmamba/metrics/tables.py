@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, read_json_object
 
 __all__ = ["CORE_COLUMNS", "NOTE", "higher_is_better", "metrics_frame", "write_csv", "read_metrics",
-           "summarize", "write_table", "render_markdown"]
+           "summarize", "write_table", "render_markdown", "parameter_flags"]
 
 CORE_COLUMNS = ("task", "dataset", "method", "seed", "metric", "value")
 NOTE = "note"
@@ -251,3 +252,20 @@ def write_table(summary: pd.DataFrame, csv_path: str | os.PathLike, md_path: str
     write_csv(summary, csv_path)
     with atomic_path(md_path) as tmp:
         tmp.write_text(text)
+
+
+def parameter_flags(train_dir) -> dict:
+    """Table flag columns of a model run from its ``train_dir/run.json``: ``n_params`` (the whole
+    pretrained model, or both towers) and ``n_params_backbone`` (fine-tuning: the pretrained
+    backbone alone, what the same-size rule matches). {} for ``train_dir`` None (a baseline)."""
+    if train_dir is None:
+        return {}
+    info = read_json_object(Path(train_dir) / "run.json", what="the run.json of a training run")["config"]
+    if "pretrained_params" in info:
+        flags = {"n_params": int(info["pretrained_params"])}
+        if "pretrained_params_backbone" in info:
+            flags["n_params_backbone"] = int(info["pretrained_params_backbone"])
+        return flags
+    if isinstance(info.get("n_params"), dict):  # two towers
+        return {"n_params": int(sum(info["n_params"].values()))}
+    raise InputError(f"{Path(train_dir) / 'run.json'}: no parameter counts (expected pretrained_params or n_params)")

@@ -37,11 +37,12 @@ def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: 
 def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, extra: dict) -> None:
     from safetensors import safe_open
 
-    # parameter count from the weights file's header: no model is built or loaded for it
+    # parameter counts from the weights file's header: no model is built or loaded for them
     with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as fh:
-        n_params = int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
-    info = provenance({"model": str(model_dir), "pretrained_params": n_params, "n_genes_selected": genes_used,
-                       "config": dataclasses.asdict(config), **extra})
+        sizes = {k: int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys()}
+    info = provenance({"model": str(model_dir), "pretrained_params": sum(sizes.values()),
+                       "pretrained_params_backbone": sum(v for k, v in sizes.items() if k.startswith("backbone.")),
+                       "n_genes_selected": genes_used, "config": dataclasses.asdict(config), **extra})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
 
