@@ -334,7 +334,7 @@ def _n_params(model_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def run_pretrain(job: dict, work: Path, steps: int, vocab) -> tuple[dict, dict]:
+def run_pretrain(job: dict, work: Path, steps: int, vocab) -> dict:
     from cellmamba.train.pretrain import PretrainConfig, run_pretraining
 
     s = dict(job["params"]["settings"])
@@ -349,7 +349,7 @@ def run_pretrain(job: dict, work: Path, steps: int, vocab) -> tuple[dict, dict]:
     out = work / f"{job['job'].replace('/', '_')}_steps{steps}"
     gene_sets = [str(REPO / p) for p in job["gene_sets"]] if cfg.recipe == "genemamba" and cfg.pathway_weight > 0 else []
     run_pretraining(inputs["corpus"], out, config=cfg, gene_stats=inputs["gene_stats"], gene_sets=gene_sets)
-    return {"configured_steps": configured, "model_dir": out / "model", "vocabulary": inputs["gene_stats"]}, {}
+    return {"configured_steps": configured, "model_dir": out / "model", "vocabulary": inputs["gene_stats"]}
 
 
 def run_finetune(job: dict, work: Path, steps: int, vocab, model_dir: Path, vocabulary: Path, *,
@@ -397,7 +397,7 @@ def _pretrained(model: str, args, vocab, pretrained: dict) -> dict:
     if model not in pretrained:
         job = next(j for j in args.plan_jobs if j["rule"] == "pretrain" and j["wildcards"]["model"] == model)
         print(f"== {job['job']} for {args.init_steps} step(s), as the starting model (no row)", flush=True)
-        pretrained[model], _ = run_pretrain(job, args.work, args.init_steps, vocab)
+        pretrained[model] = run_pretrain(job, args.work, args.init_steps, vocab)
     return pretrained[model]
 
 
@@ -545,7 +545,7 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
     try:
         with timer.installed():
             if job["rule"] == "pretrain":
-                info, _ = run_pretrain(job, args.work, args.steps, vocab)
+                info = run_pretrain(job, args.work, args.steps, vocab)
                 pretrained[row["model"]] = info
                 model_dir = info["model_dir"]
             elif job["rule"] in ("finetune_annotation", "finetune_integration"):
