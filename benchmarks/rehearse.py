@@ -320,19 +320,6 @@ def _summary(timer: StepTimer, warmup: int, n_params: int, device: str) -> dict:
             "loss_last": round(float(np.mean(losses[-3:])), 4) if losses else ""}
 
 
-def _tower_params(out: Path) -> int:
-    """Parameters of both towers (train_multiomics' run.json)."""
-    info = json.loads((out / "train" / "run.json").read_text())
-    return int(sum(info["config"]["n_params"].values()))
-
-
-def _n_params(model_dir: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as fh:
-        return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
-
-
 # ------------------------------------------------------------------------------------------ jobs
 def run_pretrain(job: dict, work: Path, steps: int, vocab) -> dict:
     from cellmamba.train.pretrain import PretrainConfig, run_pretraining
@@ -562,7 +549,11 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
                 info = run_multiomics_job(job, args.work, args.steps, args_genes=args.dataset_genes)
                 model_dir = None
         wall = time.perf_counter() - t0
-        n_params = _n_params(model_dir) if model_dir is not None else _tower_params(args.work / job["job"].replace("/", "_"))
+        from cellmamba.embedding import checkpoint_info
+        from cellmamba.metrics.tables import parameter_flags
+
+        n_params = (checkpoint_info(model_dir)["n_parameters"] if model_dir is not None else  # both towers
+                    parameter_flags(args.work / job["job"].replace("/", "_") / "train")["n_params"])
         row.update(_summary(timer, args.warmup, n_params, device), params=n_params, status="ok")
         train_s = sum(r["sec"] for r in timer.rows)
         rest = max(wall - train_s, 0.0)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from .backbone import BackboneOutput
+from .backbone import BackboneOutput, _at_last_token
 
 __all__ = [
     "POOLINGS", "HEAD_KINDS", "HeadConfig", "pool_cells", "CellPooling", "ValueRegressionHead",
@@ -76,8 +76,7 @@ def pool_cells(output: BackboneOutput, mode: str = "mean") -> torch.Tensor:
         return output.cls
     if mode == "cls":
         return h[:, 0]
-    last = (mask.sum(1) - 1).clamp(min=0)
-    return h[torch.arange(h.shape[0], device=h.device), last]
+    return _at_last_token(h, mask.sum(1))
 
 
 class CellPooling(nn.Module):

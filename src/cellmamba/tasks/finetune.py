@@ -185,7 +185,7 @@ def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None
     micro = getattr(config, "micro_batch_size", None)
     accum = math.ceil(batch_size / micro) if micro is not None and micro < batch_size else 1
     return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
-                       batch_size=min(micro, batch_size) if accum > 1 else batch_size, grad_accum=accum,
+                       batch_size=micro if accum > 1 else batch_size, grad_accum=accum,
                        weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
                        checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
                        precision=config.precision, eval_every=per_epoch if validate_epochs else 0,

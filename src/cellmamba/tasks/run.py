@@ -35,13 +35,12 @@ def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: 
 
 
 def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, extra: dict) -> None:
-    from safetensors import safe_open
+    from ..embedding import checkpoint_info
 
     # parameter counts from the weights file's header: no model is built or loaded for them
-    with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as fh:
-        sizes = {k: int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys()}
-    info = provenance({"model": str(model_dir), "pretrained_params": sum(sizes.values()),
-                       "pretrained_params_backbone": sum(v for k, v in sizes.items() if k.startswith("backbone.")),
+    counts = checkpoint_info(model_dir)
+    info = provenance({"model": str(model_dir), "pretrained_params": counts["n_parameters"],
+                       "pretrained_params_backbone": counts["n_parameters_backbone"],
                        "n_genes_selected": genes_used, "config": dataclasses.asdict(config), **extra})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")

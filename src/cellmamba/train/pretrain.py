@@ -121,7 +121,7 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
 
     tokenizer = RECIPE_TOKENIZER[config.recipe]
     vocab_size = N_SPECIAL + n_genes
-    positions = positions_for(tokenizer, "transformer" if config.backbone == "transformer" else config.backbone)
+    positions = positions_for(tokenizer, config.backbone)
     embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins,
                                 value_encoding=config.resolved_value_encoding, positions=positions,
                                 max_len=max(POSITION_SLOTS, config.context_length) if positions == "learned" else 0)
