@@ -13,9 +13,10 @@ SITE=${SITE:-/tmp/rehearse-site}
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache} TRITON_CACHE_AUTOTUNING=1
 export ANNDATA_ALLOW_WRITE_NULLABLE_STRINGS=1  # pandas >= 3 there: anndata writes its string arrays
 # a Triton cache from an earlier command of the same session (compiling and autotuning the
-# kernels takes minutes on a fresh machine), packed in parts that fit what comes back from it
-if ls "$WHEELS"/triton-cache.tgz.part-* >/dev/null 2>&1; then
-    mkdir -p "$TRITON_CACHE_DIR" && cat "$WHEELS"/triton-cache.tgz.part-* | tar -xzf - -C "$TRITON_CACHE_DIR"
+# kernels takes minutes on a fresh machine): xz (a third of gzip's size, so it fits in what a
+# command may carry beside the wheels), in parts that fit what comes back from it
+if ls "$WHEELS"/triton-cache.txz.part-* >/dev/null 2>&1; then
+    mkdir -p "$TRITON_CACHE_DIR" && cat "$WHEELS"/triton-cache.txz.part-* | xz -d | tar -xf - -C "$TRITON_CACHE_DIR"
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning\|conflict" | tail -3
 python3 -c "import selective_scan_cuda" 2>/dev/null || : > "$SITE/selective_scan_cuda.py"
@@ -35,5 +36,5 @@ fi
 # REHEARSE_TIMEOUT (seconds): stop the jobs in time to pack the Triton cache (rows are written per job)
 timeout "${REHEARSE_TIMEOUT:-0}" python3 benchmarks/rehearse.py run --work /tmp/rehearse --out "$out" "$@" 2>&1 | tee "$out/rehearsal.log"
 rc=${PIPESTATUS[0]}
-tar -czf - -C "$TRITON_CACHE_DIR" . 2>/dev/null | split -b 15m - "$out/triton-cache.tgz.part-"
+tar -cf - -C "$TRITON_CACHE_DIR" . 2>/dev/null | xz -T0 -9 | split -b 15m - "$out/triton-cache.txz.part-"
 exit $rc
