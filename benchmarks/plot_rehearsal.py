@@ -16,7 +16,9 @@ CARD_GIB = 80e9 / 2**30  # an 80 GB card
 
 
 def _label(r) -> str:
-    extra = "" if r.get("run", 2) != 1 or r["rule"] == "pretrain" else " (before micro-batches)"
+    # rows of a configuration that was then changed say so in their config column ("... (before)")
+    before = "(before)" in str(r.get("config", "")) and r["rule"] != "pretrain"
+    extra = " (before micro-batches)" if before else ""
     return f"{r['job']}{extra}, {int(r['micro_batch'])} x {int(r['grad_accum'])}"
 
 

@@ -123,3 +123,31 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     ann = rows["finetune_annotation/genemamba"]
     assert int(ann["cells_per_step"]) == jobs["finetune_annotation/genemamba"]["params"]["settings"]["batch_size"]
     assert float(ann["rest_s_per_cell"]) > 0
+
+
+def _recorded_rows() -> list[dict]:
+    """Rows of the recorded rehearsals (benchmarks/results/rehearsal_*.csv) at the shipped settings:
+    rows of a configuration that was then changed say "(before)" in their config column."""
+    rows = []
+    for path in sorted((REPO / "benchmarks" / "results").glob("rehearsal_*.csv")):
+        with open(path, newline="") as fh:
+            rows += [dict(r, file=path.name) for r in csv.DictReader(fh) if "(before)" not in r.get("config", "")]
+    return rows
+
+
+def test_profile_runtimes_cover_the_recorded_rehearsal():
+    """The Slurm profile's GPU runtimes are derived from the rehearsal: every job kind measured at
+    the shipped settings ran, stayed under the 72 GiB line, and its projected wall time fits the
+    profile's runtime with a margin (pretraining excepted: it resumes across 48 h partition limits)."""
+    rows = _recorded_rows()
+    if not rows:
+        pytest.skip("no recorded rehearsal in benchmarks/results")
+    line = _module().MEMORY_LINE_GIB
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    for r in rows:
+        where = f"{r['file']}: {r['job']}"
+        assert r["status"] == "ok", f"{where}: {r['status']} {r.get('error', '')}"
+        assert float(r["peak_alloc_gib"]) <= line, where
+        if r["rule"] != "pretrain":
+            minutes = profile[r["rule"]]["runtime"]
+            assert minutes >= 1.5 * 60 * float(r["projected_h"]), f"{where}: runtime {minutes} min"
