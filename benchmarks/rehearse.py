@@ -23,7 +23,9 @@ What is generated (published shapes, ../shared/DATASETS.md; :data:`SHAPES`):
   the config's tokenize settings, gene statistics by the real gene_stats code;
 - fine-tuning datasets: counts of the published gene and cell numbers' gene axis (cells: as many
   as ``--steps`` steps need), 90% of genes expressed per cell (near-full sequences), in the
-  standard dataset schema the prepare_dataset rule writes.
+  standard dataset schema the prepare_dataset rule writes; each cell type and batch raises its own
+  marker genes, and every modality of a multi-omics cell follows its cell type
+  (:func:`_programmed_counts`), so the fine-tuning losses can fall below chance.
 
 What the rehearsal overrides (cost-neutral bookkeeping only): pretraining ``max_steps`` (=
 ``--steps``), ``warmup_steps`` (a fifth of it, so the loss can move), ``checkpoint_every`` /
@@ -184,6 +186,27 @@ def _counts(n_cells: int, n_genes: int, nnz: int, rng, *, weights=None):
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
 
 
+def _programmed_counts(groups: np.ndarray, n_genes: int, nnz: int, rng, *, fold: float = 8.0,
+                       markers: float = 0.05):
+    """:func:`_counts` whose gene weights depend on the cell's group: each group (a cell type, or a
+    (cell type, batch) pair) raises a random ``markers`` share of genes ``fold``-fold, in which genes
+    a cell expresses and in their counts. The size of every cell (``nnz`` genes) stays the worst
+    case; what changes is that labels, batches and the modalities of one cell carry a signal a
+    model can learn, so a falling loss on these inputs means the job learns, not only that it runs
+    (independent draws leave the loss at chance: ln(classes), or ln(batch) for InfoNCE).
+
+    groups: (n_cells,) integer group of each cell. Returns CSR float32 (n_cells, n_genes)."""
+    import scipy.sparse as sp
+
+    order = np.argsort(groups, kind="stable")
+    blocks = []
+    for g in np.unique(groups):
+        w = np.ones(n_genes)
+        w[rng.choice(n_genes, max(1, int(markers * n_genes)), replace=False)] = fold
+        blocks.append(_counts(int((groups == g).sum()), n_genes, nnz, rng, weights=w / w.sum()))
+    return sp.vstack(blocks, format="csr")[np.argsort(order)]
+
+
 def write_qc_shard(path: Path, n_cells: int, vocab, nnz: int, seed: int) -> None:
     """A QC shard (architecture.md "QC shards": var feature_id / feature_name, varm measured)."""
     import anndata as ad
@@ -233,9 +256,10 @@ def finetune_dataset(path: Path, vocab, *, n_genes: int, n_cells: int, task: str
 
     rng = np.random.default_rng(seed)
     n = n_cells + n_query
-    X = _counts(n, n_genes, int(round(density * n_genes)), rng)
-    obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice([f"type{i}" for i in range(10)], n)),
-                        "batch": pd.Categorical(rng.choice(["b0", "b1"], n))}, index=[f"cell{i}" for i in range(n)])
+    cell_type, batch = rng.integers(0, 10, n), rng.integers(0, 2, n)
+    X = _programmed_counts(2 * cell_type + batch, n_genes, int(round(density * n_genes)), rng)
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type{i}" for i in cell_type]),
+                        "batch": pd.Categorical([f"b{i}" for i in batch])}, index=[f"cell{i}" for i in range(n)])
     if task == "annotation":
         obs["split"] = pd.Categorical(["reference"] * n_cells + ["query"] * n_query)
     var = pd.DataFrame(index=pd.Index(vocab["feature_id"].to_numpy()[:n_genes], name="gene_id"))
@@ -464,10 +488,12 @@ def multiomics_dataset(path: Path, *, n_cells: int, modalities: dict, seed: int 
     rng = np.random.default_rng(seed)
     pos = pd.read_csv(REPO / "resources/genes/human_gene_positions_hg38.tsv.gz", sep="\t", dtype=str)
     pos = pos[pos["ensembl_ids"].notna() & ~pos["ensembl_ids"].str.contains(r"\|", na=True)]
+    cell_type, batch = rng.integers(0, 10, n_cells), rng.integers(0, 2, n_cells)
     blocks, vars_ = [], []
     for m, n in modalities.items():
         density = {"rna": 0.08, "protein": 1.0, "atac": 0.03}[m]
-        blocks.append(_counts(n_cells, n, max(1, int(density * n)), rng))
+        # every modality of a cell follows its cell type: what the two towers can align
+        blocks.append(_programmed_counts(cell_type, n, max(1, int(density * n)), rng))
         if m == "rna":
             ids = pos["ensembl_ids"].to_numpy()[:n]
             vars_.append(pd.DataFrame({"modality": m, "gene_id": ids}, index=pos["symbol"].to_numpy()[:n]))
@@ -483,8 +509,8 @@ def multiomics_dataset(path: Path, *, n_cells: int, modalities: dict, seed: int 
     var.index = pd.Index([f"{m}:{i}" if dup else i for i, m, dup in zip(var.index, var["modality"],
                                                                        var.index.duplicated(keep=False))])
     X = sp.hstack(blocks, format="csr")
-    obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice([f"type{i}" for i in range(10)], n_cells)),
-                        "batch": pd.Categorical(rng.choice(["s1d1", "s1d2"], n_cells))},
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type{i}" for i in cell_type]),
+                        "batch": pd.Categorical(np.array(["s1d1", "s1d2"])[batch])},
                        index=[f"cell{i}" for i in range(n_cells)])
     a = ad.AnnData(X=X, obs=obs, var=var)
     a.layers["counts"] = X.copy()
