@@ -96,3 +96,72 @@ def test_a_model_saved_before_the_merge_settings_loads_and_embeds_as_it_did(tmp_
     with torch.no_grad():
         a, b = old.eval()(ids, values), loaded(ids, values)
     torch.testing.assert_close(b.hidden, a.hidden, rtol=0, atol=0)
+
+
+# --- a damaged token shard stops pretraining, naming the file ----------------------------------
+def tiny_corpus(root, *, block_bytes):
+    """Two binned shards of 16 cells over 40 genes, written with ``block_bytes`` blocks."""
+    import dataclasses
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from cellmamba.tokenize import BinnedConfig, ShardWriter, tokenize_binned, write_corpus_manifest
+    from cellmamba.vocab import vocab_hash
+
+    config = BinnedConfig(max_len=16)
+    for s in range(2):
+        rng = np.random.default_rng(s)
+        X = sp.csr_matrix((rng.poisson(2.0, (16, 40)) * (rng.random((16, 40)) < 0.5)).astype(np.float32))
+        batch = tokenize_binned(X, config)
+        w = ShardWriter(root / str(s), values_dtype=np.uint8, block_bytes=block_bytes)
+        w.append(np.diff(batch.offsets), batch.tokens, batch.values)
+        w.finish(dataset=np.zeros(16, np.int32), measured=np.ones((1, 40), bool),
+                 manifest={"tokenizer": "binned", "settings": dataclasses.asdict(config), "stats": {},
+                           "vocab_hash": vocab_hash([f"G{j}" for j in range(40)]), "n_genes": 40, "datasets": ["A"],
+                           "source": "test"})
+    write_corpus_manifest([root / "0", root / "1"], root / "manifest.json")
+    return root / "manifest.json"
+
+
+TINY = dict(recipe="scmamba2", backbone="bimamba_mamba1", d_model=8, n_layers=1, d_state=4, context_length=16,
+            batch_size=4, max_steps=3, warmup_steps=0, checkpoint_every=3, log_every=1, backend="torch")
+
+
+def flip_byte(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["none", "changed_sampled", "changed_unsampled", "truncated"])
+def test_pretraining_refuses_a_damaged_token_shard(tmp_path, monkeypatch, damage):
+    """Before: a tokens.npy with changed bytes trained to completion. Now: a sampled block or a
+    wrong size fails at open, before any step; a change in a block the open check did not draw
+    fails through the full sha256 in the background, and no model is exported."""
+    from cellmamba.errors import CorruptFileError
+    from cellmamba.tokenize import shards
+    from cellmamba.train.pretrain import run_pretraining
+
+    monkeypatch.setattr(shards, "SAMPLED_BLOCKS", 0)  # the open check reads the first and last block only
+    corpus = tiny_corpus(tmp_path / "corpus", block_bytes=32)
+    f = tmp_path / "corpus" / "1" / "tokens.npy"
+    size = f.stat().st_size
+    assert size > 8 * 32  # many blocks: a middle one is not read at open
+    out = tmp_path / "run"
+    if damage == "none":
+        state = run_pretraining(corpus, out, config=PretrainConfig(**TINY), device="cpu")
+        assert state.step == 3 and (out / "model" / "model.safetensors").is_file()
+        return
+    if damage == "truncated":
+        f.write_bytes(f.read_bytes()[:-4])
+        expected = rf"1/tokens\.npy: {size - 4} bytes, .*records {size} \(truncated\)"
+    else:
+        flip_byte(f, size - 2 if damage == "changed_sampled" else (size // 64) * 32 + 5)
+        expected = (r"1/tokens\.npy: block \d+ .* \(changed bytes\)" if damage == "changed_sampled"
+                    else r"1/tokens\.npy: sha256 [0-9a-f]{64}, .*records [0-9a-f]{64} \(changed bytes\)")
+    with pytest.raises(CorruptFileError, match=expected):
+        run_pretraining(corpus, out, config=PretrainConfig(**TINY), device="cpu")
+    assert not (out / "model").exists()
+    if damage != "changed_unsampled":  # found at open: no step ran
+        assert not (out / "checkpoints").exists()

@@ -235,3 +235,157 @@ def test_partial_vocabulary_counts_left_out_genes(tmp_path):
         genes = shard[i].tokens[1:].astype(int) - N_SPECIAL
         assert genes.tolist() == sorted(vocab.index(IDS[j]) for j in np.flatnonzero(row) if j >= 10)
     json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
+# --- verification at open: sizes, sampled blocks, the full check in the background ------------
+BLOCK = 64  # bytes per digested block in these tests (the default is 1 MiB)
+
+
+def write_small_shard(path, *, seed=0, n_cells=30, block_bytes=BLOCK):
+    """A binned-like shard written directly; returns its tokens as written (the reference)."""
+    from cellmamba.tokenize import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 15, n_cells)
+    tokens = rng.integers(N_SPECIAL, N_SPECIAL + N_GENES, int(lengths.sum())).astype(np.uint32)
+    values = rng.integers(1, 51, int(lengths.sum())).astype(np.uint8)
+    w = ShardWriter(path, values_dtype=np.uint8, block_bytes=block_bytes)
+    w.append(lengths, tokens, values)
+    w.finish(dataset=np.zeros(n_cells, np.int32), measured=np.ones((1, N_GENES), bool),
+             manifest={"tokenizer": "binned", "settings": {}, "stats": {}, "vocab_hash": vocab_hash(IDS),
+                       "n_genes": N_GENES, "datasets": ["A"], "source": "test"})
+    return tokens
+
+
+def flip(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_manifest_records_size_and_block_digests(tmp_path):
+    import hashlib
+
+    tokens = write_small_shard(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        data = (tmp_path / "s" / name).read_bytes()
+        assert entry["bytes"] == len(data) and entry["block_bytes"] == BLOCK
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["block_sha256"] == [hashlib.sha256(data[k:k + BLOCK]).hexdigest()[:16]
+                                         for k in range(0, len(data), BLOCK)]
+    assert manifest["files"]["tokens.npy"]["bytes"] == 128 + 4 * len(tokens)  # header + uint32 data
+    assert len(manifest["files"]["tokens.npy"]["block_sha256"]) > 10  # several blocks: sampling applies
+
+
+@pytest.mark.parametrize("mode", ["sample", "full"])
+def test_intact_shard_passes_both_checks(tmp_path, mode):
+    tokens = write_small_shard(tmp_path / "s")
+    write_corpus_manifest([tmp_path / "s"], tmp_path / "corpus.json")
+    corpus = TokenCorpus(tmp_path / "corpus.json", verify=mode)
+    assert np.array_equal(np.concatenate([corpus[i].tokens for i in range(len(corpus))]), tokens)
+    assert verify_shard(tmp_path / "s", mode=mode)["n_cells"] == 30
+
+
+def test_changed_byte_is_named_with_expected_and_found_digest(tmp_path, monkeypatch):
+    import hashlib
+
+    from cellmamba.tokenize import shards
+
+    write_small_shard(tmp_path / "s")
+    write_corpus_manifest([tmp_path / "s"], tmp_path / "corpus.json")
+    f = tmp_path / "s" / "tokens.npy"
+    recorded = json.loads((tmp_path / "s" / "manifest.json").read_text())["files"]["tokens.npy"]
+    n_blocks = len(recorded["block_sha256"])
+    middle = n_blocks // 2
+    flip(f, middle * BLOCK + 3)
+    found = hashlib.sha256(f.read_bytes()).hexdigest()
+    # full check: the file, the digest it has and the one recorded
+    with pytest.raises(CorruptFileError, match=rf"tokens\.npy: sha256 {found}, .*manifest\.json records "
+                                               rf"{recorded['sha256']}"):
+        TokenCorpus(tmp_path / "corpus.json", verify="full")
+    # sampled check, the damaged block drawn (every block sampled): block and byte range named
+    monkeypatch.setattr(shards, "SAMPLED_BLOCKS", n_blocks)
+    block_found = hashlib.sha256(f.read_bytes()[middle * BLOCK:(middle + 1) * BLOCK]).hexdigest()[:16]
+    with pytest.raises(CorruptFileError, match=rf"tokens\.npy: block {middle} \(bytes {middle * BLOCK}-"
+                                               rf"{(middle + 1) * BLOCK - 1}\) has sha256 {block_found}\.\.\., .*records "
+                                               rf"{recorded['block_sha256'][middle]}"):
+        TokenShard(tmp_path / "s", verify="sample")
+    # not drawn (first and last block only): the sampled check misses it, the full one does not
+    monkeypatch.setattr(shards, "SAMPLED_BLOCKS", 0)
+    TokenShard(tmp_path / "s", verify="sample")
+    with pytest.raises(CorruptFileError, match=r"tokens\.npy"):
+        TokenShard(tmp_path / "s").verify()
+    # the first and last blocks are always read: a change there is caught by every sampled check
+    flip(f, middle * BLOCK + 3)  # undo
+    flip(f, f.stat().st_size - 1)
+    with pytest.raises(CorruptFileError, match=rf"tokens\.npy: block {n_blocks - 1} "):
+        TokenCorpus(tmp_path / "corpus.json", verify="sample")
+
+
+@pytest.mark.parametrize("change", ["truncated", "extended"])
+def test_wrong_size_is_named_with_expected_and_found_size(tmp_path, monkeypatch, change):
+    from cellmamba.tokenize import shards
+
+    monkeypatch.setattr(shards, "SAMPLED_BLOCKS", 0)
+    write_small_shard(tmp_path / "s")
+    f = tmp_path / "s" / "values.npy"
+    size = f.stat().st_size
+    data = f.read_bytes()
+    f.write_bytes(data[:-10] if change == "truncated" else data + b"\0" * 10)
+    new = size - 10 if change == "truncated" else size + 10
+    what = "truncated" if change == "truncated" else "longer than written"
+    for mode in ("sample", "full"):
+        with pytest.raises(CorruptFileError, match=rf"values\.npy: {new} bytes, .*manifest\.json records {size} "
+                                                   rf"\({what}\)"):
+            TokenShard(tmp_path / "s", verify=mode)
+    f.unlink()
+    with pytest.raises(CorruptFileError, match=r"values\.npy: missing"):
+        TokenShard(tmp_path / "s", verify="sample")
+
+
+def test_old_manifest_without_block_digests_gets_the_full_check(tmp_path, monkeypatch, caplog):
+    """Manifests written before sizes and block digests: still read; "sample" hashes whole files."""
+    import logging
+
+    from cellmamba.tokenize import shards
+
+    monkeypatch.setattr(shards, "SAMPLED_BLOCKS", 0)
+    monkeypatch.setattr(shards, "_NOTED_OLD", set())
+    tokens = write_small_shard(tmp_path / "s")
+    mpath = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    for entry in manifest["files"].values():
+        for key in ("bytes", "block_bytes", "block_sha256"):
+            entry.pop(key)
+    mpath.write_text(json.dumps(manifest, indent=1))
+    write_corpus_manifest([tmp_path / "s"], tmp_path / "corpus.json")
+    with caplog.at_level(logging.INFO, logger="cellmamba.tokenize.shards"):
+        corpus = TokenCorpus(tmp_path / "corpus.json", verify="sample")
+    assert np.array_equal(np.concatenate([corpus[i].tokens for i in range(len(corpus))]), tokens)
+    assert "written before block digests" in caplog.text
+    n_blocks = -(-(128 + 4 * len(tokens)) // BLOCK)
+    flip(tmp_path / "s" / "tokens.npy", (n_blocks // 2) * BLOCK)  # a block sampling would not draw
+    with pytest.raises(CorruptFileError, match=r"tokens\.npy: sha256 .*records"):
+        TokenCorpus(tmp_path / "corpus.json", verify="sample")
+
+
+def test_background_check_finds_damage_in_its_share_of_shards(tmp_path):
+    from cellmamba.tokenize import ShardVerifier
+
+    for i in range(3):
+        write_small_shard(tmp_path / str(i), seed=i)
+    write_corpus_manifest([tmp_path / str(i) for i in range(3)], tmp_path / "corpus.json")
+    corpus = TokenCorpus(tmp_path / "corpus.json", verify="sample")
+    ok = corpus.verify_in_background()
+    ok.check(wait=True)
+    assert ok.n_verified == 3
+    flip(tmp_path / "1" / "tokens.npy", 500)
+    shares = [corpus.verify_in_background(rank=r, world_size=2) for r in range(2)]
+    assert [[p.name for p in v.shard_dirs] for v in shares] == [["0", "2"], ["1"]]
+    shares[0].check(wait=True)  # shards 0 and 2 are intact
+    with pytest.raises(CorruptFileError, match=r"1/tokens\.npy: sha256"):
+        shares[1].check(wait=True)
+    assert shares[1].n_verified == 0
+    with pytest.raises(CorruptFileError, match=r"1/tokens\.npy"):
+        ShardVerifier([tmp_path / "1"]).start().check(wait=True)

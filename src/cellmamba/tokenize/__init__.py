@@ -5,7 +5,8 @@
 - ``patch`` (scMamba): :func:`tokenize_patch`, :class:`PatchConfig`, :func:`genomic_order`,
   :func:`to_patches`.
 - Files: :func:`tokenize_h5ad` (QC shard -> token shard), :class:`TokenShard`,
-  :class:`TokenCorpus`, :func:`write_corpus_manifest`, :func:`verify_shard`.
+  :class:`TokenCorpus`, :func:`write_corpus_manifest`, :func:`verify_shard`,
+  :class:`ShardVerifier` (the full check in the background).
 """
 from ._common import TokenBatch
 from .binned import BinnedConfig, tokenize_binned
@@ -13,7 +14,8 @@ from .patch import (CHROMOSOMES, GenomicOrder, PatchConfig, genomic_order, read_
                     to_patches_batch, tokenize_patch)
 from .pipeline import TOKENIZERS, tokenize_h5ad
 from .rank import RankConfig, gene_medians, read_gene_stats, tokenize_rank
-from .shards import TokenCorpus, TokenizedCell, TokenShard, ShardWriter, verify_shard, write_corpus_manifest
+from .shards import (ShardVerifier, ShardWriter, TokenCorpus, TokenizedCell, TokenShard, verify_shard,
+                     write_corpus_manifest)
 
 __all__ = [
     "RankConfig", "BinnedConfig", "PatchConfig", "TOKENIZERS",
@@ -21,5 +23,5 @@ __all__ = [
     "read_gene_stats", "gene_medians", "read_positions", "genomic_order", "GenomicOrder", "CHROMOSOMES",
     "to_patches", "to_patches_batch",
     "tokenize_h5ad", "TokenShard", "TokenCorpus", "TokenizedCell", "ShardWriter",
-    "write_corpus_manifest", "verify_shard",
+    "write_corpus_manifest", "verify_shard", "ShardVerifier",
 ]

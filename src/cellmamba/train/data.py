@@ -114,6 +114,11 @@ class TokenDataset(Dataset):
         "auto", "head" or "sample".
     seed
         Seed of ``crop="sample"``.
+    verify
+        Checks of the shards when ``corpus`` is a path (:class:`~cellmamba.tokenize.TokenCorpus`):
+        "sample" (default: sizes and sampled blocks against the manifest's digests, cheap at
+        any corpus size), "full" (every sha256), "none". The full check of a training run runs
+        in the background (:meth:`~cellmamba.tokenize.TokenCorpus.verify_in_background`).
 
     Items (``dataset[i]``), a dict:
 
@@ -130,15 +135,17 @@ class TokenDataset(Dataset):
     - ``n_features`` int (patch only).
 
     A pickled dataset (DataLoader workers under spawn / forkserver) carries the manifest path,
-    not the memory maps: each worker reopens the corpus, nothing is copied.
+    not the memory maps: each worker reopens the corpus (unverified: the parent checked it),
+    nothing is copied.
     """
 
-    def __init__(self, corpus, *, max_len: int | None = None, crop: str = "auto", seed: int = 0):
+    def __init__(self, corpus, *, max_len: int | None = None, crop: str = "auto", seed: int = 0,
+                 verify: str = "sample"):
         if isinstance(corpus, TokenCorpus):
             self._corpus: TokenCorpus | None = corpus
             self.path = Path(corpus.path)
         elif isinstance(corpus, (str, os.PathLike)):
-            self._corpus = TokenCorpus(corpus)
+            self._corpus = TokenCorpus(corpus, verify=verify)
             self.path = Path(self._corpus.path)
         else:
             raise InputError(f"TokenDataset: corpus must be a TokenCorpus or a manifest path, got "

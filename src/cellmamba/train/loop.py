@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._util import dataclass_from_dict
-from ..errors import InputError
+from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path
 from ..models.checkpoint import load_state_dict_strict, read_weights, write_weights
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
@@ -515,9 +515,24 @@ def resume(model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | os
     step = broadcast_int(step, env)
     if step < 0:
         return None
+    # not hashed again: rank 0's latest_good_checkpoint has just checked every file's size and sha256
     ckpt = load_checkpoint(root / checkpoint_name(step), model, optimizer, verify=False)
     log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
     return ckpt
+
+
+def _final_data_check(data_check: Callable[[bool], None], env: DistEnv) -> None:
+    """``data_check(True)`` on every rank; every rank raises if any rank's check failed."""
+    error = None
+    try:
+        data_check(True)
+    except CellmambaError as exc:
+        error = exc
+    failed = all_reduce_mean(torch.tensor([float(error is not None)]), env)[0].item() > 0
+    if error is not None:
+        raise error
+    if failed:
+        raise CorruptFileError("another rank found damaged training data (see its log); nothing was exported")
 
 
 def _write_provenance(path: Path, info: dict) -> None:
@@ -582,7 +597,8 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
           out_dir: str | os.PathLike, eval_data: Iterable | None = None,
           device: torch.device | str | None = None, auto_resume: bool = True,
           step_callback: Callable[[TrainState], None] | None = None,
-          model_files: Mapping[str, str | os.PathLike] | None = None) -> TrainState:
+          model_files: Mapping[str, str | os.PathLike] | None = None,
+          data_check: Callable[[bool], None] | None = None) -> TrainState:
     """Train ``model`` on ``data`` with ``objective`` until ``config.max_steps``, resuming automatically.
 
     Works single-process and under ``torchrun`` (DDP; nccl on CUDA, gloo on CPU; the process
@@ -614,6 +630,11 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     model_files
         Files to ship inside the exported ``out_dir/model`` (name -> source path, e.g. the gene
         vocabulary), written with the weights in one atomic export.
+    data_check
+        ``data_check(final)`` raising :class:`~cellmamba.errors.CellmambaError` when the training
+        data turned out damaged (e.g. :meth:`cellmamba.tokenize.ShardVerifier.check`): called on
+        every rank after each step (``final=False``, must not block) and once before the export
+        (``final=True``, may wait); if any rank's final check fails, no rank exports anything.
 
     Returns
     -------
@@ -625,13 +646,14 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     env = init_distributed(config.dist_backend, device=device)
     try:
         return _train(model, objective, data, config, out_dir=Path(out_dir), eval_data=eval_data, env=env,
-                      auto_resume=auto_resume, step_callback=step_callback, model_files=model_files)
+                      auto_resume=auto_resume, step_callback=step_callback, model_files=model_files,
+                      data_check=data_check)
     finally:
         destroy_distributed(env)
 
 
 def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_data, env: DistEnv,
-           auto_resume: bool, step_callback, model_files) -> TrainState:
+           auto_resume: bool, step_callback, model_files, data_check) -> TrainState:
     device = env.device
     precision = resolve_precision(config.precision, device)
     loader_bs = getattr(data, "batch_size", None)
@@ -764,6 +786,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
                 _evaluate()
             if state.step % config.checkpoint_every == 0 or state.step == config.max_steps:
                 _checkpoint()
+            if data_check is not None:
+                data_check(False)
             if step_callback is not None:
                 step_callback(state)
     finally:
@@ -771,6 +795,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         if tb is not None:
             tb.close()
 
+    if data_check is not None:
+        _final_data_check(data_check, env)
     if eval_data is not None and last_eval != state.step:
         _evaluate()
     if ckpt is not None and ckpt.step >= config.max_steps:

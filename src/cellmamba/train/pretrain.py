@@ -197,9 +197,20 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     Returns
     -------
     The loop's final :class:`~cellmamba.train.loop.TrainState`.
+
+    Raises
+    ------
+    CorruptFileError
+        A token shard that does not match its manifest, naming the file and the expected and
+        found size or digest: at open (sizes and sampled blocks of every shard, cheap at any
+        corpus size) or from the full sha256 of every shard, which runs once per run in the
+        background, each rank checking its share (shard i on rank i % world_size) while training
+        goes on; the run stops at the next step after a failure and waits for the check before
+        it exports the model, so a damaged corpus never yields a model
+        (:class:`~cellmamba.tokenize.ShardVerifier`).
     """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    dataset = TokenDataset(corpus, max_len=config.context_length, seed=config.seed)
+    dataset = TokenDataset(corpus, max_len=config.context_length, seed=config.seed, verify="sample")
     manifest = json.loads(Path(corpus).read_text())
     expected = RECIPE_TOKENIZER[config.recipe]
     if manifest.get("tokenizer") != expected:
@@ -228,7 +239,9 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     _guard_resume(out_dir, config, corpus, write=rank == 0)
     log.info("pretraining %s (%s backbone) on %s: %d cells, %d genes", config.recipe, config.backbone, corpus,
              len(dataset), dataset.n_genes)
+    verifier = dataset.corpus.verify_in_background(rank=rank, world_size=world_size)
     # the gene table ships inside the model directory (one atomic export), so new data can be
     # tokenized for the model
     files = {VOCABULARY_NAME: gene_stats} if gene_stats is not None else None
-    return train(model, objective, loader, train_config, out_dir=out_dir, device=device, model_files=files)
+    return train(model, objective, loader, train_config, out_dir=out_dir, device=device, model_files=files,
+                 data_check=lambda final: verifier.check(wait=final))
