@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--vocabulary", default=None,
                        help="gene table in token order (gene_stats.tsv) if the model directory has no vocabulary.tsv")
         p.add_argument("--max-len", type=int, default=None,
-                       help="tokens per cell (default: the model's training context, else 2048)")
+                       help="tokens per cell (default: the model's training context, from its inference.json)")
 
     p = sub.add_parser("embed", help="write cell embeddings into obsm['X_cellmamba_<recipe>']")
     model_args(p)

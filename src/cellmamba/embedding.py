@@ -2,7 +2,12 @@
 
 A checkpoint is a model directory written by pretraining (``results/pretrain/<model>/model/``):
 ``config.json`` + ``model.safetensors`` + ``vocabulary.tsv`` (the gene table in token order,
-i.e. the rows of the corpus' gene_stats.tsv). The dataset's genes are matched to that
+i.e. the rows of the corpus' gene_stats.tsv) + ``inference.json`` (the training context length,
+the corpus' tokenizer settings, the pooling: :func:`cellmamba.train.pretrain.inference_settings`).
+Everything embedding reads is inside the directory, so a copy elsewhere embeds identically. A
+directory saved before ``inference.json`` existed falls back to the run's
+``../pretrain_config.json`` (logged); with neither, the context length is an error unless
+``max_len`` is given (no silent default). The dataset's genes are matched to that
 vocabulary (Ensembl ids, else symbols: :func:`cellmamba.tasks.tokens.vocabulary_index`),
 tokenized with the model's own tokenizer (rank or binned, :func:`~cellmamba.tasks.tokens.tokenize_dataset`),
 and every cell is embedded in batches (:func:`~cellmamba.tasks.finetune.embed_cells`; bf16
@@ -14,8 +19,8 @@ their cell embedding; rank models (genemamba) the mean over the cell's gene stat
 unexpressed genes are added when embedding (scGPT's ``embed_data`` likewise feeds the
 expressed genes of each cell, ``include_zero_gene=False`` being its default for embedding).
 
-Departures: long cells are cut to the model's training context (its ``pretrain_config.json``
-``context_length`` beside the model directory, else 2048) by the tokenizer's rule (binned:
+Departures: long cells are cut to the model's training context (``context_length`` of its
+``inference.json``) by the tokenizer's rule (binned:
 the highest counts; rank: the top-ranked genes), where scGPT samples genes at random.
 Patch models (the scmamba towers) are not supported yet: their inputs are genomic-order
 patches, not gene tokens.
@@ -32,17 +37,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .models.checkpoint import VOCABULARY_NAME
-from .errors import InputError
+from .models.checkpoint import INFERENCE_FORMAT, INFERENCE_NAME, INFERENCE_VERSION, VOCABULARY_NAME
+from .errors import CorruptFileError, InputError
+from .io import read_json_object
 from .keys import LAYER_COUNTS, UNS, UNS_X_KIND, obsm_embedding
 
-__all__ = ["VOCABULARY_NAME", "DEFAULT_MAX_LEN", "embed", "tokenize_for_model", "read_model_vocabulary",
-           "model_recipe", "training_context", "checkpoint_info"]
+__all__ = ["VOCABULARY_NAME", "INFERENCE_NAME", "embed", "tokenize_for_model", "read_model_vocabulary",
+           "model_recipe", "read_inference_settings", "training_context", "checkpoint_info"]
 
 log = logging.getLogger(__name__)
 
-#: tokens per cell when the checkpoint does not say how long its training context was
-DEFAULT_MAX_LEN = 2048
+#: the run's settings beside a model directory saved before inference.json (the fallback)
+_RUN_CONFIG = "pretrain_config.json"
+_POOLINGS = ("cls", "mean", "last")
 #: the census-pretrained recipe reading each tokenizer
 _TOKENIZER_RECIPE = {"binned": "scmamba2", "rank": "genemamba"}
 
@@ -68,15 +75,71 @@ def model_recipe(config) -> str:
     return f"{recipe}_transformer" if config.backbone.arch == "transformer" else recipe
 
 
-def training_context(checkpoint: str | os.PathLike) -> int | None:
-    """Tokens per cell the model was pretrained with: ``context_length`` of the run's
-    ``pretrain_config.json`` (beside the model directory), or None when there is none."""
-    path = Path(checkpoint).parent / "pretrain_config.json"
+def read_inference_settings(checkpoint: str | os.PathLike, *, config=None) -> dict | None:
+    """The model directory's ``inference.json``, checked; None when it has none (saved before).
+
+    Raises
+    ------
+    InputError / CorruptFileError
+        Naming the file and the key: not JSON, another format, ``context_length`` missing or
+        not an integer >= 2, ``pooling`` not one of cls / mean / last, or a ``tokenizer`` /
+        ``tokenizer_settings.n_bins`` that differs from the model's config.json.
+    """
+    path = Path(checkpoint) / INFERENCE_NAME
+    if not path.exists():
+        return None
+    data = read_json_object(path, what=f"the {INFERENCE_NAME} of a cellmamba model directory")
+    if data.get("format") != INFERENCE_FORMAT or data.get("format_version") != INFERENCE_VERSION:
+        raise InputError(f"{path}: format {data.get('format')!r} version {data.get('format_version')!r}; this "
+                         f"cellmamba reads {INFERENCE_FORMAT!r} version {INFERENCE_VERSION}")
+    value = data.get("context_length")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        raise CorruptFileError(f"{path}: context_length is {value!r}; expected the training context "
+                               "(an integer >= 2, written by pretraining)")
+    if data.get("pooling") not in _POOLINGS:
+        raise CorruptFileError(f"{path}: pooling is {data.get('pooling')!r}; expected one of {_POOLINGS}")
+    config = config if config is not None else _config(checkpoint)
+    kind = config.embedding.kind
+    if data.get("tokenizer") != kind:
+        raise InputError(f"{path}: tokenizer {data.get('tokenizer')!r}, but {Path(checkpoint) / 'config.json'} "
+                         f"is a model of {kind!r} tokens (files of two models mixed?)")
+    n_bins = (data.get("tokenizer_settings") or {}).get("n_bins")
+    if kind == "binned" and n_bins is not None and n_bins != config.embedding.n_bins:
+        raise InputError(f"{path}: tokenizer_settings.n_bins {n_bins!r}, but the model's config.json has "
+                         f"n_bins {config.embedding.n_bins} (files of two models mixed?)")
+    return data
+
+
+def _run_config_context(checkpoint: Path) -> int | None:
+    """``config.context_length`` of ``checkpoint/../pretrain_config.json``, None when unusable."""
     try:
-        value = json.loads(path.read_text())["config"]["context_length"]
+        value = json.loads((checkpoint.parent / _RUN_CONFIG).read_text())["config"]["context_length"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return int(value) if isinstance(value, int) and value >= 2 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 2 else None
+
+
+def _training_context(checkpoint: str | os.PathLike, *, config=None) -> tuple[int | None, str | None]:
+    """(context length, the file it was read from), or (None, None)."""
+    checkpoint = Path(checkpoint)
+    settings = read_inference_settings(checkpoint, config=config)
+    if settings is not None:
+        return settings["context_length"], str(checkpoint / INFERENCE_NAME)
+    value = _run_config_context(checkpoint)
+    if value is None:
+        return None, None
+    source = checkpoint.parent / _RUN_CONFIG
+    log.info("%s: no %s (saved before model directories carried their inference settings): context_length %d "
+             "read from %s; this copy of the directory only works beside that file", checkpoint, INFERENCE_NAME,
+             value, source)
+    return value, str(source)
+
+
+def training_context(checkpoint: str | os.PathLike) -> int | None:
+    """Tokens per cell the model was pretrained with: ``context_length`` of its
+    ``inference.json``; for a directory saved before that file, of the run's
+    ``pretrain_config.json`` beside it (logged); None when neither says."""
+    return _training_context(checkpoint)[0]
 
 
 def read_model_vocabulary(checkpoint: str | os.PathLike, vocabulary: str | os.PathLike | None = None,
@@ -150,11 +213,18 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
         Gene table in token order (gene_stats.tsv) when the directory has no vocabulary.tsv.
     max_len
         Tokens per cell (binned: CLS included). Default: the model's training context
-        (:func:`training_context`, else 2048), lowered to the longest cell's length.
+        (:func:`training_context`), lowered to the longest cell's length.
 
     Returns
     -------
-    :class:`~cellmamba.tasks.tokens.DatasetTokens`, plus ``x_kind`` (what X was read as).
+    :class:`~cellmamba.tasks.tokens.DatasetTokens` (its ``max_len_from``: where ``max_len``
+    came from), plus ``x_kind`` (what X was read as).
+
+    Raises
+    ------
+    InputError
+        ``max_len`` not given and the model directory does not say its training context
+        (no inference.json, no ../pretrain_config.json).
     """
     from .tasks.tokens import tokenize_dataset
 
@@ -165,14 +235,22 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
     if adata.n_obs == 0:
         raise InputError(f"{source}: has no cells")
     if max_len is None:
-        max_len = training_context(checkpoint) or DEFAULT_MAX_LEN
+        max_len, max_len_from = _training_context(checkpoint, config=config)
+        if max_len is None:
+            raise InputError(f"{checkpoint}: the model's training context (context_length) is not known: expected "
+                             f"in {Path(checkpoint) / INFERENCE_NAME} (written by pretraining) or, for a directory "
+                             f"saved before, in {Path(checkpoint).parent / _RUN_CONFIG}; pass max_len= (CLI: "
+                             "--max-len) with the context the model was pretrained with")
     elif not isinstance(max_len, (int, np.integer)) or max_len < 2:
         raise InputError(f"max_len must be an integer >= 2, got {max_len!r}")
+    else:
+        max_len_from = "argument"
     data, kind = _with_x_kind(adata, source)
     tokens = tokenize_dataset(data, table, tokenizer=tokenizer, max_len=int(max_len), n_bins=config.embedding.n_bins,
                               source=source)
     # the tokens of a cell shorter than max_len do not depend on max_len: report the length used
     tokens.max_len = int(min(max_len, max(int(np.diff(tokens.batch.offsets).max()), 1)))
+    tokens.max_len_from = max_len_from
     return tokens, kind
 
 
@@ -193,11 +271,13 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     key
         obsm key; default ``X_cellmamba_<recipe>`` (:func:`cellmamba.keys.obsm_embedding`).
     max_len
-        Tokens per cell (binned: CLS included); default the model's training context.
+        Tokens per cell (binned: CLS included); default the model's training context
+        (:func:`training_context`; an error when the directory does not say it).
     batch_size
         Cells per forward pass.
     pooling
-        "auto" (binned: "cls", rank: "mean"), "cls", "mean" or "last"; "cls" and "last" of a
+        "auto" (the model's inference.json ``pooling``; for a directory without it binned:
+        "cls", rank: "mean"), "cls", "mean" or "last"; "cls" and "last" of a
         bidirectional model merged at the end of the stack read each direction where it has
         seen the whole cell (:func:`cellmamba.models.heads.pool_cells`).
     device
@@ -211,7 +291,7 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     -------
     float32 (n_cells, d_model), also written to ``adata.obsm[key]``; what was done is recorded
     in ``adata.uns["cellmamba"]["embeddings"][key]`` (checkpoint, recipe, pooling, tokenizer,
-    max_len, value_source, x_kind, n_genes_used, n_genes_unmapped, vocabulary, device).
+    max_len, max_len_from, value_source, x_kind, n_genes_used, n_genes_unmapped, vocabulary, device).
     """
     from . import __version__
     from .models import CellModel
@@ -226,6 +306,9 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     key = key or obsm_embedding(recipe)
     if pooling not in ("auto", "cls", "mean", "last"):
         raise InputError(f"pooling must be 'auto', 'cls', 'mean' or 'last', got {pooling!r}")
+    settings = read_inference_settings(checkpoint, config=config)
+    if pooling == "auto" and settings is not None:
+        pooling = settings["pooling"]
     pooling = resolve_pooling(FinetuneConfig(pooling=pooling), config.embedding.kind)
     uns = adata.uns.get(UNS, {})
     if not isinstance(uns, dict):
@@ -237,7 +320,8 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
                          pooling=pooling, batch_size=int(batch_size), device=device, progress=progress)
     adata.obsm[key] = emb
     record = {"checkpoint": str(checkpoint.resolve()), "recipe": recipe, "pooling": pooling,
-              "tokenizer": tokens.tokenizer, "max_len": tokens.max_len, "value_source": tokens.value_source,
+              "tokenizer": tokens.tokenizer, "max_len": tokens.max_len, "max_len_from": tokens.max_len_from,
+              "value_source": tokens.value_source,
               "x_kind": kind, "n_genes_used": tokens.n_genes_used, "n_genes_unmapped": tokens.n_genes_unmapped,
               "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None
               else str((checkpoint / VOCABULARY_NAME).resolve()),
@@ -250,7 +334,8 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
 def checkpoint_info(checkpoint: str | os.PathLike) -> dict:
     """A summary of a model directory, read from config.json and the safetensors header
     (the weights are not loaded): recipe, tokenizer, backbone, sizes, parameter counts, heads,
-    vocabulary."""
+    vocabulary, training context (and the file it was read from: inference.json, or the run's
+    pretrain_config.json for a directory saved before)."""
     from safetensors import safe_open
 
     from .models.checkpoint import WEIGHTS_NAME
@@ -268,10 +353,9 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict:
                 part = name.split(".")[0]
                 counts[part] = counts.get(part, 0) + math.prod(fh.get_slice(name).get_shape())
     except Exception as exc:  # safetensors raises its own types for damaged headers
-        from .errors import CorruptFileError
-
         raise CorruptFileError(f"{weights}: unreadable safetensors header ({type(exc).__name__}: {exc})") from exc
     emb, bb = config.embedding, config.backbone
+    context, context_from = _training_context(checkpoint, config=config)
     try:
         recipe = model_recipe(config)
     except InputError:
@@ -287,5 +371,5 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict:
         "vocab_size": emb.vocab_size if emb.kind != "patch" else None,
         "n_genes": emb.vocab_size - N_SPECIAL if emb.kind != "patch" else None,
         "vocabulary_tsv": (checkpoint / VOCABULARY_NAME).is_file(),
-        "context_length": training_context(checkpoint),
+        "context_length": context, "context_length_from": context_from,
     }

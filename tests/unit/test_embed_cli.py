@@ -161,10 +161,9 @@ def test_embed_key_pooling_max_len_and_vocabulary_argument(runs, tmp_path):
     tokens = ref_tokens(adata, "binned", 4)
     assert np.diff(tokens.batch.offsets).max() == 4  # long cells were cut to 3 genes + CLS
     np.testing.assert_allclose(emb, naive_embedding(model, tokens, "mean"), rtol=1e-4, atol=1e-5)
-    # no pretrain_config.json beside it: the default context (2048) holds every cell
-    cellmamba.embed(adata, ckpt, vocabulary=runs["gene_stats"], progress=False)
-    rec = adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]
-    assert rec["max_len"] == np.diff(ref_tokens(adata, "binned", 2048).batch.offsets).max()
+    # neither inference.json nor a pretrain_config.json beside it: the context is not guessed
+    with pytest.raises(InputError, match=r"context_length.*inference\.json.*pretrain_config\.json.*max_len="):
+        cellmamba.embed(adata, ckpt, vocabulary=runs["gene_stats"], progress=False)
 
 
 def test_x_kind_inferred_or_asked_for(runs):
@@ -312,3 +311,111 @@ def test_run_pretraining_writes_the_vocabulary(runs, tmp_path):
     emb = cellmamba.embed(adata, model_dir, progress=False)
     assert emb.shape == (N_CELLS, 8) and np.isfinite(emb).all()
     assert adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]["max_len"] <= 16
+
+
+# --- model directories are self-contained (inference.json) ------------------------------------
+SHORT_CONTEXT = 8  # shorter than most cells of make_adata: the context changes the tokens
+
+
+@pytest.fixture(scope="module")
+def trained(runs, tmp_path_factory) -> Path:
+    """A run_pretraining output directory whose training context (8) cuts most cells."""
+    from cellmamba.train.pretrain import PretrainConfig, run_pretraining
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = tiny_binned_corpus(root / "corpus", vocabulary_table()["feature_id"])
+    config = PretrainConfig(recipe="scmamba2", backbone="bimamba_mamba1", d_model=8, n_layers=1, d_state=4,
+                            context_length=SHORT_CONTEXT, batch_size=4, max_steps=2, warmup_steps=0,
+                            checkpoint_every=2, log_every=1, backend="torch")
+    run_pretraining(corpus, root / "run", config=config, gene_stats=runs["gene_stats"], device="cpu")
+    return root / "run"
+
+
+def copy_model(model_dir: Path, dest: Path, *, drop=()) -> Path:
+    dest.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.name not in drop:
+            (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_a_copied_model_directory_embeds_as_the_original(trained, tmp_path):
+    """Before: the copy (no ../pretrain_config.json) embedded with 2,048 tokens per cell instead
+    of the training context, silently. Now the context travels in model/inference.json."""
+    settings = json.loads((trained / "model" / "inference.json").read_text())
+    assert settings["context_length"] == SHORT_CONTEXT and settings["tokenizer"] == "binned"
+    assert settings["pooling"] == "cls" and settings["tokenizer_settings"]["n_bins"] == 51
+    assert settings["tokenizer_settings"]["max_len"] == 16 and settings["n_genes"] == N_VOCAB
+    copy = copy_model(trained / "model", tmp_path / "elsewhere" / "model")
+    assert not (copy.parent / "pretrain_config.json").exists()
+    adata = make_adata()
+    original = cellmamba.embed(adata, trained / "model", progress=False)
+    rec = dict(adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"])
+    copied = cellmamba.embed(adata, copy, progress=False)
+    assert np.array_equal(copied, original)
+    rec_copy = adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]
+    assert rec["max_len"] == rec_copy["max_len"] == SHORT_CONTEXT
+    assert rec_copy["max_len_from"] == str(copy / "inference.json")
+    # independent reference: the per-cell forward pass on tokens cut to the training context,
+    # which differ from those of the 2,048 default the copy used to get
+    model = CellModel.from_pretrained(copy).eval()
+    tokens = ref_tokens(adata, "binned", SHORT_CONTEXT)
+    assert np.diff(ref_tokens(adata, "binned", 2048).batch.offsets).max() > SHORT_CONTEXT
+    np.testing.assert_allclose(copied, naive_embedding(model, tokens, "cls"), rtol=1e-4, atol=1e-5)
+    # through the CLI too, and `info` reads the context from the copy
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    proc = cli("embed", "--checkpoint", copy, "--device", "cpu", tmp_path / "in.h5ad", tmp_path / "out.h5ad")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_cellmamba_scmamba2"], original,
+                               rtol=0, atol=1e-6)
+    info = cellmamba.embedding.checkpoint_info(copy)
+    assert info["context_length"] == SHORT_CONTEXT and info["context_length_from"] == str(copy / "inference.json")
+
+
+def test_a_model_directory_saved_before_inference_json(trained, tmp_path, caplog):
+    """Old directories (no inference.json): the run's ../pretrain_config.json, with a note in the
+    log; without it either, a clear error naming both places (never a silent 2,048)."""
+    import logging
+
+    adata = make_adata()
+    original = cellmamba.embed(adata, trained / "model", progress=False)
+    old = copy_model(trained / "model", tmp_path / "run" / "model", drop=("inference.json",))
+    (tmp_path / "run" / "pretrain_config.json").write_bytes((trained / "pretrain_config.json").read_bytes())
+    with caplog.at_level(logging.INFO, logger="cellmamba.embedding"):
+        emb = cellmamba.embed(adata, old, progress=False)
+    assert np.array_equal(emb, original)
+    assert f"context_length {SHORT_CONTEXT} read from {tmp_path / 'run' / 'pretrain_config.json'}" in caplog.text
+    assert adata.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]["max_len_from"] == str(
+        tmp_path / "run" / "pretrain_config.json")
+
+    alone = copy_model(old, tmp_path / "alone" / "model")
+    with pytest.raises(InputError, match=rf"{alone}: the model's training context \(context_length\) is not known: "
+                                         rf"expected in {alone / 'inference.json'} .* or, for a directory saved "
+                                         rf"before, in {alone.parent / 'pretrain_config.json'}; pass max_len="):
+        cellmamba.embed(adata, alone, progress=False)
+    proc = cli("embed", "--checkpoint", alone, "--device", "cpu", tmp_path / "missing.h5ad", tmp_path / "o.h5ad")
+    assert proc.returncode == 2
+    proc = cli("tokenize", "--checkpoint", alone, tmp_path / "missing.h5ad", tmp_path / "o.npz")
+    assert proc.returncode == 2
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    proc = cli("tokenize", "--checkpoint", alone, tmp_path / "in.h5ad", tmp_path / "o.npz")
+    assert proc.returncode == 2 and "context_length" in proc.stderr and "--max-len" in proc.stderr
+    assert cellmamba.embedding.checkpoint_info(alone)["context_length"] is None  # info still works
+    # the explicit context gives the original embedding back
+    assert np.array_equal(cellmamba.embed(adata, alone, max_len=SHORT_CONTEXT, progress=False), original)
+
+
+def test_a_damaged_inference_json_is_named(trained, tmp_path):
+    adata = make_adata()
+    model = copy_model(trained / "model", tmp_path / "model")
+    settings = json.loads((model / "inference.json").read_text())
+    for key, value, pattern in (("context_length", None, r"context_length is None"),
+                                ("pooling", "max", r"pooling is 'max'"),
+                                ("tokenizer", "rank", r"tokenizer 'rank'.*binned"),
+                                ("format_version", 99, r"version 99")):
+        (model / "inference.json").write_text(json.dumps({**settings, key: value}))
+        with pytest.raises(cellmamba.errors.CellmambaError, match=rf"inference\.json: .*{pattern}"):
+            cellmamba.embed(adata, model, progress=False)
+    (model / "inference.json").write_text("{")
+    with pytest.raises(cellmamba.errors.CorruptFileError, match=r"inference\.json: not valid JSON"):
+        cellmamba.embed(adata, model, progress=False)

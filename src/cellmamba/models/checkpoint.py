@@ -10,13 +10,19 @@ import torch.nn as nn
 
 from ..errors import CorruptFileError, InputError
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "VOCABULARY_NAME", "load_state_dict_strict", "write_weights", "read_weights"]
+__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "VOCABULARY_NAME", "INFERENCE_NAME", "INFERENCE_FORMAT", "INFERENCE_VERSION",
+           "load_state_dict_strict", "write_weights", "read_weights"]
 
 #: file names inside a model directory
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 #: the gene table in token order, written beside the weights by pretraining (what embed tokenizes with)
 VOCABULARY_NAME = "vocabulary.tsv"
+#: what inference needs beyond config.json (context length, tokenizer settings, pooling), written
+#: by pretraining's export so that a model directory is self-contained (cellmamba.embedding)
+INFERENCE_NAME = "inference.json"
+INFERENCE_FORMAT = "cellmamba-inference"
+INFERENCE_VERSION = 1
 _SHOW = 10  # keys listed per kind of mismatch
 
 

@@ -46,6 +46,7 @@ class DatasetTokens:
     n_genes_used: int          # dataset genes mapped to the vocabulary and selected
     n_genes_unmapped: int      # dataset genes with no vocabulary id (dropped)
     max_len: int               # tokens per cell the tokenizer kept at most
+    max_len_from: str | None = None  # where max_len came from (cellmamba.embed: "argument" or the model's file)
 
 
 def _strip_version(ids) -> np.ndarray:

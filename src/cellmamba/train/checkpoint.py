@@ -127,15 +127,18 @@ def write_model(model: nn.Module, directory: str | os.PathLike) -> None:
 
 
 def export_model(model: nn.Module, directory: str | os.PathLike,
-                 extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                 extra_files: Mapping[str, str | os.PathLike | bytes] | None = None) -> Path:
     """Save ``model`` (the raw module) to ``directory`` atomically; see :func:`write_model`.
-    ``extra_files`` (name in the directory -> source file) are copied in before the rename, so
-    the directory appears complete or not at all."""
+    ``extra_files`` (name in the directory -> source file, or bytes: the content) are written
+    in before the rename, so the directory appears complete or not at all."""
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         write_model(model, tmp)
         for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, tmp / name)
+            if isinstance(source, bytes):
+                (tmp / name).write_bytes(source)
+            else:
+                shutil.copyfile(source, tmp / name)
     return Path(directory)
 
 

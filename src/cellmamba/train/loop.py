@@ -597,7 +597,7 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
           out_dir: str | os.PathLike, eval_data: Iterable | None = None,
           device: torch.device | str | None = None, auto_resume: bool = True,
           step_callback: Callable[[TrainState], None] | None = None,
-          model_files: Mapping[str, str | os.PathLike] | None = None,
+          model_files: Mapping[str, str | os.PathLike | bytes] | None = None,
           data_check: Callable[[bool], None] | None = None) -> TrainState:
     """Train ``model`` on ``data`` with ``objective`` until ``config.max_steps``, resuming automatically.
 
@@ -629,7 +629,7 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
         Called with the :class:`TrainState` after every step (after any checkpoint of that step).
     model_files
         Files to ship inside the exported ``out_dir/model`` (name -> source path, e.g. the gene
-        vocabulary), written with the weights in one atomic export.
+        vocabulary, or bytes: the content), written with the weights in one atomic export.
     data_check
         ``data_check(final)`` raising :class:`~cellmamba.errors.CellmambaError` when the training
         data turned out damaged (e.g. :meth:`cellmamba.tokenize.ShardVerifier.check`): called on

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..models.checkpoint import VOCABULARY_NAME
+from ..models.checkpoint import INFERENCE_FORMAT, INFERENCE_NAME, INFERENCE_VERSION, VOCABULARY_NAME
 from ..errors import InputError
 from ..io import atomic_path, sha256_file
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME
@@ -27,7 +27,7 @@ from .data import (DataConfig, MaskedGeneCollator, MaskedGeneConfig, MaskedValue
 from .loop import TrainConfig, train
 from .objectives import build_objective
 
-__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "build_pretrain_model", "run_pretraining"]
+__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "build_pretrain_model", "inference_settings", "run_pretraining"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,23 @@ def _objective(config: PretrainConfig, *, vocabulary: Vocabulary | None, gene_se
                            vocabulary=vocabulary, gene_sets=list(gene_sets) if config.pathway_weight > 0 else None)
 
 
+def inference_settings(config: PretrainConfig, corpus_manifest: dict) -> dict:
+    """The content of ``model/inference.json``: what embedding / tokenizing new data needs that
+    config.json does not say, so the model directory works wherever it is copied.
+
+    ``context_length`` (tokens per cell in pretraining: embed's default ``max_len``),
+    ``tokenizer`` and ``tokenizer_settings`` (the corpus manifest's), ``pooling`` (the recipe's
+    cell embedding: binned "cls", rank "mean"), ``recipe``, ``backbone``, ``vocab_hash``, ``n_genes``.
+    """
+    tokenizer = corpus_manifest.get("tokenizer")
+    return {"format": INFERENCE_FORMAT, "format_version": INFERENCE_VERSION,
+            "context_length": config.context_length, "tokenizer": tokenizer,
+            "tokenizer_settings": corpus_manifest.get("settings", {}),
+            "pooling": "cls" if tokenizer == "binned" else "mean", "recipe": config.recipe,
+            "backbone": config.backbone, "vocab_hash": corpus_manifest.get("vocab_hash"),
+            "n_genes": corpus_manifest.get("n_genes")}
+
+
 def _guard_resume(out_dir: Path, config: PretrainConfig, corpus, *, write: bool) -> None:
     """Refuse to resume checkpoints made for another corpus or config (a rerun after new inputs)."""
     record = {"config": dataclasses.asdict(config), "corpus_sha256": sha256_file(corpus)}
@@ -182,8 +199,9 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     corpus
         The corpus manifest (results/tokens/{tokenizer}/manifest.json) of the recipe's tokenizer.
     out_dir
-        Receives checkpoints/, model/ (safetensors + config.json [+ vocabulary.tsv]), metrics.csv,
-        loss_curve.png, provenance.json and pretrain_config.json.
+        Receives checkpoints/, model/ (safetensors + config.json + inference.json [+ vocabulary.tsv]:
+        everything inference reads, :func:`inference_settings`), metrics.csv, loss_curve.png,
+        provenance.json and pretrain_config.json.
     config
         :class:`PretrainConfig`.
     gene_stats
@@ -240,8 +258,10 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     log.info("pretraining %s (%s backbone) on %s: %d cells, %d genes", config.recipe, config.backbone, corpus,
              len(dataset), dataset.n_genes)
     verifier = dataset.corpus.verify_in_background(rank=rank, world_size=world_size)
-    # the gene table ships inside the model directory (one atomic export), so new data can be
-    # tokenized for the model
-    files = {VOCABULARY_NAME: gene_stats} if gene_stats is not None else None
+    # the gene table and the inference settings ship inside the model directory (one atomic
+    # export), so new data can be tokenized for the model wherever the directory is copied
+    files = {INFERENCE_NAME: (json.dumps(inference_settings(config, manifest), indent=1) + "\n").encode()}
+    if gene_stats is not None:
+        files[VOCABULARY_NAME] = gene_stats
     return train(model, objective, loader, train_config, out_dir=out_dir, device=device, model_files=files,
                  data_check=lambda final: verifier.check(wait=final))
