@@ -95,6 +95,9 @@ def test_round_trip_and_random_access(two_shards, tokenizer):
         manifest = tokenize_h5ad(tmp_path / f"qc{i}.h5ad", out / str(i), tokenizer=tokenizer, chunk_cells=5, **kwargs)
         assert manifest["n_cells"] == len(dense[i]) and manifest["vocab_hash"] == vocab_hash(IDS)
         assert manifest["datasets"] == ["A", "B"]
+        for name, entry in manifest["files"].items():  # the tokenizer records sizes and block digests
+            size = (out / str(i) / name).stat().st_size
+            assert entry["bytes"] == size and len(entry["block_sha256"]) == -(-size // entry["block_bytes"])
         shards.append(out / str(i))
     write_corpus_manifest(shards, out / "manifest.json")
     corpus = TokenCorpus(out, verify=True)

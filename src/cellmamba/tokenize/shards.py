@@ -21,15 +21,16 @@ memory-map slices); no shard is ever loaded whole.
 Verification (``verify=`` of :class:`TokenShard` / :class:`TokenCorpus`, :func:`verify_shard`):
 
 - ``"full"`` (or True): every file's size and whole-file sha256. Reads all the data once: at
-  ~1.1 GB/s per core for sha256 (benchmarks/README.md, "sha256 throughput") a paper-size corpus
-  (~0.19 TB over 512 shards) takes ~3 core-minutes, more where the disk is slower.
+  0.5-1.0 GB/s per core for sha256 (benchmarks/README.md, "sha256 throughput") a paper-size
+  corpus (~0.19 TB over 512 shards) takes 3-6 core-minutes, more where the disk is slower: too
+  slow for every (re)start of a run, with the GPUs idle.
 - ``"sample"``: every file's size, plus the sha256 of its first and last ``block_bytes`` block
   and of :data:`SAMPLED_BLOCKS` blocks drawn at random, against the per-block digests of the
   manifest (``block_sha256``); small files (up to ``2 + SAMPLED_BLOCKS`` blocks) are checked
-  whole. About 4 MiB per large file, ~5 GB (~3%) for the paper corpus. Truncated or extended
-  files and damaged headers are always caught; changed bytes elsewhere are caught only when a
-  sampled block holds them, so training pairs it with the full check once per run in the
-  background (:meth:`TokenCorpus.verify_in_background`; ``cellmamba.train.run_pretraining``).
+  whole. About 4 MiB per large file, 1-3% of the bytes: 11-13 s for the paper corpus (measured
+  cold). Truncated or extended files and damaged headers are always caught; changed bytes
+  elsewhere only when a sampled block holds them, so training pairs it with the full check once
+  per run in the background (:meth:`TokenCorpus.verify_in_background`; ``cellmamba.train.run_pretraining``).
   A manifest written before the block digests (no ``bytes`` / ``block_sha256``) falls back to
   the full sha256 of that shard (logged once).
 """
@@ -306,7 +307,8 @@ def verify_shard(path: str | os.PathLike, *, mode: str = "full", rng: random.Ran
                  "shards instead of sampled blocks (%.1f MB here; noted once per corpus)", manifest_path,
                  sum((path / n).stat().st_size for n in entries if (path / n).is_file()) / 1e6)
     rng = rng if rng is not None else random.Random(os.urandom(16))
-    problems = [p for name, entry in entries.items() if (p := _check_file(path / name, entry, manifest_path, mode, rng))]
+    problems = [p for name, entry in entries.items()
+                if (p := _check_file(path / name, entry, manifest_path, mode, rng)) is not None]
     if problems:
         raise CorruptFileError("; ".join(problems))
     return manifest
