@@ -35,7 +35,7 @@ from ..errors import CorruptFileError, InputError
 from ..io import read_h5ad_checked
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS,
                     UNS_X_KIND)
-from .schema import UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, validate_standard
+from .schema import UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, validate_standard
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
@@ -652,6 +652,7 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
         split = stratified_split(labels.to_numpy(), query_fraction=query_fraction, seed=seed)
     else:
         split = None
+    check_finite(adata.X, path)
     if x_kind == "counts":
         _check_counts(adata.X, path, what="X (x_kind 'counts')")
         adata.layers[LAYER_COUNTS] = adata.X.copy()
@@ -754,7 +755,8 @@ def read_dataset(reader: str, files: Mapping[str, os.PathLike], *, task: str, ke
     if reader == "user_h5ad":
         kwargs.update(x_kind=x_kind, task=task)
     adata = READERS[reader](dict(files), keys=dict(keys or {}), **kwargs)
-    source = f"reader {reader!r}"
+    # the files read, so that every error below names them
+    source = f"{', '.join(str(p) for p in dict(files).values())} (reader {reader!r})" if files else f"reader {reader!r}"
     validate_standard(adata, task, source=source)
     got = adata.uns[UNS][UNS_X_KIND]
     if x_kind is not None and got != x_kind:

@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X_KIND
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
-           "x_kind", "log_normalized", "counts_matrix", "validate_standard"]
+           "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
+           "check_finite"]
 
 #: what X may hold: raw counts; log1p(counts / total * 1e4); scaled (z-scored) log-normalised
 #: values with the log-normalised matrix in ``.raw``; other continuous values (FPKM, ...)
@@ -90,11 +91,45 @@ def log_normalized(adata, *, source: str = "dataset"):
     raise InputError(f"{source}: x_kind {kind!r} cannot be turned into log-normalised expression")
 
 
+def _stored_values(X) -> np.ndarray:
+    """The stored values of X as a flat array (sparse: its data; dense: a view where possible)."""
+    return X.data if sp.issparse(X) else np.asarray(X).ravel()
+
+
+def count_nonfinite(X, *, block: int = 1 << 24) -> int:
+    """Number of NaN / inf values stored in X (dense or sparse), counted in blocks (bounded memory)."""
+    data = _stored_values(X)
+    if not np.issubdtype(data.dtype, np.floating):
+        return 0
+    return int(sum(int((~np.isfinite(data[i:i + block])).sum()) for i in range(0, data.size, block)))
+
+
+def check_finite(X, source, *, what: str = "X") -> None:
+    """InputError naming ``source`` and how many values are NaN or inf; nothing downstream
+    (HVGs, PCA, sklearn's baselines, the tokenizers) is defined on them."""
+    n_bad = count_nonfinite(X)
+    if n_bad:
+        n_total = _stored_values(X).size
+        raise InputError(f"{source}: {what} holds {n_bad} non-finite values (NaN or inf) of {n_total} stored; "
+                         "expected finite expression values (replace them, or drop the cells / genes "
+                         "that hold them, before preparing the dataset)")
+
+
+def _check_values(adata, kind: str, source: str) -> None:
+    check_finite(adata.X, source)
+    if LAYER_COUNTS in adata.layers:
+        check_finite(adata.layers[LAYER_COUNTS], source, what=f"layer '{LAYER_COUNTS}'")
+    if kind == "scaled" and adata.raw is not None:
+        check_finite(adata.raw.X, source, what=".raw.X")
+
+
 def validate_standard(adata, task: str, *, source: str = "dataset") -> None:
-    """Check the standard schema for ``task``; raise InputError naming the missing key."""
+    """Check the standard schema for ``task``; raise InputError naming the missing key or the
+    bad values (non-finite values anywhere in X / layer counts / .raw)."""
     if task not in _TASK_OBS:
         raise InputError(f"{source}: unknown task {task!r}; expected one of {sorted(_TASK_OBS)}")
-    x_kind(adata, source=source)
+    kind = x_kind(adata, source=source)
+    _check_values(adata, kind, source)
     for key in _TASK_OBS[task]:
         if key not in adata.obs:
             raise InputError(f"{source}: obs column '{key}' is required for the {task} task; "

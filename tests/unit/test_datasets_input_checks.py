@@ -1,0 +1,74 @@
+"""Data-input cases a user meets (issue 19): each is refused with a message naming the file, the
+key or value and what was expected, and nothing is written. Fixtures are built here by hand."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellmamba.datasets import prepare_dataset, read_user_h5ad, validate_standard
+from cellmamba.errors import InputError
+
+SYMBOLS = ["CD3E", "CD19", "NKG7", "LYZ", "MS4A1", "GNLY"]
+
+
+def _user_file(tmp_path, X, *, name="mine.h5ad"):
+    X = np.asarray(X, dtype=np.float32)
+    n = X.shape[0]
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"celltype": rng.choice(["T", "B"], size=n), "donor": np.where(np.arange(n) % 2, "d1", "d2"),
+                        "part": np.where(np.arange(n) < n // 2, "reference", "query")},
+                       index=[f"c{i}" for i in range(n)])
+    path = tmp_path / name
+    ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=SYMBOLS[:X.shape[1]])).write_h5ad(path)
+    return path
+
+
+def _entry(path, x_kind, task="annotation", **keys):
+    keys = {"label_key": "celltype", "split_key": "part" if task == "annotation" else None, **keys}
+    return {"task": task, "reader": "user_h5ad", "files": {"h5ad": {"path": str(path)}}, "keys": keys,
+            "x_kind": x_kind, "protocol": {}, "simulated": False}
+
+
+def _prepare(tmp_path, path, x_kind, **kw):
+    out = tmp_path / "results" / "mine.h5ad"
+    try:
+        return prepare_dataset(_entry(path, x_kind, **kw), {"h5ad": path}, out, dataset="mine")
+    finally:
+        # nothing half-written: the output (and its temporary) exist only after success
+        leftovers = [p for p in out.parent.glob("*")] if out.parent.exists() else []
+        assert all(p == out for p in leftovers), leftovers
+
+
+def _lognorm(rng, n=20, g=6):
+    counts = rng.poisson(3.0, size=(n, g)).astype(np.float64) + 1
+    return np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_log1p_refused_with_count(tmp_path, bad):
+    X = _lognorm(np.random.default_rng(1))
+    X[0, 1] = X[3, 2] = X[5, 0] = bad
+    path = _user_file(tmp_path, X)
+    with pytest.raises(InputError, match=r"mine\.h5ad.*3 non-finite"):
+        _prepare(tmp_path, path, "log1p_norm")
+    assert not (tmp_path / "results" / "mine.h5ad").exists()
+
+
+def test_nonfinite_counts_refused(tmp_path):
+    X = np.random.default_rng(2).poisson(2.0, size=(10, 6)).astype(np.float32)
+    X[2, 2] = np.nan
+    with pytest.raises(InputError, match=r"mine\.h5ad.*1 non-finite"):
+        _prepare(tmp_path, _user_file(tmp_path, X), "counts")
+
+
+def test_validate_standard_counts_nonfinite_values():
+    X = sp.csr_matrix(np.array([[1.0, np.nan], [np.inf, 2.0], [0.0, -np.inf]], dtype=np.float32))
+    adata = ad.AnnData(X=X, obs=pd.DataFrame({"cell_type": ["a", "b", "c"], "batch": ["x", "y", "x"]},
+                                              index=["c0", "c1", "c2"]),
+                       var=pd.DataFrame({"gene_name": ["A", "B"]}, index=["A", "B"]))
+    adata.uns["cellmamba"] = {"x_kind": "log1p_norm"}
+    with pytest.raises(InputError, match=r"somefile\.h5ad: X holds 3 non-finite values"):
+        validate_standard(adata, "integration", source="somefile.h5ad")
