@@ -72,3 +72,25 @@ def test_validate_standard_counts_nonfinite_values():
     adata.uns["cellmamba"] = {"x_kind": "log1p_norm"}
     with pytest.raises(InputError, match=r"somefile\.h5ad: X holds 3 non-finite values"):
         validate_standard(adata, "integration", source="somefile.h5ad")
+
+
+def test_counts_declared_log1p_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.poisson(2.0, size=(20, 6)).astype(np.float32)  # integers, max well below the old range limit of 50
+    assert 2 <= X.max() < 20
+    with pytest.raises(InputError, match=r"mine\.h5ad.*look like raw counts; set x_kind: counts"):
+        _prepare(tmp_path, _user_file(tmp_path, X), "log1p_norm")
+    # the same data declared counts pass; real log1p values pass as log1p_norm
+    assert _prepare(tmp_path, _user_file(tmp_path, X), "counts").uns["cellmamba"]["x_kind"] == "counts"
+    assert _prepare(tmp_path, _user_file(tmp_path, _lognorm(rng)), "log1p_norm").n_obs == 20
+
+
+def test_log1p_edge_cases():
+    from cellmamba.datasets import check_log1p_norm
+
+    check_log1p_norm(sp.csr_matrix(np.array([[0.0, 1.0], [1.0, 0.0]])), "binary.h5ad")  # 0/1 only: not evidence
+    check_log1p_norm(sp.csr_matrix((3, 2)), "empty.h5ad")
+    with pytest.raises(InputError, match=r"neg\.h5ad: X ranges over \[-1.*scaled"):
+        check_log1p_norm(np.array([[-1.0, 2.5]]), "neg.h5ad")
+    with pytest.raises(InputError, match=r"big\.h5ad.*\[0, 50\].*counts or normalized"):
+        check_log1p_norm(np.array([[0.0, 812.5]]), "big.h5ad")

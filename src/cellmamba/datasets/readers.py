@@ -35,7 +35,8 @@ from ..errors import CorruptFileError, InputError
 from ..io import read_h5ad_checked
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS,
                     UNS_X_KIND)
-from .schema import UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, validate_standard
+from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
+                     validate_standard)
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
@@ -52,8 +53,6 @@ VAR_MODALITY = "modality"
 FEATURE_MODALITY = {"GEX": "rna", "ADT": "protein", "ATAC": "atac"}
 #: uns["cellmamba"]["reader"]: the reader that built the object
 UNS_READER = "reader"
-#: largest X value accepted as log-normalised (log1p(1e4 x 1e4) ~ 18.4; counts are far larger)
-_MAX_LOG_VALUE = 50.0
 _SPLITS_ANNOTATION = ("reference", "query")
 
 
@@ -122,13 +121,7 @@ def _check_unique_obs(adata, source) -> None:
 
 
 def _check_log_normalized(X, source) -> None:
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.size == 0:
-        return
-    lo, hi = float(data.min()), float(data.max())
-    if lo < 0 or hi > _MAX_LOG_VALUE:
-        raise InputError(f"{source}: X ranges over [{lo:g}, {hi:g}]; expected log-normalised values in "
-                         f"[0, {_MAX_LOG_VALUE:g}] (x_kind 'log1p_norm')")
+    check_log1p_norm(X, source)
 
 
 def _check_counts(X, source, *, what: str, block: int = 1 << 24) -> None:

@@ -15,12 +15,14 @@ from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
            "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
-           "check_finite"]
+           "check_finite", "check_log1p_norm", "MAX_LOG_VALUE"]
 
 #: what X may hold: raw counts; log1p(counts / total * 1e4); scaled (z-scored) log-normalised
 #: values with the log-normalised matrix in ``.raw``; other continuous values (FPKM, ...)
 X_KINDS = ("counts", "log1p_norm", "scaled", "other")
 SPLITS = ("reference", "query", "train", "test")
+#: largest X value accepted as log-normalised (log1p(1e4 x 1e4) ~ 18.4; counts are far larger)
+MAX_LOG_VALUE = 50.0
 VAR_GENE_NAME = "gene_name"
 VAR_GENE_ID = "gene_id"
 #: uns["cellmamba"]["simulated"]: True for data from a simulator (tables label those rows)
@@ -115,8 +117,33 @@ def check_finite(X, source, *, what: str = "X") -> None:
                          "that hold them, before preparing the dataset)")
 
 
+def check_log1p_norm(X, source) -> None:
+    """InputError unless X looks like log1p(counts / total x 1e4): values in [0, MAX_LOG_VALUE]
+    and not all integers.
+
+    Counts declared ``log1p_norm`` are caught by the integer rule: every stored value a whole
+    number with the largest >= 2. A log1p value is a whole number only by accident
+    (log1p(x) = k needs x = e^k - 1), so real log-normalised data never pass it; 0/1-only data
+    are left alone (binary, not evidence of counts)."""
+    data = _stored_values(X)
+    if data.size == 0:
+        return
+    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+    if lo < 0 or hi > MAX_LOG_VALUE:
+        hint = " (negative values: X may be scaled, then set x_kind scaled with .raw)" if lo < 0 else \
+            " (values this large look like counts or TPM: set x_kind counts or normalized)"
+        raise InputError(f"{source}: X ranges over [{lo:g}, {hi:g}]; expected log-normalised values in "
+                         f"[0, {MAX_LOG_VALUE:g}] (x_kind 'log1p_norm'){hint}")
+    if hi >= 2 and bool(np.all(np.mod(data, 1) == 0)):
+        raise InputError(f"{source}: X is declared x_kind 'log1p_norm' but every value is a whole number "
+                         f"(largest {hi:g}): the data look like raw counts; set x_kind: counts "
+                         "(or store log1p(counts / total x 1e4) in X)")
+
+
 def _check_values(adata, kind: str, source: str) -> None:
     check_finite(adata.X, source)
+    if kind == "log1p_norm":
+        check_log1p_norm(adata.X, source)
     if LAYER_COUNTS in adata.layers:
         check_finite(adata.layers[LAYER_COUNTS], source, what=f"layer '{LAYER_COUNTS}'")
     if kind == "scaled" and adata.raw is not None:
