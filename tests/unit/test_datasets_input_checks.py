@@ -94,3 +94,27 @@ def test_log1p_edge_cases():
         check_log1p_norm(np.array([[-1.0, 2.5]]), "neg.h5ad")
     with pytest.raises(InputError, match=r"big\.h5ad.*\[0, 50\].*counts or normalized"):
         check_log1p_norm(np.array([[0.0, 812.5]]), "big.h5ad")
+
+
+@pytest.mark.parametrize("n_cells, task", [(0, "annotation"), (1, "annotation"), (0, "integration"),
+                                           (1, "integration")])
+def test_empty_or_single_cell_file_refused(tmp_path, n_cells, task):
+    path = _user_file(tmp_path, np.ones((n_cells, 6)))
+    keys = {"batch_key": "donor"} if task == "integration" else {}
+    word = "cell" if n_cells == 1 else "cells"
+    with pytest.raises(InputError, match=rf"mine\.h5ad: has {n_cells} {word}; a dataset needs at least 2"):
+        _prepare(tmp_path, path, "counts", task=task, **keys)
+
+
+def test_validate_standard_counts_cells_and_genes():
+    obs = pd.DataFrame({"cell_type": ["a"], "batch": ["x"]}, index=["c0"])
+    one = ad.AnnData(X=sp.csr_matrix(np.ones((1, 2), dtype=np.float32)), obs=obs,
+                     var=pd.DataFrame({"gene_name": ["A", "B"]}, index=["A", "B"]), uns={"cellmamba": {"x_kind": "counts"}})
+    with pytest.raises(InputError, match="one.h5ad: has 1 cell;"):
+        validate_standard(one, "integration", source="one.h5ad")
+    obs = pd.DataFrame({"cell_type": ["a", "b"], "batch": ["x", "y"]}, index=["c0", "c1"])
+    nogenes = ad.AnnData(X=sp.csr_matrix((2, 0), dtype=np.float32), obs=obs,
+                         var=pd.DataFrame({"gene_name": []}, index=pd.Index([], dtype=str)),
+                         uns={"cellmamba": {"x_kind": "counts"}})
+    with pytest.raises(InputError, match="g.h5ad: has 2 cells but no genes"):
+        validate_standard(nogenes, "integration", source="g.h5ad")

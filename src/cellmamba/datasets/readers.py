@@ -36,7 +36,7 @@ from ..io import read_h5ad_checked
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS,
                     UNS_X_KIND)
 from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
-                     validate_standard)
+                     check_size, validate_standard)
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
@@ -635,6 +635,7 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
     batch_key = _key(keys, "batch_key", reader, required=task == "integration")
     split_key = _key(keys, "split_key", reader, required=False)
     adata = read_h5ad_checked(path)
+    check_size(adata, path)
     labels = _obs_column(adata, label_key, path, what="cell-type label")
     if split_key:
         split = _obs_column(adata, split_key, path, what="split").astype(str).to_numpy()

@@ -15,12 +15,15 @@ from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
            "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
-           "check_finite", "check_log1p_norm", "MAX_LOG_VALUE"]
+           "check_finite", "check_log1p_norm", "check_size", "MAX_LOG_VALUE", "MIN_CELLS"]
 
 #: what X may hold: raw counts; log1p(counts / total * 1e4); scaled (z-scored) log-normalised
 #: values with the log-normalised matrix in ``.raw``; other continuous values (FPKM, ...)
 X_KINDS = ("counts", "log1p_norm", "scaled", "other")
 SPLITS = ("reference", "query", "train", "test")
+#: fewest cells a dataset may have: annotation needs a reference and a query cell, integration a
+#: cell and a neighbour; 0 or 1 cell is an empty or truncated file, not a split problem
+MIN_CELLS = 2
 #: largest X value accepted as log-normalised (log1p(1e4 x 1e4) ~ 18.4; counts are far larger)
 MAX_LOG_VALUE = 50.0
 VAR_GENE_NAME = "gene_name"
@@ -117,6 +120,16 @@ def check_finite(X, source, *, what: str = "X") -> None:
                          "that hold them, before preparing the dataset)")
 
 
+def check_size(adata, source) -> None:
+    """InputError naming ``source`` and its number of cells (genes) when it has fewer than
+    :data:`MIN_CELLS` cells or no genes."""
+    if adata.n_obs < MIN_CELLS:
+        raise InputError(f"{source}: has {adata.n_obs} cell{'s' if adata.n_obs != 1 else ''}; a dataset needs at "
+                         f"least {MIN_CELLS} (is the file empty, truncated or filtered to nothing?)")
+    if adata.n_vars == 0:
+        raise InputError(f"{source}: has {adata.n_obs} cells but no genes (var is empty)")
+
+
 def check_log1p_norm(X, source) -> None:
     """InputError unless X looks like log1p(counts / total x 1e4): values in [0, MAX_LOG_VALUE]
     and not all integers.
@@ -156,6 +169,7 @@ def validate_standard(adata, task: str, *, source: str = "dataset") -> None:
     if task not in _TASK_OBS:
         raise InputError(f"{source}: unknown task {task!r}; expected one of {sorted(_TASK_OBS)}")
     kind = x_kind(adata, source=source)
+    check_size(adata, source)
     _check_values(adata, kind, source)
     for key in _TASK_OBS[task]:
         if key not in adata.obs:
