@@ -21,6 +21,9 @@ def dataset_entry(name):
     """The registry entry of a dataset (or a user dataset from config), with a clear error if unknown."""
     if name in EVAL["user_datasets"]:
         user = EVAL["user_datasets"][name]
+        if user["task"] == "integration" and not user.get("batch_key"):
+            raise ValueError(f"config: evaluation.user_datasets.{name}.batch_key is not set; the integration task "
+                             "needs the obs column with each cell's batch")
         return {"task": user["task"], "reader": "user_h5ad", "files": {"h5ad": {"path": user["path"]}},
                 "keys": {k: user.get(k) for k in ("label_key", "batch_key", "split_key")},
                 "x_kind": user.get("x_kind", "counts"), "protocol": {}, "simulated": False}

@@ -118,3 +118,16 @@ def test_validate_standard_counts_cells_and_genes():
                          uns={"cellmamba": {"x_kind": "counts"}})
     with pytest.raises(InputError, match="g.h5ad: has 2 cells but no genes"):
         validate_standard(nogenes, "integration", source="g.h5ad")
+
+
+def test_integration_without_batch_key_names_the_config_key(tmp_path):
+    path = _user_file(tmp_path, np.ones((4, 6)))
+    with pytest.raises(InputError, match=r"mine\.h5ad: the integration task needs "
+                                         r"evaluation\.user_datasets\.mine\.batch_key") as err:
+        _prepare(tmp_path, path, "counts", task="integration")
+    assert "keys.batch_key" not in str(err.value)
+    with pytest.raises(InputError, match=r"evaluation\.user_datasets\.mine\.split_key"):
+        _prepare(tmp_path, path, "counts", split_key=None)
+    # the reader alone (no workflow name) still names the config key's form
+    with pytest.raises(InputError, match=r"evaluation\.user_datasets\.<name>\.batch_key"):
+        read_user_h5ad({"h5ad": path}, keys={"label_key": "celltype"}, x_kind="counts", task="integration")

@@ -290,3 +290,13 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
                         "baseline_annotation", "baseline_integration", "score_annotation", "score_integration",
                         "perturbation_split", "baseline_perturbation", "score_perturbation", "baseline_multiomics",
                         "score_multiomics"} <= seen
+
+
+def test_user_integration_dataset_without_batch_key_names_the_config_key(tmp_path):
+    """A user integration dataset without batch_key fails at DAG time, naming the config key to set."""
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text(yaml.safe_dump({"evaluation": {"user_datasets": {"mine": {
+        "path": str(tmp_path / "mine.h5ad"), "task": "integration", "label_key": "cell_type"}}}}))
+    proc = _snakemake("-n", "--cores", "1", "--configfile", str(overlay), check=False)
+    assert proc.returncode != 0
+    assert "evaluation.user_datasets.mine.batch_key is not set" in proc.stdout + proc.stderr

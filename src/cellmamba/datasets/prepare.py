@@ -70,7 +70,7 @@ def prepare_dataset(entry: Mapping, files: Mapping[str, os.PathLike], out: str |
             digest = sha256_file(path)
         sources[key] = {"name": path.name, "sha256": digest}
     adata = read_dataset(entry["reader"], files, task=entry["task"], keys=entry.get("keys"),
-                         x_kind=entry.get("x_kind"), options=entry.get("options"))
+                         x_kind=entry.get("x_kind"), options=entry.get("options"), dataset=dataset)
     simulated = bool(entry.get("simulated", False))
     if bool(adata.uns[UNS].get("simulated", False)) != simulated:
         raise InputError(f"dataset {dataset!r}: the registry says simulated={simulated} but reader "

@@ -41,7 +41,7 @@ from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_f
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
            "read_sim_multiome", "stratified_split",
-           "VAR_FEATURE_TYPE", "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER"]
+           "VAR_FEATURE_TYPE", "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER", "USER_CONFIG_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -607,8 +607,12 @@ def read_pbmc68k_reduced(files: Mapping[str, os.PathLike], *, keys: Mapping, que
     return adata
 
 
+#: where a user dataset's keys live in the workflow config (messages name these, not ``keys.*``)
+USER_CONFIG_KEY = "evaluation.user_datasets.{dataset}"
+
+
 def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: str, task: str,
-                   query_fraction: float | None = None, seed: int = 0) -> "ad.AnnData":
+                   query_fraction: float | None = None, seed: int = 0, dataset: str | None = None) -> "ad.AnnData":
     """A user's own h5ad (config ``evaluation.user_datasets``), read into the standard schema.
 
     Parameters
@@ -626,14 +630,22 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
         ``annotation`` or ``integration``.
     query_fraction, seed
         Annotation without ``split_key``: a :func:`stratified_split` by label.
+    dataset
+        The dataset's name in the config, for messages that name the config key to set
+        (``evaluation.user_datasets.<dataset>.batch_key``).
     """
     reader = "user_h5ad"
     path = _file(files, "h5ad", reader)
+    where = USER_CONFIG_KEY.format(dataset=dataset or "<name>")
     if x_kind not in X_KINDS:
-        raise InputError(f"{path}: x_kind {x_kind!r}; expected one of {X_KINDS}")
-    label_key = _key(keys, "label_key", reader)
-    batch_key = _key(keys, "batch_key", reader, required=task == "integration")
-    split_key = _key(keys, "split_key", reader, required=False)
+        raise InputError(f"{path}: {where}.x_kind is {x_kind!r}; expected one of {X_KINDS}")
+    keys = dict(keys or {})
+    for name, required in (("label_key", True), ("batch_key", task == "integration")):
+        if required and not keys.get(name):
+            what = "cell-type labels" if name == "label_key" else "each cell's batch, which integration corrects for"
+            raise InputError(f"{path}: the {task} task needs {where}.{name} (the obs column with {what}) in the "
+                             f"config; it is not set")
+    label_key, batch_key, split_key = keys["label_key"], keys.get("batch_key"), keys.get("split_key")
     adata = read_h5ad_checked(path)
     check_size(adata, path)
     labels = _obs_column(adata, label_key, path, what="cell-type label")
@@ -641,8 +653,8 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
         split = _obs_column(adata, split_key, path, what="split").astype(str).to_numpy()
     elif task == "annotation":
         if query_fraction is None:
-            raise InputError(f"{path}: the annotation task needs split_key (an obs column with reference / query "
-                             "values) in the user dataset's config entry")
+            raise InputError(f"{path}: the annotation task needs {where}.split_key (an obs column with reference / "
+                             "query values) in the config; it is not set")
         split = stratified_split(labels.to_numpy(), query_fraction=query_fraction, seed=seed)
     else:
         split = None
@@ -719,7 +731,8 @@ READERS: dict[str, Callable] = {
 
 
 def read_dataset(reader: str, files: Mapping[str, os.PathLike], *, task: str, keys: Mapping | None = None,
-                 x_kind: str | None = None, options: Mapping | None = None) -> "ad.AnnData":
+                 x_kind: str | None = None, options: Mapping | None = None,
+                 dataset: str | None = None) -> "ad.AnnData":
     """Read a dataset with the named reader and check the standard schema of ``task``.
 
     Parameters
@@ -737,6 +750,8 @@ def read_dataset(reader: str, files: Mapping[str, os.PathLike], *, task: str, ke
         is the user's statement, passed to the reader).
     options
         Reader keyword options (registry ``options``).
+    dataset
+        The dataset's name (``user_h5ad``: messages name its config keys).
 
     Returns
     -------
@@ -747,7 +762,7 @@ def read_dataset(reader: str, files: Mapping[str, os.PathLike], *, task: str, ke
         raise InputError(f"reader {reader!r} is unknown; expected one of {sorted(READERS)}")
     kwargs = dict(options or {})
     if reader == "user_h5ad":
-        kwargs.update(x_kind=x_kind, task=task)
+        kwargs.update(x_kind=x_kind, task=task, dataset=dataset)
     adata = READERS[reader](dict(files), keys=dict(keys or {}), **kwargs)
     # the files read, so that every error below names them
     source = f"{', '.join(str(p) for p in dict(files).values())} (reader {reader!r})" if files else f"reader {reader!r}"
