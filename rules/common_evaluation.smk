@@ -87,6 +87,11 @@ def finetune_inputs(wildcards):
             "model": f"results/pretrain/{wildcards.method}/model", "vocabulary": "results/qc/gene_stats.tsv"}
 
 
+def gene_overlap_settings():
+    """evaluation.gene_overlap: min_fraction / warn_fraction of the fine-tuning rules' vocabulary check."""
+    return dict(EVAL["gene_overlap"])
+
+
 def finetune_settings(task):
     def settings(wildcards):
         return {**EVAL[task]["finetune"], "seed": int(wildcards.seed)}

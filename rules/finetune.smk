@@ -13,6 +13,7 @@ rule finetune_annotation:
         method="|".join(MODEL_NAMES),
     params:
         settings=finetune_settings("annotation"),
+        gene_overlap=gene_overlap_settings(),
         genes={"n_hvg": None, "min_counts": 0},
     log:
         "logs/finetune_annotation/{dataset}/{method}/seed{seed}.log",
@@ -37,6 +38,7 @@ rule finetune_integration:
         method="|".join(MODEL_NAMES),
     params:
         settings=finetune_settings("integration"),
+        gene_overlap=gene_overlap_settings(),
         genes=gene_protocol,
     log:
         "logs/finetune_integration/{dataset}/{variant}/{method}/seed{seed}.log",
@@ -63,6 +65,7 @@ rule finetune_perturbation:
         method="|".join(MODEL_NAMES),
     params:
         settings=finetune_settings("perturbation"),
+        gene_overlap=gene_overlap_settings(),
     log:
         "logs/finetune_perturbation/{dataset}/{method}/seed{seed}.log",
     benchmark:

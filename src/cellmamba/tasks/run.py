@@ -16,7 +16,7 @@ from ..runlog import provenance
 from .annotate import run_annotation
 from .finetune import FinetuneConfig
 from .integrate import run_integration
-from .tokens import select_genes
+from .tokens import check_gene_overlap, gene_weights, select_genes, vocabulary_index
 
 __all__ = ["finetune_annotation_files", "finetune_integration_files", "write_embedding",
            "finetune_perturbation_files", "train_multiomics_files"]
@@ -24,9 +24,18 @@ __all__ = ["finetune_annotation_files", "finetune_integration_files", "write_emb
 log = logging.getLogger(__name__)
 
 
-def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: FinetuneConfig, genes: dict | None):
+def _check_overlap(adata, vocab: pd.DataFrame, dataset, gene_overlap: dict | None) -> None:
+    """evaluation.gene_overlap: fail / warn when too little of the dataset's expression is in vocabulary genes."""
+    index = vocabulary_index(adata.var, vocab, source=str(dataset))
+    check_gene_overlap(index, weights=gene_weights(adata), source=f"dataset {Path(dataset).stem!r} ({dataset})",
+                       **dict(gene_overlap or {}))
+
+
+def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: FinetuneConfig, genes: dict | None,
+             gene_overlap: dict | None):
     adata = read_h5ad_checked(dataset)
     vocab = pd.read_csv(vocabulary, sep="\t")
+    _check_overlap(adata, vocab, dataset, gene_overlap)
     genes = genes or {}
     mask = select_genes(adata, n_hvg=genes.get("n_hvg"), min_counts=genes.get("min_counts", 0), source=str(dataset))
     # scGPT: max_seq_len = n_genes + 1 (CLS); never longer than the selected genes need
@@ -47,9 +56,12 @@ def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, ex
 
 
 def finetune_annotation_files(dataset, model_dir, vocabulary, *, config: FinetuneConfig, predictions,
-                              train_dir, genes: dict | None = None) -> None:
-    """Rule finetune_annotation: predictions CSV (cell, split, cell_type, predicted) + train dir."""
-    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes)
+                              train_dir, genes: dict | None = None, gene_overlap: dict | None = None) -> None:
+    """Rule finetune_annotation: predictions CSV (cell, split, cell_type, predicted) + train dir.
+
+    ``gene_overlap``: ``min_fraction`` / ``warn_fraction`` of :func:`~cellmamba.tasks.check_gene_overlap`
+    (config ``evaluation.gene_overlap``; default its defaults)."""
+    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap)
     with atomic_path(train_dir) as tmp:
         table = run_annotation(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask)
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
@@ -67,9 +79,10 @@ def write_embedding(adata, emb: np.ndarray, path, *, info: dict) -> None:
 
 
 def finetune_integration_files(dataset, model_dir, vocabulary, *, config: FinetuneConfig, embedding,
-                               train_dir, genes: dict | None = None) -> None:
-    """Rule finetune_integration: embedding h5ad (obsm['X_emb']) + train dir."""
-    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes)
+                               train_dir, genes: dict | None = None, gene_overlap: dict | None = None) -> None:
+    """Rule finetune_integration: embedding h5ad (obsm['X_emb']) + train dir (``gene_overlap``: as
+    :func:`finetune_annotation_files`)."""
+    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap)
     with atomic_path(train_dir) as tmp:
         emb = run_integration(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask)
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
@@ -77,9 +90,11 @@ def finetune_integration_files(dataset, model_dir, vocabulary, *, config: Finetu
                                                  "n_genes_selected": int(mask.sum()), "genes": genes or {}})
 
 
-def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config, predictions, train_dir) -> None:
+def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config, predictions, train_dir,
+                                gene_overlap: dict | None = None) -> None:
     """Rule finetune_perturbation: profiles h5ad (predicted mean profile of every test condition
-    and reverse candidate, obs ``role``) + train dir.
+    and reverse candidate, obs ``role``) + train dir (``gene_overlap``: as
+    :func:`finetune_annotation_files`).
 
     The split's ``train`` conditions are the training targets and ``val`` the validation
     targets; ``ctrl`` cells are only ever inputs (SC-MAMBA2 removes ctrl from both lists).
@@ -91,6 +106,7 @@ def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config
 
     adata = read_h5ad_checked(dataset)
     vocab = pd.read_csv(vocabulary, sep="\t")
+    _check_overlap(adata, vocab, dataset, gene_overlap)
     sp_ = read_split(split)
     conditions, roles = prediction_targets(sp_)
     with atomic_path(train_dir) as tmp:
