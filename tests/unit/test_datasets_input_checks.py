@@ -131,3 +131,65 @@ def test_integration_without_batch_key_names_the_config_key(tmp_path):
     # the reader alone (no workflow name) still names the config key's form
     with pytest.raises(InputError, match=r"evaluation\.user_datasets\.<name>\.batch_key"):
         read_user_h5ad({"h5ad": path}, keys={"label_key": "celltype"}, x_kind="counts", task="integration")
+
+
+# --------------------------------------------------------------------------- x_kind normalized (TPM / FPKM / CPM)
+def test_normalized_cpm_gives_the_log_normalised_values_of_its_counts(tmp_path):
+    """CPM = counts / total x 1e6: rescaled per cell to 1e4 and log1p'd, it must equal the counts path."""
+    from cellmamba.datasets import counts_matrix, log_normalized
+
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(4.0, size=(12, 6)).astype(np.float64) + np.eye(12, 6)  # no all-zero cell
+    cpm = counts / counts.sum(axis=1, keepdims=True) * 1e6
+    adata = _prepare(tmp_path, _user_file(tmp_path, cpm), "normalized")
+    assert adata.uns["cellmamba"]["x_kind"] == "normalized" and "counts" not in adata.layers
+    expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)  # by hand, from the counts
+    np.testing.assert_allclose(log_normalized(adata).toarray(), expected, rtol=1e-5)
+    with pytest.raises(InputError, match=r"no raw counts .*x_kind is 'normalized'.*needs counts"):
+        counts_matrix(adata)  # scVI and seurat_v3 HVGs go through counts_matrix
+
+
+def test_normalized_refuses_negative_values(tmp_path):
+    X = np.abs(np.random.default_rng(6).normal(size=(8, 6))) * 100
+    X[1, 1] = -3.0
+    with pytest.raises(InputError, match=r"mine\.h5ad: X holds negative values.*'normalized'.*TPM"):
+        _prepare(tmp_path, _user_file(tmp_path, X), "normalized")
+
+
+def test_real_smartseq_fpkm_as_normalized(shared_data, tmp_path):
+    """HSMM (Trapnell 2014): 271 cells x 47,192 FPKM with versioned Ensembl ids, read as x_kind normalized."""
+    from cellmamba.datasets import log_normalized
+    from cellmamba.tasks import vocabulary_index
+
+    path = shared_data / "real" / "hsmm_trapnell2014_fpkm.h5ad"
+    entry = {"task": "integration", "reader": "user_h5ad", "files": {"h5ad": {"path": str(path)}},
+             "keys": {"label_key": "State", "batch_key": "Media"}, "x_kind": "normalized", "simulated": False}
+    adata = prepare_dataset(entry, {"h5ad": path}, tmp_path / "hsmm.h5ad", dataset="hsmm")
+    assert adata.shape == (271, 47192) and "counts" not in adata.layers
+    lognorm = log_normalized(adata)
+    np.testing.assert_allclose(np.expm1(lognorm.toarray().astype(np.float64)).sum(axis=1), 1e4, rtol=1e-3)
+    # versioned ids (ENSG00000000003.10) match an unversioned vocabulary
+    vocab = pd.DataFrame({"feature_id": ["ENSG00000000003", "ENSG00000000005"], "feature_name": ["TSPAN6", "TNMD"]})
+    index = vocabulary_index(adata.var, vocab, source="hsmm")
+    assert list(adata.var_names[:2]) == ["ENSG00000000003.10", "ENSG00000000005.5"] and list(index[:2]) == [0, 1]
+    with pytest.raises(InputError, match="look like raw counts|ranges over"):
+        prepare_dataset({**entry, "x_kind": "log1p_norm"}, {"h5ad": path}, tmp_path / "bad.h5ad", dataset="hsmm")
+
+
+def test_normalized_tokens_equal_the_counts_tokens():
+    """Binned and rank tokens of CPM data (x_kind normalized) are those of the counts it came from."""
+    from cellmamba.tasks import tokenize_dataset
+
+    rng = np.random.default_rng(8)
+    counts = rng.poisson(3.0, size=(10, 6)).astype(np.float32) + np.eye(10, 6, dtype=np.float32)
+    var = pd.DataFrame({"gene_name": SYMBOLS}, index=SYMBOLS)
+    vocab = pd.DataFrame({"feature_id": [f"ENSG{i:011d}" for i in range(6)], "feature_name": SYMBOLS[::-1],
+                          "nonzero_median": np.linspace(1.0, 3.0, 6)})
+    raw = ad.AnnData(X=sp.csr_matrix(counts), var=var, uns={"cellmamba": {"x_kind": "counts"}})
+    cpm = ad.AnnData(X=sp.csr_matrix(counts / counts.sum(axis=1, keepdims=True) * 1e6), var=var,
+                     uns={"cellmamba": {"x_kind": "normalized"}})
+    for tokenizer in ("rank", "binned"):
+        a = tokenize_dataset(raw, vocab, tokenizer=tokenizer, max_len=8)
+        b = tokenize_dataset(cpm, vocab, tokenizer=tokenizer, max_len=8)
+        assert b.value_source in ("log1p(normalized)", "expm1(log1p(normalized))")
+        np.testing.assert_array_equal(a.batch.tokens, b.batch.tokens)

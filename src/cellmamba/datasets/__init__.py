@@ -12,7 +12,7 @@ from .readers import (FEATURE_MODALITY, READERS, UNS_READER, VAR_FEATURE_TYPE, V
                       read_bmmc, read_dataset, read_norman, read_pbmc10k, read_pbmc68k_reduced, read_sim_integration,
                       read_sim_multiome, read_sim_perturbation, read_user_h5ad, stratified_split)
 from .schema import (SPLITS, UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
-                     check_size, count_nonfinite, counts_matrix, log_normalized, validate_standard, x_kind)
+                     check_normalized, check_size, count_nonfinite, counts_matrix, log_normalized, validate_standard, x_kind)
 from .gears_split import (PerturbationSplit, ReverseGrid, make_split_file, read_split, reverse_grid, simulation_split,
                           split_of_cells, subgroup_of, write_split)
 from .simulate import UNS_SIMULATION, VARM_BATCH_FACTOR, pbmc68k_profiles, simulate_integration
@@ -22,7 +22,8 @@ from .simulate_perturbation import simulate_perturbation
 __all__ = [
     # schema
     "X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED", "x_kind", "log_normalized",
-    "counts_matrix", "validate_standard", "check_finite", "check_log1p_norm", "check_size", "count_nonfinite",
+    "counts_matrix", "validate_standard", "check_finite", "check_log1p_norm", "check_normalized", "check_size",
+    "count_nonfinite",
     # download
     "fetch", "verify_file", "download_file", "extract_member", "gunzip_file", "read_lock", "MEMBER_SEPARATOR",
     # readers

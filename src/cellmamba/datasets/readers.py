@@ -36,7 +36,7 @@ from ..io import read_h5ad_checked
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS,
                     UNS_X_KIND)
 from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
-                     check_size, validate_standard)
+                     check_normalized, check_size, validate_standard)
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
@@ -625,7 +625,8 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
         ``test``; required for annotation unless ``query_fraction`` asks for a split).
     x_kind
         What X holds (``counts``: checked to be integers and also stored in layer ``counts``;
-        ``log1p_norm``; ``scaled``: needs ``.raw`` with log-normalised values).
+        ``log1p_norm``; ``scaled``: needs ``.raw`` with log-normalised values; ``normalized``:
+        TPM / FPKM / CPM, non-negative, log1p-normalised per cell where used, no counts).
     task
         ``annotation`` or ``integration``.
     query_fraction, seed
@@ -664,6 +665,8 @@ def read_user_h5ad(files: Mapping[str, os.PathLike], *, keys: Mapping, x_kind: s
         adata.layers[LAYER_COUNTS] = adata.X.copy()
     elif x_kind == "log1p_norm":
         _check_log_normalized(adata.X, path)
+    elif x_kind == "normalized":
+        check_normalized(adata.X, path)
     elif x_kind == "scaled" and adata.raw is None:
         raise InputError(f"{path}: x_kind 'scaled' needs .raw with the log-normalised values; .raw is missing")
     _set_column(adata.obs, OBS_CELL_TYPE, labels.to_numpy(), source=path)

@@ -15,11 +15,16 @@ from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
            "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
-           "check_finite", "check_log1p_norm", "check_size", "MAX_LOG_VALUE", "MIN_CELLS"]
+           "check_finite", "check_log1p_norm", "check_size", "check_normalized", "MAX_LOG_VALUE", "MIN_CELLS",
+           "NORMALIZED_TARGET_SUM"]
 
 #: what X may hold: raw counts; log1p(counts / total * 1e4); scaled (z-scored) log-normalised
-#: values with the log-normalised matrix in ``.raw``; other continuous values (FPKM, ...)
-X_KINDS = ("counts", "log1p_norm", "scaled", "other")
+#: values with the log-normalised matrix in ``.raw``; normalized: per-cell scaled, not logged, not
+#: counts (TPM / FPKM / CPM, e.g. Smart-seq2), turned into log1p(x / total * 1e4) per cell;
+#: other continuous values the readers keep as published (Norman's log1p at the median target)
+X_KINDS = ("counts", "log1p_norm", "scaled", "normalized", "other")
+#: library size a normalized (TPM / FPKM / CPM) cell is rescaled to before log1p, as counts are
+NORMALIZED_TARGET_SUM = 1e4
 SPLITS = ("reference", "query", "train", "test")
 #: fewest cells a dataset may have: annotation needs a reference and a query cell, integration a
 #: cell and a neighbour; 0 or 1 cell is an empty or truncated file, not a split problem
@@ -74,13 +79,17 @@ def log_normalized(adata, *, source: str = "dataset"):
     """log1p(counts / total x 1e4) of every cell, as float32 CSR (n_cells, n_vars).
 
     From counts (layer or X) when there are any; X itself when x_kind is ``log1p_norm``; ``.raw``
-    (which must have the same genes) when X is ``scaled``. ``other`` raises.
+    (which must have the same genes) when X is ``scaled``; for ``normalized`` (TPM / FPKM / CPM)
+    each cell rescaled to sum :data:`NORMALIZED_TARGET_SUM` over its genes, then log1p: the
+    counts path after normalize_total (what is lost: the counts themselves, so methods that need
+    them refuse such data, :func:`counts_matrix`). ``other`` raises.
     """
     kind = x_kind(adata, source=source)
-    if LAYER_COUNTS in adata.layers or kind == "counts":
-        X = sp.csr_matrix(counts_matrix(adata, source=source), dtype=np.float32)
-        total = np.asarray(X.sum(axis=1)).ravel()
-        scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
+    if LAYER_COUNTS in adata.layers or kind in ("counts", "normalized"):
+        X = adata.X if kind == "normalized" and LAYER_COUNTS not in adata.layers else counts_matrix(adata, source=source)
+        X = sp.csr_matrix(X, dtype=np.float32)
+        total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+        scale = np.divide(NORMALIZED_TARGET_SUM, total, out=np.zeros_like(total), where=total > 0)
         X = sp.diags(scale.astype(np.float32)) @ X
         X.data = np.log1p(X.data)
         return X.tocsr()
@@ -153,10 +162,20 @@ def check_log1p_norm(X, source) -> None:
                          "(or store log1p(counts / total x 1e4) in X)")
 
 
+def check_normalized(X, source) -> None:
+    """InputError unless X can be per-cell scaled values (TPM / FPKM / CPM): no negative values."""
+    data = _stored_values(X)
+    if data.size and float(np.nanmin(data)) < 0:
+        raise InputError(f"{source}: X holds negative values (min {float(np.nanmin(data)):g}); x_kind 'normalized' "
+                         "expects non-negative per-cell scaled values such as TPM, FPKM or CPM")
+
+
 def _check_values(adata, kind: str, source: str) -> None:
     check_finite(adata.X, source)
     if kind == "log1p_norm":
         check_log1p_norm(adata.X, source)
+    elif kind == "normalized":
+        check_normalized(adata.X, source)
     if LAYER_COUNTS in adata.layers:
         check_finite(adata.layers[LAYER_COUNTS], source, what=f"layer '{LAYER_COUNTS}'")
     if kind == "scaled" and adata.raw is not None:

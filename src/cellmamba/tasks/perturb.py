@@ -496,7 +496,7 @@ def _log_values(adata, source: str):
     ``log1p_norm`` or ``other`` (Norman's X is log1p at the MEDIAN target, which the readers
     call ``other``); ``counts`` and ``scaled`` are refused."""
     kind = adata.uns.get(UNS, {}).get(UNS_X_KIND)
-    if kind in ("counts", "scaled"):
+    if kind in ("counts", "scaled", "normalized"):
         raise InputError(f"{source}: perturbation prediction reads log1p values from X, but "
                          f"uns['{UNS}']['{UNS_X_KIND}'] is {kind!r} (expected 'log1p_norm' or 'other')")
     X = adata.X

@@ -55,7 +55,7 @@ class DatasetTokens:
     batch: TokenBatch          # CSR tokens (+ uint8 bins for binned)
     measured: np.ndarray       # bool (n_vocab_genes,): vocabulary genes the dataset has (after gene selection)
     tokenizer: str             # "rank" | "binned"
-    value_source: str          # "counts" | "log1p_norm" | "expm1(log1p_norm)"
+    value_source: str          # "counts" | "log1p_norm" | "log1p(normalized)" | "expm1(<either>)"
     n_genes_used: int          # dataset genes mapped to the vocabulary and selected
     n_genes_unmapped: int      # dataset genes with no vocabulary id (dropped)
     max_len: int               # tokens per cell the tokenizer kept at most
@@ -240,7 +240,8 @@ def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len
     else:
         lognorm = log_normalized(adata, source=source)
         X, integers = _to_vocab_columns(lognorm, index, n_vocab), False
-        value_source = "log1p_norm"
+        # normalized (TPM / FPKM / CPM): rescaled per cell to 1e4, then log1p (schema.log_normalized)
+        value_source = "log1p(normalized)" if x_kind(adata, source=source) == "normalized" else "log1p_norm"
         totals = None
     if tokenizer == "binned":
         batch = tokenize_binned(X, BinnedConfig(max_len=max_len, n_bins=n_bins), counts=integers)
@@ -253,7 +254,7 @@ def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len
             X = X.copy()
             X.data = np.expm1(X.data)
             totals = np.full(X.shape[0], RankConfig().target_sum)  # already count / total x 1e4
-            value_source = "expm1(log1p_norm)"
+            value_source = f"expm1({value_source})"
         batch = tokenize_rank(X, medians, RankConfig(max_len=max_len), totals=totals, counts=integers)
     measured = np.zeros(n_vocab, dtype=bool)
     measured[index[index >= 0]] = True
