@@ -13,6 +13,7 @@ RESOURCES = {
     "kang": "resources/demo/kang2018_pbmc_ctrl_stim_subset.h5ad",
     "gene_table": "resources/genes/cellxgene_genes_homo_sapiens_gencode48.csv.gz",
     "id2name": "resources/genes/gencode44_gene_id2name.csv.gz",
+    "aliases": "resources/genes/human_gene_aliases_ncbi2022.tsv.gz",
     "positions": "resources/genes/human_gene_positions_hg38.tsv.gz",
 }
 

@@ -84,7 +84,8 @@ def gene_protocol(wildcards):
 
 def finetune_inputs(wildcards):
     return {"dataset": f"results/datasets/{wildcards.dataset}.h5ad",
-            "model": f"results/pretrain/{wildcards.method}/model", "vocabulary": "results/qc/gene_stats.tsv"}
+            "model": f"results/pretrain/{wildcards.method}/model", "vocabulary": "results/qc/gene_stats.tsv",
+            "aliases": RESOURCES["aliases"]}
 
 
 def gene_overlap_settings():

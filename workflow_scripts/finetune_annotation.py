@@ -14,4 +14,5 @@ from cellmamba.tasks.run import finetune_annotation_files
 finetune_annotation_files(snakemake.input.dataset, snakemake.input.model, snakemake.input.vocabulary,
                           config=FinetuneConfig.from_dict(snakemake.params.settings),
                           predictions=snakemake.output.predictions, train_dir=snakemake.output.train,
-                          genes=snakemake.params.genes, gene_overlap=snakemake.params.gene_overlap)
+                          genes=snakemake.params.genes, gene_overlap=snakemake.params.gene_overlap,
+                          aliases=snakemake.input.aliases)

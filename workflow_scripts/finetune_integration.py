@@ -14,4 +14,5 @@ from cellmamba.tasks.run import finetune_integration_files
 finetune_integration_files(snakemake.input.dataset, snakemake.input.model, snakemake.input.vocabulary,
                            config=FinetuneConfig.from_dict(snakemake.params.settings),
                            embedding=snakemake.output.embedding, train_dir=snakemake.output.train,
-                           genes=snakemake.params.genes, gene_overlap=snakemake.params.gene_overlap)
+                           genes=snakemake.params.genes, gene_overlap=snakemake.params.gene_overlap,
+                           aliases=snakemake.input.aliases)

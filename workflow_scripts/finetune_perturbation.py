@@ -15,4 +15,5 @@ from cellmamba.tasks.run import finetune_perturbation_files
 finetune_perturbation_files(snakemake.input.dataset, snakemake.input.model, snakemake.input.vocabulary,
                             split=snakemake.input.split, config=PerturbConfig.from_dict(snakemake.params.settings),
                             predictions=snakemake.output.predictions, train_dir=snakemake.output.train,
-                            gene_overlap=snakemake.params.gene_overlap)
+                            gene_overlap=snakemake.params.gene_overlap,
+                            aliases=snakemake.input.aliases)

@@ -2,8 +2,10 @@
 
 The census gene table (the vocabulary) is keyed by Ensembl ids. Datasets that only carry gene
 symbols are mapped through the CELLxGENE gene reference (GENCODE 48, GTF order) and, for
-symbols renamed since, through an older id -> name table (GENCODE 44). A symbol that cannot be
-mapped to exactly one Ensembl id is never guessed: it is counted, logged and left out.
+symbols renamed since, through an older id -> name table (GENCODE 44) and an alias table of
+legacy symbols (NCBI Gene 2022, IGJ -> JCHAIN; resources/genes/human_gene_aliases_ncbi2022.tsv.gz,
+built by scripts/build_gene_aliases.py, unambiguous aliases only). A symbol that cannot be mapped
+to exactly one Ensembl id is never guessed: it is counted, logged and left out.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from .errors import CorruptFileError, InputError
 from .keys import VAR_FEATURE_ID, VAR_FEATURE_LENGTH, VAR_FEATURE_NAME
 
 __all__ = [
-    "read_gene_table", "read_id2name", "census_var", "SymbolMapping", "map_symbols",
-    "looks_like_ensembl",
+    "read_gene_table", "read_id2name", "read_aliases", "census_var", "SymbolMapping", "map_symbols",
+    "looks_like_ensembl", "ALIAS_COLUMNS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,28 @@ def read_id2name(path: str | os.PathLike) -> pd.DataFrame:
     return _read_headerless_csv(path, (VAR_FEATURE_ID, VAR_FEATURE_NAME))
 
 
+#: columns of resources/genes/human_gene_aliases_ncbi2022.tsv.gz (tab-separated, with a header)
+ALIAS_COLUMNS = ("alias", "symbol", "ensembl_id")
+
+
+def read_aliases(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a legacy-symbol alias table (TSV with header alias, symbol, ensembl_id; ensembl_id may
+    be empty). Each alias names one current gene (scripts/build_gene_aliases.py)."""
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file (expected the gene alias table)") from exc
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error, pd.errors.ParserError) as exc:
+        raise CorruptFileError(f"{path}: not a readable alias table ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in ALIAS_COLUMNS if c not in table]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; expected a header {list(ALIAS_COLUMNS)}")
+    if table["alias"].duplicated().any():
+        dup = table.loc[table["alias"].duplicated(), "alias"].head(5).tolist()
+        raise InputError(f"{path}: aliases {dup} appear twice; each alias must name one gene")
+    return table[list(ALIAS_COLUMNS)]
+
+
 def census_var(gene_table: pd.DataFrame) -> pd.DataFrame:
     """The census var form of a gene table: columns feature_id, feature_name, feature_length.
 
@@ -104,6 +128,7 @@ class SymbolMapping:
     unknown: list[str] = field(default_factory=list)
     ambiguous: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    n_via_alias: int = 0  # legacy symbols rescued through the alias table
 
     @property
     def mapped(self) -> np.ndarray:
@@ -116,7 +141,7 @@ class SymbolMapping:
 
 
 def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | None = None,
-                source: str = "dataset") -> SymbolMapping:
+                aliases: pd.DataFrame | None = None, source: str = "dataset") -> SymbolMapping:
     """Map gene symbols to the Ensembl ids of ``gene_table``.
 
     A symbol is mapped when it names exactly one gene of ``gene_table`` (``feature_name``);
@@ -133,6 +158,10 @@ def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | No
         Columns ``feature_id``, ``feature_name`` (see :func:`read_gene_table`).
     id2name
         Optional fallback table with columns ``feature_id``, ``feature_name``.
+    aliases
+        Optional last fallback (:func:`read_aliases`): a symbol still unknown that is a legacy
+        alias is mapped to its current symbol's one gene of ``gene_table``, else to the alias
+        row's ``ensembl_id`` when that is in ``gene_table``.
     source
         Name used in log and error messages (the file the symbols came from).
 
@@ -149,8 +178,21 @@ def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | No
         old = id2name[id2name[VAR_FEATURE_ID].isin(known_ids)]
         fallback = old.groupby(VAR_FEATURE_NAME, sort=False)[VAR_FEATURE_ID].agg(lambda s: sorted(set(s)))
 
+    alias_of = None
+    if aliases is not None:
+        alias_of = dict(zip(aliases["alias"].astype(str), zip(aliases["symbol"].astype(str),
+                                                             aliases["ensembl_id"].astype(str))))
+
+    def _via_alias(sym):
+        symbol, ens = alias_of[sym]
+        hits = by_name.get(symbol)
+        if hits is not None:
+            return hits if len(hits) == 1 else None
+        return [ens] if ens and ens in known_set else None
+
+    known_set = set(known_ids)
     ids = np.full(len(symbols), "", dtype=object)
-    via = np.zeros(len(symbols), dtype=np.int8)  # 1 direct, 2 through id2name
+    via = np.zeros(len(symbols), dtype=np.int8)  # 1 direct, 2 through id2name, 3 through the alias table
     unknown, ambiguous = [], []
     for i, sym in enumerate(symbols):
         hits = by_name.get(sym)
@@ -161,6 +203,11 @@ def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | No
                 ambiguous.append(sym)
             continue
         hits = fallback.get(sym) if fallback is not None else None
+        if hits is None and alias_of is not None and sym in alias_of:
+            hits = _via_alias(sym)
+            if hits is not None:
+                ids[i], via[i] = hits[0], 3
+                continue
         if hits is None:
             unknown.append(sym)
         elif len(hits) == 1:
@@ -171,7 +218,7 @@ def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | No
     # one id per gene: direct matches first, then fallback matches, in input order
     duplicates: list[str] = []
     taken: set[str] = set()
-    for level in (1, 2):
+    for level in (1, 2, 3):
         for i in np.flatnonzero(via == level):
             if ids[i] in taken:
                 duplicates.append(symbols[i])
@@ -179,10 +226,14 @@ def map_symbols(symbols, gene_table: pd.DataFrame, *, id2name: pd.DataFrame | No
             else:
                 taken.add(ids[i])
     ids = ids.astype(str)
-    result = SymbolMapping(ids, int((via == 1).sum()), int((via == 2).sum()), unknown, ambiguous, duplicates)
+    result = SymbolMapping(ids, int((via == 1).sum()), int((via == 2).sum()), unknown, ambiguous, duplicates,
+                           n_via_alias=int((via == 3).sum()))
     logger.info("%s: %d of %d symbols mapped to Ensembl ids (%d direct, %d through the id->name table); "
                 "left out: %d unknown, %d ambiguous, %d duplicate", source, result.n_mapped, len(symbols),
                 result.n_direct, result.n_via_id2name, len(unknown), len(ambiguous), len(duplicates))
+    if aliases is not None:
+        logger.info("%s: %d legacy symbols rescued through the alias table (e.g. %s)", source, result.n_via_alias,
+                    list(symbols[via == 3][:5]))
     for label, names in (("unknown", unknown), ("ambiguous", ambiguous), ("duplicate", duplicates)):
         if names:
             logger.info("%s: %s symbols (first 20): %s", source, label, names[:20])

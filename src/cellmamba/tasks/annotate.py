@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame, *, config: FinetuneConfig,
-                   out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None) -> pd.DataFrame:
+                   out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None,
+                   aliases: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fine-tune on the reference cells, predict every cell.
 
     Parameters
@@ -48,6 +49,8 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
         Training outputs (checkpoints, metrics.csv, model/) go here.
     genes
         bool (n_vars,) genes to use (default all).
+    aliases
+        Legacy-symbol alias table (:func:`cellmamba.genes.read_aliases`) for symbol-keyed data.
 
     Returns
     -------
@@ -72,7 +75,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
                                                                      pooling=pooling, dropout=config.dropout)},
                                 backend=config.backend, seed=config.seed)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
-                              n_bins=model.config.embedding.n_bins, source="annotation dataset")
+                              n_bins=model.config.embedding.n_bins, source="annotation dataset", aliases=aliases)
     train_pos, valid_pos = split_train_valid(codes_ref, config.valid_fraction, config.seed)
     train_cells, valid_cells = ref[train_pos], ref[valid_pos]
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=config.seed)

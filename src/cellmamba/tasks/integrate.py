@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame, *, config: FinetuneConfig,
-                    out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None) -> np.ndarray:
+                    out_dir: str | os.PathLike, genes: np.ndarray | None = None, device=None,
+                    aliases: pd.DataFrame | None = None) -> np.ndarray:
     """Fine-tune (self-supervised + adversarial) on all but the validation cells, return the
     embeddings of every cell.
 
@@ -39,7 +40,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     ----------
     adata
         Standard-schema dataset with obs ``batch``.
-    model_dir, vocabulary, config, out_dir, genes
+    model_dir, vocabulary, config, out_dir, genes, aliases
         As :func:`cellmamba.tasks.run_annotation`.
 
     Returns
@@ -61,7 +62,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
                                  hidden=saved.backbone.d_model)}
     model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
-                              n_bins=model.config.embedding.n_bins, source="integration dataset")
+                              n_bins=model.config.embedding.n_bins, source="integration dataset", aliases=aliases)
     ssl = MaskedValueObjective() if tokenizer == "binned" else MaskedGeneObjective()
     objective = AdversarialObjective(ssl, batches, weight=config.adversarial_weight if len(names) > 1 else 0.0,
                                      pooling=pooling)

@@ -511,7 +511,7 @@ def _log_values(adata, source: str):
 def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame, *,
                      train_conditions: Sequence[str], valid_conditions: Sequence[str],
                      predict_conditions: Sequence[str], config: PerturbConfig, out_dir: str | os.PathLike,
-                     device=None) -> PerturbationResult:
+                     device=None, aliases: pd.DataFrame | None = None) -> PerturbationResult:
     """Fine-tune a pretrained model for perturbation prediction and predict conditions.
 
     Parameters
@@ -534,6 +534,8 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     out_dir
         Training outputs (checkpoints, metrics.csv, eval_metrics.csv, model/) and
         ``perturbation.json`` (gene counts, pairs, unflagged genes).
+    aliases
+        Legacy-symbol alias table (:func:`cellmamba.genes.read_aliases`) for symbol-keyed data.
 
     Returns
     -------
@@ -548,7 +550,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     for c in sorted(set(conds)):
         condition_genes(c)  # malformed strings fail here, before any training
     X = _log_values(adata, source)
-    index = vocabulary_index(adata.var, vocabulary, source=source)
+    index = vocabulary_index(adata.var, vocabulary, source=source, aliases=aliases)
     cols = np.flatnonzero(index >= 0)
     gene_ids = index[cols] + N_SPECIAL
     symbols = np.asarray(adata.var[VAR_GENE_NAME] if VAR_GENE_NAME in adata.var else adata.var_names, dtype=str)

@@ -24,18 +24,24 @@ __all__ = ["finetune_annotation_files", "finetune_integration_files", "write_emb
 log = logging.getLogger(__name__)
 
 
-def _check_overlap(adata, vocab: pd.DataFrame, dataset, gene_overlap: dict | None) -> None:
+def _read_aliases(aliases):
+    from ..genes import read_aliases
+
+    return None if aliases is None else read_aliases(aliases)
+
+
+def _check_overlap(adata, vocab: pd.DataFrame, dataset, gene_overlap: dict | None, aliases=None) -> None:
     """evaluation.gene_overlap: fail / warn when too little of the dataset's expression is in vocabulary genes."""
-    index = vocabulary_index(adata.var, vocab, source=str(dataset))
+    index = vocabulary_index(adata.var, vocab, source=str(dataset), aliases=aliases)
     check_gene_overlap(index, weights=gene_weights(adata), source=f"dataset {Path(dataset).stem!r} ({dataset})",
                        **dict(gene_overlap or {}))
 
 
 def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: FinetuneConfig, genes: dict | None,
-             gene_overlap: dict | None):
+             gene_overlap: dict | None, aliases):
     adata = read_h5ad_checked(dataset)
     vocab = pd.read_csv(vocabulary, sep="\t")
-    _check_overlap(adata, vocab, dataset, gene_overlap)
+    _check_overlap(adata, vocab, dataset, gene_overlap, aliases)
     genes = genes or {}
     mask = select_genes(adata, n_hvg=genes.get("n_hvg"), min_counts=genes.get("min_counts", 0), source=str(dataset))
     # scGPT: max_seq_len = n_genes + 1 (CLS); never longer than the selected genes need
@@ -56,14 +62,17 @@ def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, ex
 
 
 def finetune_annotation_files(dataset, model_dir, vocabulary, *, config: FinetuneConfig, predictions,
-                              train_dir, genes: dict | None = None, gene_overlap: dict | None = None) -> None:
+                              train_dir, genes: dict | None = None, gene_overlap: dict | None = None,
+                              aliases: str | os.PathLike | None = None) -> None:
     """Rule finetune_annotation: predictions CSV (cell, split, cell_type, predicted) + train dir.
 
     ``gene_overlap``: ``min_fraction`` / ``warn_fraction`` of :func:`~cellmamba.tasks.check_gene_overlap`
-    (config ``evaluation.gene_overlap``; default its defaults)."""
-    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap)
+    (config ``evaluation.gene_overlap``; default its defaults); ``aliases``: the legacy-symbol alias
+    table (resources/genes/human_gene_aliases_ncbi2022.tsv.gz; None: none)."""
+    aliases = _read_aliases(aliases)
+    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap, aliases)
     with atomic_path(train_dir) as tmp:
-        table = run_annotation(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask)
+        table = run_annotation(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask, aliases=aliases)
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
     with atomic_path(predictions) as tmp:
         table.to_csv(tmp, index=False)
@@ -79,21 +88,23 @@ def write_embedding(adata, emb: np.ndarray, path, *, info: dict) -> None:
 
 
 def finetune_integration_files(dataset, model_dir, vocabulary, *, config: FinetuneConfig, embedding,
-                               train_dir, genes: dict | None = None, gene_overlap: dict | None = None) -> None:
+                               train_dir, genes: dict | None = None, gene_overlap: dict | None = None,
+                               aliases: str | os.PathLike | None = None) -> None:
     """Rule finetune_integration: embedding h5ad (obsm['X_emb']) + train dir (``gene_overlap``: as
-    :func:`finetune_annotation_files`)."""
-    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap)
+    :func:`finetune_annotation_files`, and ``aliases``)."""
+    aliases = _read_aliases(aliases)
+    adata, vocab, mask, config = _prepare(dataset, vocabulary, config, genes, gene_overlap, aliases)
     with atomic_path(train_dir) as tmp:
-        emb = run_integration(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask)
+        emb = run_integration(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask, aliases=aliases)
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
     write_embedding(adata, emb, embedding, info={"method": Path(model_dir).parent.name, "seed": config.seed,
                                                  "n_genes_selected": int(mask.sum()), "genes": genes or {}})
 
 
 def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config, predictions, train_dir,
-                                gene_overlap: dict | None = None) -> None:
+                                gene_overlap: dict | None = None, aliases: str | os.PathLike | None = None) -> None:
     """Rule finetune_perturbation: profiles h5ad (predicted mean profile of every test condition
-    and reverse candidate, obs ``role``) + train dir (``gene_overlap``: as
+    and reverse candidate, obs ``role``) + train dir (``gene_overlap``, ``aliases``: as
     :func:`finetune_annotation_files`).
 
     The split's ``train`` conditions are the training targets and ``val`` the validation
@@ -106,12 +117,13 @@ def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config
 
     adata = read_h5ad_checked(dataset)
     vocab = pd.read_csv(vocabulary, sep="\t")
-    _check_overlap(adata, vocab, dataset, gene_overlap)
+    aliases = _read_aliases(aliases)
+    _check_overlap(adata, vocab, dataset, gene_overlap, aliases)
     sp_ = read_split(split)
     conditions, roles = prediction_targets(sp_)
     with atomic_path(train_dir) as tmp:
         result = run_perturbation(adata, model_dir, vocab, train_conditions=sp_.train, valid_conditions=sp_.val,
-                                  predict_conditions=conditions, config=config, out_dir=tmp)
+                                  predict_conditions=conditions, config=config, out_dir=tmp, aliases=aliases)
         _run_info(tmp / "run.json", model_dir, config, result.n_genes_used,
                   {"dataset": str(dataset), "split": str(split), "n_genes_unmapped": result.n_genes_unmapped,
                    "unflagged": result.unflagged})

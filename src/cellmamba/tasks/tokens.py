@@ -66,12 +66,14 @@ def _strip_version(ids) -> np.ndarray:
     return pd.Index(ids).astype(str).str.replace(r"\.\d+$", "", regex=True).to_numpy()
 
 
-def vocabulary_index(var: pd.DataFrame, vocabulary: pd.DataFrame, *, source: str = "dataset") -> np.ndarray:
+def vocabulary_index(var: pd.DataFrame, vocabulary: pd.DataFrame, *, source: str = "dataset",
+                     aliases: pd.DataFrame | None = None) -> np.ndarray:
     """int64 (n_vars,): each dataset gene's index in ``vocabulary`` (columns feature_id,
     feature_name, in token order), -1 where it has none.
 
     Ensembl ids (``var["gene_id"]``, or a var index of Ensembl ids; versions ignored) when
-    present, else symbols (``var["gene_name"]``, or the var index)."""
+    present, else symbols (``var["gene_name"]``, or the var index), legacy symbols through
+    ``aliases`` (:func:`cellmamba.genes.read_aliases`) when given."""
     for key in (VAR_FEATURE_ID, VAR_FEATURE_NAME):
         if key not in vocabulary:
             raise InputError(f"vocabulary table: missing column {key!r} (expected gene_stats.tsv)")
@@ -82,7 +84,7 @@ def vocabulary_index(var: pd.DataFrame, vocabulary: pd.DataFrame, *, source: str
         how = "Ensembl id"
     else:
         symbols = var[VAR_GENE_NAME] if VAR_GENE_NAME in var else var.index
-        mapping = map_symbols(np.asarray(symbols, dtype=str), vocabulary, source=source)
+        mapping = map_symbols(np.asarray(symbols, dtype=str), vocabulary, aliases=aliases, source=source)
         index = np.where(mapping.mapped, vocab_ids.get_indexer(_strip_version(mapping.feature_ids)), -1)
         how = "symbol"
     index = np.asarray(index, dtype=np.int64)
@@ -200,7 +202,8 @@ def _to_vocab_columns(X, index: np.ndarray, n_vocab: int) -> sp.csr_matrix:
 
 def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len: int,
                      genes: np.ndarray | None = None, medians: np.ndarray | None = None,
-                     n_bins: int = BinnedConfig.n_bins, source: str = "dataset") -> DatasetTokens:
+                     n_bins: int = BinnedConfig.n_bins, source: str = "dataset",
+                     aliases: pd.DataFrame | None = None) -> DatasetTokens:
     """Tokens of every cell of ``adata`` for a model pretrained on ``vocabulary``.
 
     Parameters
@@ -221,10 +224,12 @@ def tokenize_dataset(adata, vocabulary: pd.DataFrame, *, tokenizer: str, max_len
     n_bins
         binned only: value bins incl. bin 0 (the pretrained model's ``embedding.n_bins``;
         default :class:`~cellmamba.tokenize.BinnedConfig`'s, 51).
+    aliases
+        Legacy-symbol alias table for :func:`vocabulary_index` (None: none).
     """
     if tokenizer not in ("binned", "rank"):
         raise InputError(f"tokenize_dataset: tokenizer must be 'binned' or 'rank', got {tokenizer!r}")
-    index = vocabulary_index(adata.var, vocabulary, source=source)
+    index = vocabulary_index(adata.var, vocabulary, source=source, aliases=aliases)
     n_unmapped = int((index < 0).sum())
     if genes is not None:
         genes = np.asarray(genes, dtype=bool)
