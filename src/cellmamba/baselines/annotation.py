@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._util import seed_all
 from ..datasets import log_normalized, validate_standard
 from ..errors import InputError
 from ..io import atomic_path, read_h5ad_checked
@@ -160,6 +161,7 @@ def annotate_baseline(adata, method: str, *, seed: int, **settings: Any) -> pd.D
     ``split``, ``cell_type`` (truth) and ``predicted`` (a reference label for query cells,
     ``""`` for every other cell).
     """
+    seed_all(seed)
     if method not in ANNOTATION_METHODS:
         raise InputError(f"annotation baseline: method is {method!r}; expected one of {list(ANNOTATION_METHODS)}")
     config = parse_settings(ANNOTATION_METHODS[method], settings, what=f"annotation baseline {method!r}")

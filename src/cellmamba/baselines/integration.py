@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._util import seed_all
 from ..datasets import counts_matrix, log_normalized, validate_standard
 from ..errors import InputError
 from ..io import atomic_path, read_h5ad_checked
@@ -244,6 +245,7 @@ def integrate_baseline(adata, method: str, *, seed: int, n_hvg: int | None = Non
     float32 (n_cells, d): the embedding of every cell in dataset order; d = n_comps (pca,
     harmony) or n_latent (scvi). Not normalised.
     """
+    seed_all(seed)
     if method not in INTEGRATION_METHODS:
         raise InputError(f"integration baseline: method is {method!r}; expected one of {list(INTEGRATION_METHODS)}")
     what = f"integration baseline {method!r}"

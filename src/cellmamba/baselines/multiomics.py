@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._util import seed_all
 from ..errors import InputError
 from ..keys import LAYER_COUNTS
 from ._common import check_positive_int, reference_pca
@@ -270,6 +271,7 @@ def run_multiomics_baseline(adata, *, method: str = "pca_cca", n_pcs: int = 50, 
     {m: int}; ``normalisation`` {m: "log1p_norm" | "clr"}; ``n_pcs``, ``n_components`` (k after
     capping), ``seed``.
     """
+    seed_all(seed)
     if method not in MULTIOMICS_METHODS:
         raise InputError(f"multi-omics baseline: method is {method!r}; expected one of {list(MULTIOMICS_METHODS)}")
     mats = modality_matrices(adata, source=source)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._util import seed_all
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import OBS_CELL_TYPE, OBS_SPLIT
@@ -57,6 +58,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     DataFrame with columns ``cell``, ``split``, ``cell_type``, ``predicted`` (empty for
     reference cells), one row per cell in dataset order.
     """
+    seed_all(config.seed)
     out_dir = Path(out_dir)
     split = adata.obs[OBS_SPLIT].astype(str).to_numpy()
     ref = np.flatnonzero(split == "reference")

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .._util import dataclass_from_dict
+from .._util import dataclass_from_dict, seed_all
 from ..errors import InputError
 from ..models import BackboneOutput, CellModel, HeadConfig
 from ..models.checkpoint import load_state_dict_strict, read_weights
@@ -123,7 +123,7 @@ def load_for_finetuning(model_dir: str | os.PathLike, heads: Mapping[str, HeadCo
     if clash:
         raise InputError(f"load_for_finetuning: head name(s) {clash} are both kept and new")
     new_heads.update(heads)
-    torch.manual_seed(seed)
+    seed_all(seed)
     model = CellModel(dataclasses.replace(pretrained.config, heads=new_heads))
     state = {k: v for k, v in read_weights(Path(model_dir) / "model.safetensors").items()
              if not k.startswith("heads.") or k.split(".")[1] in keep_heads}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._util import seed_all
 from ..errors import InputError
 from ..keys import OBS_BATCH
 from ..models import HeadConfig
@@ -48,6 +49,7 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     float32 (n_cells, d_model): the pooled embedding of every cell, in dataset order (not
     normalised; the metrics L2-normalise).
     """
+    seed_all(config.seed)
     if OBS_BATCH not in adata.obs:
         raise InputError(f"integration: obs column '{OBS_BATCH}' is required")
     batches, names = label_codes(adata.obs[OBS_BATCH])

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from ..baselines.multiomics import clr_per_cell, log_normalise
 from ..datasets import VAR_GENE_ID, VAR_MODALITY
-from .._util import dataclass_from_dict
+from .._util import dataclass_from_dict, seed_all
 from ..errors import InputError
 from ..io import atomic_path, read_json_object
 from ..keys import LAYER_COUNTS
@@ -516,7 +516,7 @@ def build_two_tower(data: Mapping[str, ModalityData], config: MultiomicsConfig, 
                                                            max_patches=data[m].n_patches),
                                  backbone=_fit_chunk(backbone, data[m].n_patches) if fit_chunk else backbone,
                                  heads={HEAD: head}) for m in mods}
-    torch.manual_seed(config.seed)
+    seed_all(config.seed)
     return TwoTowerModel(TwoTowerConfig(mods, towers), features={m: d.features for m, d in data.items()})
 
 
@@ -679,6 +679,7 @@ def run_multiomics(adata, *, config: MultiomicsConfig, out_dir: str | os.PathLik
     -------
     MultiomicsResult
     """
+    seed_all(config.seed)
     if adata.n_obs < 2:
         raise InputError(f"multiomics: contrastive training needs at least 2 cells, got {adata.n_obs}")
     data = prepare_modalities(adata, positions, config=config)

@@ -58,7 +58,7 @@ import torch.nn as nn
 
 from ..baselines.perturbation import CTRL, condition_genes
 from ..datasets import VAR_GENE_NAME
-from .._util import dataclass_from_dict
+from .._util import dataclass_from_dict, seed_all
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import OBS_CONDITION, UNS, UNS_X_KIND
@@ -542,6 +542,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     :class:`PerturbationResult`. Genes without a vocabulary id are not tokens: their
     predicted value is the control mean (no change); they are counted in ``n_genes_unmapped``.
     """
+    seed_all(config.seed)
     out_dir = Path(out_dir)
     source = "perturbation dataset"
     if OBS_CONDITION not in adata.obs:

@@ -25,18 +25,16 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._util import dataclass_from_dict
+from .._util import dataclass_from_dict, seed_all
 from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path
 from ..models.checkpoint import load_state_dict_strict, read_weights, write_weights
@@ -484,12 +482,6 @@ def plot_loss_curve(metrics_csv: str | os.PathLike, png: str | os.PathLike) -> P
 
 
 # ---------------------------------------------------------------- resume
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def resume(model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | os.PathLike, *,
            env: DistEnv | None = None) -> Checkpoint | None:
     """Load the newest good checkpoint of ``out_dir/checkpoints`` into ``model`` and ``optimizer``.
@@ -664,7 +656,7 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     barrier(env)
 
-    _seed_all(config.seed + env.rank)
+    seed_all(config.seed + env.rank)
     raw = unwrap(model).to(device)
     optimizer = build_optimizer(raw, config)
     state = TrainState()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._util import seed_all
 from ..models.checkpoint import INFERENCE_FORMAT, INFERENCE_NAME, INFERENCE_VERSION, VOCABULARY_NAME
 from ..errors import InputError
 from ..io import atomic_path, sha256_file
@@ -227,6 +228,7 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
         it exports the model, so a damaged corpus never yields a model
         (:class:`~cellmamba.tokenize.ShardVerifier`).
     """
+    seed_all(config.seed)  # model init included: every rank builds the same model
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dataset = TokenDataset(corpus, max_len=config.context_length, seed=config.seed, verify="sample")
     manifest = json.loads(Path(corpus).read_text())

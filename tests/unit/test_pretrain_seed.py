@@ -1,0 +1,123 @@
+"""Same config and seed, same model: pretraining through the package entry point (both recipes),
+through the pretrain rule's script in separate processes and killed mid-way then rerun (genemamba:
+a subprocess costs seconds), and fine-tuning. Each run first draws a different amount of
+randomness from the global generators (as other work in a process would), so that only seeding at
+the entry point makes the weights equal."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import _pretrain_toy as toy
+from cellmamba.train.checkpoint import list_checkpoints
+from cellmamba.train.pretrain import PretrainConfig, run_pretraining
+
+RECIPES = {"genemamba": "rank", "scmamba2": "binned"}
+HELPER = Path(toy.__file__)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """recipe -> corpus manifest, plus "gene_stats"."""
+    root = tmp_path_factory.mktemp("pretrain_inputs")
+    out = {"gene_stats": toy.write_gene_stats(root / "gene_stats.tsv")}
+    for recipe, tokenizer in RECIPES.items():
+        (root / tokenizer).mkdir()
+        out[recipe] = toy.write_corpus(root / tokenizer, tokenizer)
+    return out
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"tensors differ (max abs difference): {differ}"
+
+
+def run_rule_script(out_dir: Path, inputs: dict, settings: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    recipe = settings["recipe"]
+    return subprocess.run([sys.executable, str(HELPER), str(out_dir), str(inputs[recipe]), str(inputs["gene_stats"]),
+                           json.dumps(settings), *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_run_pretraining_with_the_same_seed_gives_the_same_weights(tmp_path, inputs, recipe):
+    config = PretrainConfig(**toy.settings(recipe))
+    runs = []
+    for i, (draws, seed) in enumerate([(1, 0), (7, 0), (1, 1)]):
+        toy.disturb_rng(draws)
+        run_pretraining(inputs[recipe], tmp_path / f"run{i}", config=PretrainConfig(**{**toy.settings(recipe),
+                                                                                      "seed": seed}),
+                        gene_stats=inputs["gene_stats"], device="cpu")
+        runs.append(weights(tmp_path / f"run{i}"))
+    assert config.seed == 0
+    assert_bitwise_equal(runs[0], runs[1])
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # another seed, another model
+
+
+@pytest.fixture(scope="module")
+def rule_run(tmp_path_factory, inputs) -> Path:
+    """The run directory of one uninterrupted genemamba run of the rule's script (its own process)."""
+    run = tmp_path_factory.mktemp("rule_run") / "genemamba"
+    proc = run_rule_script(run, inputs, toy.settings("genemamba"), "--disturb", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_the_rule_script_gives_the_same_weights_in_another_process(tmp_path, inputs, rule_run):
+    proc = run_rule_script(tmp_path / "again", inputs, toy.settings("genemamba"), "--disturb", "11")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_bitwise_equal(weights(tmp_path / "again"), weights(rule_run))
+
+
+def test_a_killed_rule_run_rerun_to_the_end_equals_the_uninterrupted_run(tmp_path, inputs, rule_run):
+    # 6 steps, checkpoints at 2 and 4, one metrics row per step; SIGKILL before step 6 (0-based 5):
+    # step 5 is lost with the process and repeated by the rerun, which resumes from step 4
+    settings, run = toy.settings("genemamba"), tmp_path / "cut"
+    killed = run_rule_script(run, inputs, settings, "--kill-at", "5", "--disturb", "5")
+    assert killed.returncode == -9, killed.stderr[-3000:]  # a real SIGKILL, not a clean exit
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000002", "step_00000004"]
+    assert not (run / "model").exists()
+    assert list(pd.read_csv(run / "metrics.csv").step) == [1, 2, 3, 4, 5]
+
+    rerun = run_rule_script(run, inputs, settings, "--disturb", "9")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from" in (tmp_path / "cut.log").read_text()
+    assert_bitwise_equal(weights(run), weights(rule_run))
+    # the training curve: each step once, and the same losses as the uninterrupted run's
+    got, ref = pd.read_csv(run / "metrics.csv"), pd.read_csv(rule_run / "metrics.csv")
+    assert list(got.step) == list(ref.step) == [1, 2, 3, 4, 5, 6]
+    assert got.loss.tolist() == ref.loss.tolist()
+
+
+def test_annotation_fine_tuning_with_the_same_seed_gives_the_same_weights(tmp_path):
+    from test_tasks import VOCAB, _typed_cells
+
+    from cellmamba.tasks import FinetuneConfig, run_annotation
+    from cellmamba.train.pretrain import build_pretrain_model
+
+    pretrained = build_pretrain_model(PretrainConfig(**toy.settings("scmamba2")), n_genes=len(VOCAB))
+    path = pretrained.save_pretrained(tmp_path / "pretrained")
+    adata = _typed_cells(n=40)
+    runs = []
+    for i, (draws, seed) in enumerate([(1, 0), (7, 0), (1, 1)]):
+        toy.disturb_rng(draws)
+        cfg = FinetuneConfig(epochs=1, lr=3e-3, batch_size=8, max_len=8, backend="torch", seed=seed)
+        run_annotation(adata, path, VOCAB, config=cfg, out_dir=tmp_path / f"run{i}")
+        runs.append(weights(tmp_path / f"run{i}"))
+    assert_bitwise_equal(runs[0], runs[1])
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
