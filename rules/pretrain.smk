@@ -1,6 +1,9 @@
 # Pretraining on the census token corpus: each recipe and its same-size Transformer peer.
 # GPUs come from the profile (profiles/slurm: set-resources pretrain gpu); several GPUs in one
 # job run under torchrun. A rerun after preemption resumes from the newest good checkpoint.
+# The outputs are update(): Snakemake keeps them while the job runs (a resumed run appends to
+# metrics.csv; model/ is replaced atomically at the end) and restores them if it fails, so a failed
+# rerun never costs the previous good model or the training curve.
 
 
 rule pretrain:
@@ -8,8 +11,8 @@ rule pretrain:
     input:
         unpack(pretrain_inputs),
     output:
-        model=directory("results/pretrain/{model}/model"),
-        metrics="results/pretrain/{model}/metrics.csv",
+        model=update(directory("results/pretrain/{model}/model")),
+        metrics=update("results/pretrain/{model}/metrics.csv"),
     params:
         settings=pretrain_settings,
         triton_cache="results/.triton_cache",

@@ -611,7 +611,9 @@ def loss_curves(metrics_csvs, out: str | os.PathLike) -> pd.DataFrame:
     ----------
     metrics_csvs
         Mapping model -> ``results/pretrain/<model>/metrics.csv``, or a list of those paths (the
-        model is the parent folder's name). Columns ``step`` and ``loss``.
+        model is the parent folder's name). Columns ``step`` and ``loss``. A file without rows
+        (empty, or a header only: a run that logged nothing) is left out with a warning; a
+        missing file, or no file with rows, is an InputError naming the files.
     out
         Figure path; ``.png`` and ``.pdf`` are written.
 
@@ -626,14 +628,26 @@ def loss_curves(metrics_csvs, out: str | os.PathLike) -> pd.DataFrame:
         files = {Path(p).parent.name: Path(p) for p in metrics_csvs}
     if not files:
         raise InputError("no pretraining metrics files given")
-    frames = []
+    frames, empty = [], []
     for model, path in files.items():
-        frame = pd.read_csv(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file (expected the pretraining metrics of {model})")
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            frame = None
+        if frame is None or frame.empty:
+            log.warning("%s: no training rows (the run logged nothing); %s is left out of the figure", path, model)
+            empty.append(str(path))
+            continue
         missing = [c for c in ("step", "loss") if c not in frame]
         if missing:
             raise InputError(f"{path}: pretraining metrics lack columns {missing}")
         frames.append(pd.DataFrame({"model": model, "recipe": model.removesuffix("_transformer"),
                                     "step": frame["step"].to_numpy(), "loss": frame["loss"].to_numpy(float)}))
+    if not frames:
+        raise InputError(f"no pretraining metrics file has training rows: {empty} (failed runs? rerun their "
+                         "pretrain jobs)")
     data = pd.concat(frames, ignore_index=True)
 
     import matplotlib.pyplot as plt

@@ -224,6 +224,25 @@ def test_loss_curves(tmp_path):
         plots.loss_curves({"x": tmp_path / "bad.csv"}, tmp_path / "b.png")
 
 
+def test_loss_curves_leave_out_runs_without_rows_and_name_missing_files(tmp_path, caplog):
+    good = tmp_path / "scmamba2" / "metrics.csv"
+    good.parent.mkdir()
+    pd.DataFrame({"step": [1, 2], "loss": [3.0, 2.0]}).to_csv(good, index=False)
+    empty, header = tmp_path / "genemamba" / "metrics.csv", tmp_path / "genemamba_transformer" / "metrics.csv"
+    for path, text in ((empty, ""), (header, "step,epoch,loss\n")):  # a failed run, one that logged nothing
+        path.parent.mkdir()
+        path.write_text(text)
+    with caplog.at_level("WARNING", logger="cellmamba.plots"):
+        data = plots.loss_curves([good, empty, header], tmp_path / "loss.png")
+    _written(tmp_path / "loss.png")
+    assert data["model"].unique().tolist() == ["scmamba2"] and data["loss"].tolist() == [3.0, 2.0]
+    assert str(empty) in caplog.text and str(header) in caplog.text
+    with pytest.raises(InputError, match="no pretraining metrics file has training rows"):
+        plots.loss_curves([empty, header], tmp_path / "none.png")
+    with pytest.raises(InputError, match=r"missing/metrics.csv: no such file"):
+        plots.loss_curves([good, tmp_path / "missing" / "metrics.csv"], tmp_path / "m.png")
+
+
 # --- 6. throughput --------------------------------------------------------------------------
 def test_throughput_and_task_throughput(tmp_path):
     rows = []

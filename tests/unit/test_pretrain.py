@@ -41,8 +41,15 @@ def test_resume_guard_refuses_checkpoints_of_another_run(tmp_path):
     _guard_resume(out, cfg, corpus, write=True)
     (out / "checkpoints" / "step_00000005").mkdir(parents=True)
     _guard_resume(out, cfg, corpus, write=True)  # same run: resuming is fine
-    with pytest.raises(InputError, match="max_steps"):
-        _guard_resume(out, PretrainConfig(recipe="scmamba2", max_steps=20), corpus, write=True)
+    with pytest.raises(InputError, match=r"another d_model \(512 -> 256\)"):
+        _guard_resume(out, PretrainConfig(recipe="scmamba2", max_steps=10, d_model=256), corpus, write=True)
+    with pytest.raises(InputError, match="max_steps is 4, but the newest checkpoint is at step 5"):
+        _guard_resume(out, PretrainConfig(recipe="scmamba2", max_steps=4), corpus, write=True)
+    _guard_resume(out, PretrainConfig(recipe="scmamba2", max_steps=20), corpus, write=True)  # extends the run
+    assert json.loads((out / "pretrain_config.json").read_text())["config"]["max_steps"] == 20
+    with pytest.raises(InputError, match="max_steps is 4"):  # compared with the newest checkpoint, not the record
+        _guard_resume(out, PretrainConfig(recipe="scmamba2", max_steps=4), corpus, write=True)
+    cfg = PretrainConfig(recipe="scmamba2", max_steps=20)
     corpus.write_text(json.dumps({"tokenizer": "binned", "n_cells": 2}))
     with pytest.raises(InputError, match="corpus"):
         _guard_resume(out, cfg, corpus, write=True)

@@ -417,19 +417,33 @@ def _rank_rng(rng: dict[str, torch.Tensor], rank: int, when: str) -> dict[str, t
 
 # ---------------------------------------------------------------- metrics output
 class _MetricsCSV:
-    """A CSV whose columns grow when new metric keys appear; rows after ``keep_until`` (left by
-    steps lost in a crash) are dropped when a run resumes."""
+    """A CSV whose columns grow when new metric keys appear.
+
+    A resumed run continues the file: the rows up to ``keep_until`` (the checkpoint's step) are
+    kept, one per step, and those after it (left by steps lost in a crash, which the resumed run
+    repeats) are dropped. The file is only ever replaced atomically, and not before this run has
+    a row to add: a run that fails before its first row leaves the file as it was (no empty
+    file), and a fresh start (``keep_until`` None) replaces an older file with its first row."""
 
     def __init__(self, path: Path, keep_until: int | None):
         self.path = path
         self.rows: list[dict] = []
         self.columns: list[str] = []
-        if keep_until is not None and path.is_file():
+        self._replace = True  # the file on disk is not yet this run's: the first write replaces it
+        if keep_until is not None and path.is_file() and path.stat().st_size > 0:
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 self.columns = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= keep_until]
-        self._rewrite()
+                rows = list(reader)
+            # complete rows only (a line cut by a crash has missing fields), one per step
+            by_step = {int(r["step"]): r for r in rows if None not in r and None not in r.values()
+                       and (r.get("step") or "").isdigit() and int(r["step"]) <= keep_until}
+            self.rows = [by_step[k] for k in sorted(by_step)]
+            if len(self.rows) != len(rows):
+                log.info("%s: kept the %d rows up to step %d, dropped %d (steps this run repeats)",
+                         path, len(self.rows), keep_until, len(rows) - len(self.rows))
+            self._rewrite()  # atomically; the header stays even when no row is kept
+            self._replace = False
 
     def _rewrite(self) -> None:
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
@@ -441,9 +455,10 @@ class _MetricsCSV:
     def write(self, row: dict) -> None:
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
-        if new:
+        if new or self._replace:
             self.columns += new
             self._rewrite()
+            self._replace = False
             return
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.columns, lineterminator="\n").writerow(row)

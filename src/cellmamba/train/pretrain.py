@@ -23,12 +23,14 @@ from ..errors import InputError
 from ..io import atomic_path, sha256_file
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME
 from ..vocab import N_SPECIAL, Vocabulary
+from .checkpoint import list_checkpoints
 from .data import (DataConfig, MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig,
                    NextTokenCollator, TokenDataset, build_dataloader)
 from .loop import TrainConfig, train
 from .objectives import build_objective
 
-__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "build_pretrain_model", "inference_settings", "run_pretraining"]
+__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "RESUMABLE_CHANGES", "build_pretrain_model", "inference_settings",
+           "run_pretraining"]
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +177,38 @@ def inference_settings(config: PretrainConfig, corpus_manifest: dict) -> dict:
             "n_genes": corpus_manifest.get("n_genes")}
 
 
+#: PretrainConfig keys a resume may change: max_steps (raised to extend a finished run; the
+#: learning-rate schedule continues over the new length), never below the newest checkpoint's step
+RESUMABLE_CHANGES = ("max_steps",)
+
+
 def _guard_resume(out_dir: Path, config: PretrainConfig, corpus, *, write: bool) -> None:
-    """Refuse to resume checkpoints made for another corpus or config (a rerun after new inputs)."""
+    """Refuse to resume checkpoints made for another corpus or config (a rerun after new inputs);
+    a raised ``max_steps`` extends the run from its newest checkpoint."""
     record = {"config": dataclasses.asdict(config), "corpus_sha256": sha256_file(corpus)}
     path, ckpts = out_dir / "pretrain_config.json", out_dir / "checkpoints"
-    if path.exists() and ckpts.is_dir() and any(ckpts.iterdir()):
+    found = list_checkpoints(ckpts)
+    if path.exists() and found:
         old = json.loads(path.read_text())
-        if old != record:
-            changed = sorted(k for k in record["config"] if old.get("config", {}).get(k) != record["config"][k])
-            what = (["corpus"] if old.get("corpus_sha256") != record["corpus_sha256"] else []) + changed
-            raise InputError(f"{ckpts}: its checkpoints were made with another {', '.join(what)}; resuming them would "
+        old_config = old.get("config", {})
+        changed = sorted(k for k in record["config"] if old_config.get(k) != record["config"][k])
+        what = (["corpus"] if old.get("corpus_sha256") != record["corpus_sha256"] else []) + changed
+        refused = [k for k in what if k not in RESUMABLE_CHANGES]
+        if refused:
+            details = ", ".join(f"{k} ({old_config.get(k)!r} -> {record['config'][k]!r})" if k != "corpus" else k
+                                for k in refused)
+            raise InputError(f"{ckpts}: its checkpoints were made with another {details}; resuming them would "
                              f"mix two runs. Delete {ckpts} to start over")
+        newest = int(found[-1].name.split("_")[1])
+        if config.max_steps < newest:
+            raise InputError(f"{ckpts}: max_steps is {config.max_steps}, but the newest checkpoint is at step "
+                             f"{newest} (max_steps {old_config.get('max_steps')!r} when written); a run cannot be "
+                             f"shortened below a checkpoint. Set max_steps >= {newest}, or delete {ckpts} to start "
+                             "over")
+        if "max_steps" in what:
+            log.info("max_steps changed from %s to %d: the run continues from its newest checkpoint (step %d), "
+                     "with the learning-rate schedule over %d steps", old_config.get("max_steps"), config.max_steps,
+                     newest, config.max_steps)
     if write:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
