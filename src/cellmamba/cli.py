@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 
 __all__ = ["main", "TOKENS_NPZ_KEYS"]
 
@@ -35,12 +37,57 @@ TOKENS_NPZ_KEYS = {
 }
 
 
+def _config_from_json(cls, text: str):
+    """``--config``: a JSON object of ``cls``'s fields; bad JSON, unknown fields and wrong types
+    are InputErrors naming ``--config`` and what was expected."""
+    from ._util import dataclass_from_dict
+    from .errors import InputError
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--config: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         f"expected an object of {cls.__name__} fields, e.g. '{{\"recipe\": \"scmamba2\"}}'") from exc
+    if isinstance(data, dict):
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            want = _json_types(hints.get(key))
+            if want and not isinstance(value, want) or (isinstance(value, bool) and bool not in want and want):
+                names = " or ".join(sorted({t.__name__ for t in want}))
+                raise InputError(f"--config: {key} must be {names}, got {type(value).__name__} {value!r}")
+    try:
+        return dataclass_from_dict(cls, data, where="--config")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"--config: {exc}") from exc
+
+
+def _json_types(hint) -> tuple:
+    """The JSON value types a field annotation accepts (empty: not checked here)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    out = []
+    for a in args:
+        a = typing.get_origin(a) or a
+        if a is type(None):
+            out.append(type(None))
+        elif a is float:
+            out += [float, int]
+        elif a in (int, str, bool, dict):
+            out.append(a)
+        elif a in (list, tuple):
+            out.append(list)
+        else:
+            return ()  # Literal, nested dataclasses...: left to the config's own checks
+    return tuple(out)
+
+
 def _pretrain(args) -> int:
     from .runlog import setup_logging
     from .train.pretrain import PretrainConfig, run_pretraining
 
     setup_logging(args.log)
-    config = PretrainConfig(**json.loads(args.config))
+    config = _config_from_json(PretrainConfig, args.config)
     run_pretraining(args.corpus, args.out, config=config, gene_stats=args.gene_stats, gene_sets=args.gene_sets)
     return 0
 

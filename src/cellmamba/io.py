@@ -103,10 +103,18 @@ def _plain(info) -> dict:
 
 
 def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
-    """``adata.write_h5ad`` to a temporary sibling, renamed on success."""
+    """``adata.write_h5ad`` to a temporary sibling, renamed on success; a failed write (e.g. a
+    full disk) leaves nothing behind and raises :class:`CorruptFileError` naming ``path``."""
     with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp.with_suffix(".h5ad"))
-        tmp.with_suffix(".h5ad").rename(tmp)
+        h5 = tmp.with_name(tmp.name + ".h5ad")  # anndata wants the suffix; unique like tmp
+        try:
+            adata.write_h5ad(h5)
+            h5.rename(tmp)
+        except OSError as exc:
+            raise CorruptFileError(f"{path}: could not be written ({type(exc).__name__}: {exc}); "
+                                   "nothing was left there (is the disk full?)") from exc
+        finally:
+            h5.unlink(missing_ok=True)
 
 
 def read_h5ad_plain(path: str | os.PathLike, what: str):

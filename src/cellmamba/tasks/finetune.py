@@ -83,9 +83,20 @@ class FinetuneConfig:
 
 
 def pick_device(device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` as a torch.device (default: CUDA when available, else CPU); an explicit device
+    this machine does not have is an InputError, never a silent fallback."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {device!r}: not a torch device ({exc})") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or
+                               (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+        raise InputError(f"device {device!r} was asked for, but this machine has {have}; "
+                         "leave the device out (CUDA when available, else CPU) or pass 'cpu'")
+    return dev
 
 
 def model_tokenizer(model) -> str:
