@@ -52,14 +52,15 @@ def _config_from_json(cls, text: str):
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
             want = _json_types(hints.get(key))
-            if want and not isinstance(value, want) or (isinstance(value, bool) and bool not in want and want):
+            # JSON true / false are Python ints too: a bool passes only where the field is a bool
+            if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
                 names = " or ".join(sorted({t.__name__ for t in want}))
                 raise InputError(f"--config: {key} must be {names}, got {type(value).__name__} {value!r}")
     try:
         return dataclass_from_dict(cls, data, where="--config")
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:  # a missing field, or a check of the config itself
         raise InputError(f"--config: {exc}") from exc
 
 
