@@ -1,5 +1,8 @@
 """Plot a rehearsal CSV (benchmarks/rehearse.py): GPU memory per job against the 72 GiB line, and
-the projected wall time of each job. Usage: python benchmarks/plot_rehearsal.py RESULTS.csv"""
+the projected wall time of each job. Usage: python benchmarks/plot_rehearsal.py RESULTS.csv [OLDER.csv ...]
+
+A job measured more than once is drawn from its newest row: the last row of the first file that
+has it (later files fill in the jobs the first lacks). The figure goes beside the first file."""
 from __future__ import annotations
 
 import sys
@@ -22,9 +25,21 @@ def _label(r) -> str:
     return f"{r['job']}{extra}, {int(r['micro_batch'])} x {int(r['grad_accum'])}"
 
 
-def main(csv_path: str) -> Path:
-    df = pd.read_csv(csv_path)
-    df = df[df["status"].isin(["ok", "over_line"])].reset_index(drop=True)
+def newest_rows(csv_path: str, *older: str) -> pd.DataFrame:
+    """The ok / over-line rows to draw: each job's newest (the last row of the first file that has
+    it); a fine-tuning row of a changed configuration ("(before)") stays as a row of its own (the
+    memory before a fix), a pretraining row is superseded like any other."""
+    frames = [pd.read_csv(p).assign(_file=i) for i, p in enumerate((csv_path, *older))]
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["status"].isin(["ok", "over_line"])]
+    before = df.get("config", pd.Series("", index=df.index)).fillna("").str.contains("(before)", regex=False)
+    df = df.assign(_key=df["job"] + (before & (df["rule"] != "pretrain")).map({True: " (before)", False: ""}))
+    return (df.iloc[::-1].sort_values("_file", kind="stable").drop_duplicates("_key", keep="first")
+            .sort_index().sort_values("_file", kind="stable").reset_index(drop=True))
+
+
+def main(csv_path: str, *older: str) -> Path:
+    df = newest_rows(csv_path, *older)
     labels = [_label(r) for _, r in df.iterrows()]
     colors = ["tab:orange" if "transformer" in m else "tab:blue" for m in df["model"]]
     y = range(len(df))[::-1]
@@ -45,8 +60,9 @@ def main(csv_path: str) -> Path:
     for ax in (ax_m, ax_t):
         ax.grid(axis="x", alpha=0.3)
     first = df.iloc[0]
-    fig.suptitle(f"paper-size rehearsal, d512 x 24 layers, bf16: {first['device']}, {first['date']}, "
-                 f"{first['kernels']} (blue: Mamba, orange: Transformer peers; micro-batch x accumulation)", fontsize=9)
+    dates = ", ".join(sorted(set(df["date"].astype(str))))
+    fig.suptitle(f"paper-size rehearsal, d512 x 24 layers, bf16: {first['device']}, {dates}, "
+                 f"{first['kernels']}\n(blue: Mamba, orange: Transformer peers; micro-batch x accumulation)", fontsize=9)
     fig.tight_layout()
     out = Path(csv_path).with_suffix(".png")
     fig.savefig(out, dpi=110)

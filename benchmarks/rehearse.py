@@ -84,7 +84,7 @@ MEMORY_LINE_GIB = 72.0
 CSV_FIELDS = ["job", "rule", "model", "status", "device", "date", "code", "kernels", "params", "cells_per_step",
               "micro_batch", "grad_accum", "tokens_per_cell", "steps_timed", "sec_per_step", "tokens_per_s",
               "cells_per_s", "mfu_lower_bound", "peak_alloc_gib", "peak_reserved_gib", "loss_first", "loss_last",
-              "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
+              "ssl_loss_first", "ssl_loss_last", "adv_loss_first", "adv_loss_last", "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
               "projected_dataset",
               "jobs_in_dag", "projected_h_all", "error"]
 
@@ -296,7 +296,11 @@ class StepTimer:
             counts = [loop._batch_counts(b) for b in batches]
             self.rows.append({"sec": time.perf_counter() - t0, "cells": sum(c[0] for c in counts),
                               "tokens": sum(c[1] for c in counts), "micro": len(batches),
-                              "loss": float(out.get("loss", float("nan")))})
+                              "loss": float(out.get("loss", float("nan"))),
+                              # the terms of an objective with a gradient-reversed adversary
+                              # (integration): the encoder lowers ssl and raises adv, so their sum
+                              # need not fall while both players learn
+                              "ssl_loss": out.get("ssl_loss"), "adv_loss": out.get("adv_loss")})
             return out
 
         loop.train_step = timed
@@ -341,7 +345,11 @@ def _summary(timer: StepTimer, warmup: int, n_params: int, device: str) -> dict:
             "tokens_per_cell": round(tokens / max(cells, 1)),
             "mfu_lower_bound": round(6 * n_params * tokens / sec / peak, 4) if peak else "",
             "loss_first": round(float(np.mean(losses[:3])), 4) if losses else "",
-            "loss_last": round(float(np.mean(losses[-3:])), 4) if losses else ""}
+            "loss_last": round(float(np.mean(losses[-3:])), 4) if losses else "",
+            **{f"{term}_{end}": round(float(np.mean(vals)), 4) if vals else ""
+               for term in ("ssl_loss", "adv_loss")
+               for end, vals in (("first", [r[term] for r in rows[:3] if r[term] is not None]),
+                                 ("last", [r[term] for r in rows[-3:] if r[term] is not None]))}}
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -646,6 +654,18 @@ def run(args) -> Path:
     group = {m: i for i, m in enumerate(models)}
     jobs.sort(key=lambda j: group.get(j["wildcards"].get("model") or j["wildcards"].get("method"), len(models)))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if args.memory_cap_gib is not None:
+        # a larger card held to a smaller one's memory: the caching allocator frees its cache and
+        # retries before it fails, so an OOM under the cap is what that card would meet,
+        # fragmentation included (the allocation peak alone does not show that)
+        if not torch.cuda.is_available():
+            raise SystemExit("--memory-cap-gib: no CUDA device here to cap")
+        total = torch.cuda.get_device_properties(0).total_memory
+        if args.memory_cap_gib * 2**30 > total:
+            raise SystemExit(f"--memory-cap-gib {args.memory_cap_gib}: above this device's "
+                             f"{total / 2**30:.1f} GiB")
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * 2**30 / total)
+        print(f"memory cap: {args.memory_cap_gib} GiB of {total / 2**30:.1f}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"rehearsal_{device.replace(' ', '_')}_{dt.date.today().isoformat()}.csv"
@@ -681,6 +701,8 @@ def main(argv=None):
     pr.add_argument("--vocab-genes", type=int, default=SHAPES["vocabulary"]["genes"])
     pr.add_argument("--dataset-genes", type=int, default=None, help="genes of generated fine-tuning data "
                     "(default: the published number; tests use fewer)")
+    pr.add_argument("--memory-cap-gib", type=float, default=None, help="hold the GPU to this much memory "
+                    "(e.g. 74.5 = an 80 GB card): an OOM row is then one that card would have")
     pr.add_argument("--code", default=os.environ.get("CELLMAMBA_CODE", ""), help="git commit of the code")
     args = p.parse_args(argv)
     if args.cmd == "plan":

@@ -123,6 +123,11 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     ann = rows["finetune_annotation/genemamba"]
     assert int(ann["cells_per_step"]) == jobs["finetune_annotation/genemamba"]["params"]["settings"]["batch_size"]
     assert float(ann["rest_s_per_cell"]) > 0
+    assert ann["ssl_loss_first"] == ann["adv_loss_first"] == ""  # no adversary: no terms
+    integ = rows["finetune_integration/protocol/scmamba2"]
+    for end in ("first", "last"):  # the adversarial objective's two terms add up to its loss
+        assert float(integ[f"ssl_loss_{end}"]) + float(integ[f"adv_loss_{end}"]) == \
+            pytest.approx(float(integ[f"loss_{end}"]), abs=2e-3)
 
 
 def _recorded_rows() -> list[dict]:
@@ -151,3 +156,35 @@ def test_profile_runtimes_cover_the_recorded_rehearsal():
         if r["rule"] != "pretrain":
             minutes = profile[r["rule"]]["runtime"]
             assert minutes >= 1.5 * 60 * float(r["projected_h"]), f"{where}: runtime {minutes} min"
+
+
+def test_memory_cap_without_cuda_is_an_error(tmp_path):
+    """An explicit cap that cannot be honoured stops the run before any job, naming the flag."""
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA: the cap would apply")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"jobs": []}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--plan", str(plan), "--work", str(tmp_path / "w"),
+                           "--out", str(tmp_path), "--memory-cap-gib", "74.5"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "--memory-cap-gib: no CUDA device" in proc.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
+
+def test_plot_draws_each_jobs_newest_row(tmp_path, monkeypatch):
+    """Newest row per job across files; a fine-tuning "(before)" row stays beside its fix, a
+    superseded pretraining row does not; failed rows are not drawn."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from plot_rehearsal import newest_rows
+
+    cols = "run,config,job,rule,status,sec_per_step\n"
+    new, old = tmp_path / "new.csv", tmp_path / "old.csv"
+    new.write_text(cols + "1,a,pretrain/m,pretrain,ok,1.0\n2,b,pretrain/m,pretrain,ok,2.0\n"
+                   "2,b,finetune_annotation/m,finetune_annotation,failed,9.0\n")
+    old.write_text(cols + "1,x (before),pretrain/m,pretrain,ok,3.0\n"
+                   "1,x (before),finetune_annotation/m,finetune_annotation,over_line,4.0\n"
+                   "2,y (after),finetune_perturbation/m,finetune_perturbation,ok,5.0\n")
+    got = newest_rows(str(new), str(old))
+    assert dict(zip(got["_key"], got["sec_per_step"])) == {
+        "pretrain/m": 2.0, "finetune_annotation/m (before)": 4.0, "finetune_perturbation/m": 5.0}
