@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellmamba.baselines.multiomics import (canonical_correlations, clr_per_cell, log_normalise, modality_matrices,
-                                            pca_cca, run_multiomics_baseline)
+from cellmamba.baselines.multiomics import canonical_correlations, modality_matrices, pca_cca, run_multiomics_baseline
 from cellmamba.datasets import read_bmmc
 from cellmamba.errors import InputError
 from cellmamba.metrics.foscttm import foscttm
+from cellmamba.normalisation import clr_per_cell, log_normalise
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DSB_ADT = SHARED_DATA / "real" / "dsb_citeseq_adt_cells.h5ad"

@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from .._util import seed_all
 from ..errors import InputError
 from ..keys import LAYER_COUNTS
+from ..normalisation import clr_per_cell, log_normalise
 from ._common import check_positive_int, reference_pca
 
 __all__ = ["MULTIOMICS_METHODS", "MODALITY_NORMALISATION", "modality_matrices", "clr_per_cell", "log_normalise",
@@ -53,54 +54,7 @@ MULTIOMICS_METHODS = ("pca_cca",)
 #: how :func:`modality_matrices` normalises each modality's counts
 MODALITY_NORMALISATION = {"rna": "log1p_norm", "atac": "log1p_norm", "protein": "clr"}
 _VAR_MODALITY = "modality"  # = cellmamba.datasets.VAR_MODALITY (not imported: avoids a datasets import cycle)
-_TARGET_SUM = 1e4
 _RANK_TOL = 1e-10
-
-
-def log_normalise(counts, *, target_sum: float = _TARGET_SUM) -> sp.csr_matrix:
-    """``log1p(counts / cell total * target_sum)``, per cell (row); all-zero cells stay zero.
-
-    Written by hand (scanpy's ``normalize_total`` + ``log1p`` compute the same) so that no
-    AnnData is built for each modality block.
-
-    Parameters
-    ----------
-    counts
-        (n_cells, n_features) dense or sparse non-negative counts.
-
-    Returns
-    -------
-    float32 CSR (n_cells, n_features).
-    """
-    X = sp.csr_matrix(counts, dtype=np.float64)
-    total = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, total, out=np.zeros_like(total), where=total > 0)
-    X = sp.csr_matrix(sp.diags(scale) @ X)
-    X.data = np.log1p(X.data)
-    return X.astype(np.float32)
-
-
-def clr_per_cell(counts) -> np.ndarray:
-    """Centred log-ratio of ADT counts per cell, Seurat's ``NormalizeData(method="CLR", margin=2)``.
-
-    ``clr[i, j] = log1p(x[i, j] / exp(sum_j log1p(x[i, j]) / n_proteins))``: each cell's counts
-    divided by the geometric mean of its (pseudocounted) counts. Written by hand because muon,
-    which has it (``muon.prot.pp.clr``), is not a dependency.
-
-    Parameters
-    ----------
-    counts
-        (n_cells, n_proteins) dense or sparse non-negative counts.
-
-    Returns
-    -------
-    float32 (n_cells, n_proteins), dense (ADT panels have ~10-200 proteins).
-    """
-    X = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] == 0:
-        raise InputError(f"clr_per_cell: expected a (n_cells, n_proteins) matrix with >= 1 protein, got {X.shape}")
-    geo = np.exp(np.log1p(X).mean(axis=1, keepdims=True))
-    return np.log1p(X / geo).astype(np.float32)
 
 
 def modality_matrices(adata, *, source: str = "dataset") -> dict[str, tuple[Any, np.ndarray]]:
