@@ -18,8 +18,10 @@ import torch
 from cellmamba.errors import InputError
 from cellmamba.metrics.foscttm import foscttm
 from cellmamba.models.heads import pool_cells
-from cellmamba.tasks.multiomics import (MultiomicsConfig, TwoTowerModel, build_two_tower, embed_modalities,
-                                        peak_order, prepare_modalities, run_multiomics)
+from cellmamba.models.two_tower import TwoTowerModel
+from cellmamba.tasks.multiomics import (MultiomicsConfig, build_two_tower, embed_modalities, prepare_modalities,
+                                        run_multiomics)
+from cellmamba.tokenize.patch import peak_order
 
 TINY = dict(d_model=16, n_layers=2, d_state=8, patch_size=16, d_out=8, backend="torch", embed_batch_size=64)
 
@@ -266,7 +268,7 @@ def test_input_errors(tmp_path):
 def test_micro_batches_give_the_whole_batchs_infonce_gradient(arch):
     """Towers encoded in recomputed chunks of 3 cells (micro_batch_size): the same loss and the same
     gradient as one pass over the 8 cells, whose InfoNCE contrasts all 8 (negatives across chunks)."""
-    from cellmamba.tasks.multiomics import HEAD
+    from cellmamba.models.two_tower import HEAD
     from cellmamba.tasks.multiomics import _batch as two_tower_batch
     from cellmamba.train.objectives import ContrastiveConfig, ContrastiveObjective
 

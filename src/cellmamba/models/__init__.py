@@ -1,10 +1,12 @@
 """Models: SSM mixers (mamba_ssm kernels + pure-PyTorch references), BiMamba, Transformer,
-input embeddings, heads, and self-describing checkpoints.
+input embeddings, heads, self-describing checkpoints, and the task models built from them.
 
 Files: ``_ref`` (reference scans), ``_backend`` (kernel dispatch), ``ssm`` (Mamba2 / Mamba1
 mixers, state-dict compatible with mamba_ssm), ``bimamba`` (padding, directions, blocks),
 ``transformer``, ``backbone`` (config + model of the sequence model), ``embeddings``,
-``heads``, ``checkpoint`` and ``model`` (the whole model and its directory format).
+``heads``, ``checkpoint`` and ``model`` (the whole model and its directory format);
+``two_tower`` (one model per modality of paired multi-omics data, and its directory format).
+The tasks that train them are in :mod:`cellmamba.tasks`.
 """
 from ._backend import BACKENDS, BackendUnavailableError, kernels_available, resolve_backend
 from ._ref import selective_scan_ref, ssd_scan_ref
@@ -17,6 +19,7 @@ from .heads import (HEAD_KINDS, POOLINGS, CellPooling, ClassifierHead, HeadConfi
 from .model import CellModel, CellModelConfig
 from .ssm import GatedRMSNorm, Mamba1Mixer, Mamba2Mixer
 from .transformer import TransformerBlock
+from .two_tower import TwoTowerConfig, TwoTowerModel
 
 __all__ = [
     # kernels and references
@@ -33,4 +36,6 @@ __all__ = [
     "TokenClassificationHead", "next_token_logits", "ClassifierHead", "ProjectionHead", "build_head",
     # whole model and checkpoints
     "CellModelConfig", "CellModel", "load_state_dict_strict", "read_weights", "write_weights",
+    # task models
+    "TwoTowerConfig", "TwoTowerModel",
 ]

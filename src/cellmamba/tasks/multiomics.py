@@ -29,6 +29,9 @@ Each cell of a modality becomes a dense ``(n_patches, patch_size)`` array (the l
 zero-padded), the same ``n_patches`` for every cell; batches are cut from the sparse
 normalised matrix on the fly.
 
+The towers and their directory format are :mod:`cellmamba.models.two_tower`; this module
+prepares the features, builds the towers for them, trains and embeds.
+
 Departures from the paper (for docs/fidelity.md):
 
 - scMamba's training code is not public; sizes (d_model, depth, d_state, patch size), the
@@ -47,12 +50,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,25 +61,25 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..baselines.multiomics import clr_per_cell, log_normalise
 from ..datasets import VAR_GENE_ID, VAR_MODALITY
 from .._util import dataclass_from_dict, seed_all
 from ..errors import InputError
-from ..io import atomic_path, read_json_object
 from ..keys import LAYER_COUNTS
-from ..models import CellModel
 from ..models.backbone import BackboneConfig, count_parameters, same_size_transformer
 from ..models.embeddings import EmbeddingConfig
 from ..models.heads import HeadConfig
 from ..models.model import CellModelConfig
-from ..tokenize.patch import CHROMOSOMES, genomic_order, read_positions
+from ..models.two_tower import HEAD, TwoTowerConfig, TwoTowerModel
+from ..normalisation import clr_per_cell, log_normalise
+from ..tokenize.patch import genomic_order, parse_peaks, peak_order, read_positions
 from ..train import TrainConfig, train
 from ..train.objectives import ContrastiveConfig, ContrastiveObjective
 from .finetune import pick_device
 
+# TwoTowerConfig, TwoTowerModel (cellmamba.models.two_tower) and parse_peaks, peak_order
+# (cellmamba.tokenize.patch) live elsewhere; their names here keep the old import path working
 __all__ = ["ARCHS", "MODALITIES", "MultiomicsConfig", "ModalityData", "MultiomicsResult", "TwoTowerConfig",
            "TwoTowerModel", "parse_peaks", "peak_order", "prepare_modalities", "build_two_tower",
            "embed_modalities", "run_multiomics"]
@@ -89,12 +90,6 @@ log = logging.getLogger(__name__)
 ARCHS = ("mamba2", "bimamba_mamba2", "transformer")
 #: modalities of var ``modality`` this task reads (cellmamba.datasets.FEATURE_MODALITY's values)
 MODALITIES = ("rna", "protein", "atac")
-TWO_TOWER_FORMAT = "cellmamba.TwoTowerModel"
-TWO_TOWER_VERSION = 1
-TWO_TOWER_JSON = "two_tower.json"
-HEAD = "projection"
-_CHROM_RANK = {c: i for i, c in enumerate(CHROMOSOMES)}
-_PEAK = re.compile(r"^([^:\s]+?)[:\-](\d+)-(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,52 +196,6 @@ def _n_heads(d_model: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # features: order and values
 # ---------------------------------------------------------------------------------------------
-def parse_peaks(names) -> pd.DataFrame:
-    """Parse ATAC peak names ``chrN-start-end`` or ``chrN:start-end``.
-
-    Parameters
-    ----------
-    names
-        (n_peaks,) peak names.
-
-    Returns
-    -------
-    DataFrame (n_peaks rows, input order): ``chromosome`` ("1".."22", "X", "Y", "MT" without
-    the "chr" prefix; other contigs as written), ``start``, ``end`` (int64).
-
-    Raises
-    ------
-    InputError
-        When a name does not parse or has end < start (the message shows one such name).
-    """
-    names = [str(n) for n in names]
-    chrom, start, end, bad = [], [], [], []
-    for name in names:  # a regex per name: pandas' str.extract is no faster on ~10^5 short strings
-        m = _PEAK.match(name.strip())
-        if m is None or int(m.group(3)) < int(m.group(2)):
-            bad.append(name)
-            continue
-        c = m.group(1)
-        c = c[3:] if c.lower().startswith("chr") else c
-        chrom.append("MT" if c in ("M", "MT", "Mt") else c)
-        start.append(int(m.group(2)))
-        end.append(int(m.group(3)))
-    if bad:
-        raise InputError(f"atac: {len(bad)} of {len(names)} peak names do not parse as 'chrN-start-end' or "
-                         f"'chrN:start-end' (e.g. {bad[0]!r})")
-    return pd.DataFrame({"chromosome": chrom, "start": np.asarray(start, np.int64), "end": np.asarray(end, np.int64)})
-
-
-def peak_order(names) -> np.ndarray:
-    """Positions of ``names`` in genomic order: chromosome 1..22, X, Y, MT (then other contigs,
-    by name), start, end; ties keep file order. Returns int64 (n_peaks,)."""
-    peaks = parse_peaks(names)
-    rank = peaks["chromosome"].map(_CHROM_RANK).fillna(len(CHROMOSOMES)).to_numpy(np.int64)
-    other = np.where(rank == len(CHROMOSOMES), peaks["chromosome"].to_numpy(str), "")
-    # lexsort: the last key is the primary one; a stable sort keeps file order among equal peaks
-    return np.lexsort((np.arange(len(peaks)), peaks["end"].to_numpy(), peaks["start"].to_numpy(), other, rank))
-
-
 @dataclass
 class ModalityData:
     """One modality's cells as normalised values in feature order, cut into patches on demand.
@@ -391,7 +340,7 @@ def prepare_modalities(adata, positions=None, *, config: MultiomicsConfig,
         else:
             order, n_unplaced = _feature_order(m, var, positions, config.unplaced)
         X = counts[:, cols]
-        # the baselines' definitions (one place): log1p(normalize_total 1e4) / per-cell CLR
+        # the baseline's definitions (cellmamba.normalisation): log1p(normalize_total 1e4) / per-cell CLR
         X = log_normalise(X) if m in ("rna", "atac") else sp.csr_matrix(clr_per_cell(X))
         X = X[:, order]
         names = var.index.astype(str).to_numpy()[order]
@@ -406,91 +355,8 @@ def prepare_modalities(adata, positions=None, *, config: MultiomicsConfig,
 
 
 # ---------------------------------------------------------------------------------------------
-# the model
+# the model (cellmamba.models.two_tower) built for the data
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    """The towers' configs by modality, in tower order (JSON round trip via to_dict / from_dict)."""
-
-    modalities: tuple[str, str]
-    towers: dict[str, CellModelConfig] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"modalities": list(self.modalities), "towers": {m: self.towers[m].to_dict() for m in self.modalities}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "TwoTowerConfig":
-        if not isinstance(data, Mapping) or set(data) != {"modalities", "towers"}:
-            raise InputError(f"{source}: expected an object with 'modalities' and 'towers'")
-        mods = tuple(data["modalities"])
-        towers = data["towers"]
-        if len(mods) != 2 or not isinstance(towers, Mapping) or set(towers) != set(mods):
-            raise InputError(f"{source}: 'towers' must hold one config per modality of {list(mods)}")
-        return cls(mods, {m: CellModelConfig.from_dict(towers[m], source=f"{source}: towers.{m}") for m in mods})
-
-
-class TwoTowerModel(nn.Module):
-    """One :class:`~cellmamba.models.CellModel` per modality, ``towers[m]``, each with a
-    "projection" head: the layout :class:`~cellmamba.train.objectives.ContrastiveObjective` trains.
-
-    ``features`` (modality -> var names in reading order) travels with the saved model so the
-    embeddings can be recomputed; it is not part of the state dict. State dict:
-    ``towers.<modality>.{embed,backbone,heads}.*``.
-    """
-
-    def __init__(self, config: TwoTowerConfig, *, features: Mapping[str, list[str]] | None = None):
-        super().__init__()
-        self.config = config
-        self.towers = nn.ModuleDict({m: CellModel(config.towers[m]) for m in config.modalities})
-        self.features = {m: list(v) for m, v in (features or {}).items()}
-
-    @property
-    def modalities(self) -> tuple[str, str]:
-        return self.config.modalities
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Projections of a batch: ``batch["{m}_values"]`` (B, n_patches, patch_size) ->
-        {m: (B, d_out)} (not normalised)."""
-        out = {}
-        for m in self.modalities:
-            tower = self.towers[m]
-            states = tower(batch[f"{m}_values"], attention_mask=batch.get(f"{m}_attention_mask"))
-            out[m] = tower.heads[HEAD](states)
-        return out
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/<modality>/`` (:meth:`CellModel.write_pretrained`) for each tower and
-        ``directory/two_tower.json`` (format, tower order, feature order), atomically."""
-        with atomic_path(directory) as tmp:
-            tmp.mkdir()
-            for m in self.modalities:
-                (tmp / m).mkdir()
-                self.towers[m].write_pretrained(tmp / m)
-            meta = {"format": TWO_TOWER_FORMAT, "format_version": TWO_TOWER_VERSION,
-                    "modalities": list(self.modalities), "features": {m: self.features.get(m) for m in self.modalities}}
-            (tmp / TWO_TOWER_JSON).write_text(json.dumps(meta) + "\n")
-        return Path(directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, backend: str | None = None) -> "TwoTowerModel":
-        """Inverse of :meth:`save_pretrained` (CPU; weights loaded strictly; ``backend`` as
-        :meth:`CellModel.from_pretrained`)."""
-        directory = Path(directory)
-        path = directory / TWO_TOWER_JSON
-        meta = read_json_object(path, what=f"{TWO_TOWER_JSON} of a two-tower model directory")
-        if meta.get("format") != TWO_TOWER_FORMAT:
-            raise InputError(f"{path}: not a {TWO_TOWER_FORMAT} file")
-        if meta.get("format_version") != TWO_TOWER_VERSION:
-            raise InputError(f"{path}: format_version {meta.get('format_version')!r} is not supported")
-        mods = tuple(meta["modalities"])
-        towers = {m: CellModel.from_pretrained(directory / m, backend=backend) for m in mods}
-        feats = {m: f for m, f in (meta.get("features") or {}).items() if f is not None}
-        model = cls(TwoTowerConfig(mods, {m: t.config for m, t in towers.items()}), features=feats)
-        for m in mods:
-            model.towers[m].load_state_dict(towers[m].state_dict(), strict=True)
-        return model
-
-
 def _fit_chunk(backbone: BackboneConfig, n_patches: int) -> BackboneConfig:
     # the SSD reference pads the sequence to a whole chunk: a chunk much longer than the patch
     # sequence (e.g. 256 for 16 patches) multiplies its cost; the result does not depend on it
