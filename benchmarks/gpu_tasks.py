@@ -26,9 +26,9 @@ import scipy.sparse as sp
 import torch
 
 from cellmamba.models import BackboneConfig, CellModel, CellModelConfig, EmbeddingConfig, same_size_transformer
+from cellmamba.models.perturb import PerturbationModel
 from cellmamba.tasks.multiomics import ModalityData, MultiomicsConfig, build_two_tower
 from cellmamba.tasks.multiomics import _batch as two_tower_batch
-from cellmamba.tasks.perturb import PerturbationModel
 from cellmamba.train.objectives import ContrastiveConfig, ContrastiveObjective, masked_mse
 from cellmamba.vocab import N_SPECIAL
 

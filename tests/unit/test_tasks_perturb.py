@@ -13,8 +13,9 @@ import torch
 from cellmamba.errors import InputError
 from cellmamba.models import BackboneConfig, CellModel, CellModelConfig, EmbeddingConfig, HeadConfig
 from cellmamba.models.checkpoint import read_weights
-from cellmamba.tasks.perturb import (PerturbationBatches, PerturbationModel, PerturbConfig, condition_flags,
-                                     control_pool, pair_controls, predict_conditions, run_perturbation)
+from cellmamba.models.perturb import PerturbationModel
+from cellmamba.tasks.perturb import (PerturbationBatches, PerturbConfig, condition_flags, control_pool, pair_controls,
+                                     predict_conditions, run_perturbation)
 from cellmamba.vocab import N_SPECIAL
 
 GENES = [f"G{i}" for i in range(10)]

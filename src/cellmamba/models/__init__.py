@@ -5,8 +5,9 @@ Files: ``_ref`` (reference scans), ``_backend`` (kernel dispatch), ``ssm`` (Mamb
 mixers, state-dict compatible with mamba_ssm), ``bimamba`` (padding, directions, blocks),
 ``transformer``, ``backbone`` (config + model of the sequence model), ``embeddings``,
 ``heads``, ``checkpoint`` and ``model`` (the whole model and its directory format);
-``two_tower`` (one model per modality of paired multi-omics data, and its directory format).
-The tasks that train them are in :mod:`cellmamba.tasks`.
+``two_tower`` (one model per modality of paired multi-omics data, and its directory format) and
+``perturb`` (the perturbation model and its continuous value encoder). The tasks that train
+them are in :mod:`cellmamba.tasks`.
 """
 from ._backend import BACKENDS, BackendUnavailableError, kernels_available, resolve_backend
 from ._ref import selective_scan_ref, ssd_scan_ref
@@ -17,6 +18,7 @@ from .embeddings import EMBEDDING_KINDS, EmbeddingConfig, InputEmbedding
 from .heads import (HEAD_KINDS, POOLINGS, CellPooling, ClassifierHead, HeadConfig, ProjectionHead,
                     TokenClassificationHead, ValueRegressionHead, build_head, next_token_logits, pool_cells)
 from .model import CellModel, CellModelConfig
+from .perturb import ContinuousValueEncoder, PerturbationModel, PerturbationModelConfig
 from .ssm import GatedRMSNorm, Mamba1Mixer, Mamba2Mixer
 from .transformer import TransformerBlock
 from .two_tower import TwoTowerConfig, TwoTowerModel
@@ -37,5 +39,5 @@ __all__ = [
     # whole model and checkpoints
     "CellModelConfig", "CellModel", "load_state_dict_strict", "read_weights", "write_weights",
     # task models
-    "TwoTowerConfig", "TwoTowerModel",
+    "TwoTowerConfig", "TwoTowerModel", "ContinuousValueEncoder", "PerturbationModelConfig", "PerturbationModel",
 ]
