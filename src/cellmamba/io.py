@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import CorruptFileError, InputError
+from .keys import UNS
 
 __all__ = ["atomic_path", "sha256_file", "read_h5ad_checked", "ensure_parent", "write_h5ad_atomic",
            "write_profiles", "read_profiles", "read_json_object", "read_h5ad_plain", "write_paired_embedding",
@@ -152,7 +153,7 @@ def write_profiles(frame, path: str | os.PathLike, *, obs=None, info: dict | Non
     obs.index = obs.index.astype(str)
     out = ad.AnnData(X=np.asarray(frame.to_numpy(), dtype=np.float32), obs=obs,
                      var=pd.DataFrame(index=frame.columns.astype(str)))
-    out.uns["cellmamba"] = _plain(info or {})
+    out.uns[UNS] = _plain(info or {})
     write_h5ad_atomic(out, path)
 
 
@@ -164,7 +165,7 @@ def read_profiles(path: str | os.PathLike):
     a = read_h5ad_plain(path, "a profiles h5ad (X = one mean profile per row)")
     X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
     return (pd.DataFrame(X.astype(np.float64), index=a.obs_names.copy(), columns=a.var_names.copy()),
-            a.obs.copy(), dict(a.uns.get("cellmamba", {})))
+            a.obs.copy(), dict(a.uns.get(UNS, {})))
 
 
 #: obsm key prefix of a paired embedding: obsm["emb_<modality>"]
@@ -195,7 +196,7 @@ def write_paired_embedding(obs, embeddings, path: str | os.PathLike, *, info: di
         if emb.ndim != 2 or emb.shape[0] != len(obs):
             raise InputError(f"{path}: obsm['{key}'] has shape {emb.shape}; expected ({len(obs)}, n_dims)")
     out = ad.AnnData(obs=obs.copy(), obsm=obsm)
-    out.uns["cellmamba"] = _plain({**(info or {}), "modalities": mods})
+    out.uns[UNS] = _plain({**(info or {}), "modalities": mods})
     write_h5ad_atomic(out, path)
 
 
@@ -204,7 +205,7 @@ def read_paired_embedding(path: str | os.PathLike):
     import numpy as np
 
     a = read_h5ad_plain(path, "a paired-embedding h5ad (obsm['emb_<modality>'] x 2)")
-    mods = [str(m) for m in a.uns.get("cellmamba", {}).get("modalities", [])]
+    mods = [str(m) for m in a.uns.get(UNS, {}).get("modalities", [])]
     keys = [f"{PAIRED_PREFIX}{m}" for m in mods]
     if len(mods) != 2 or any(k not in a.obsm for k in keys):
         raise InputError(f"{path}: expected uns['cellmamba']['modalities'] naming two modalities with "

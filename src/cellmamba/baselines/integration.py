@@ -33,7 +33,7 @@ from .._util import seed_all
 from ..datasets import counts_matrix, log_normalized, validate_standard
 from ..errors import InputError
 from ..io import atomic_path, read_h5ad_checked
-from ..keys import OBS_BATCH, UNS
+from ..keys import OBS_BATCH, OBSM_EMBEDDING, UNS
 from ._common import (HVG_FLAVORS, check_choice, check_positive_int, parse_settings, reference_pca, select_hvg,
                       settings_dict)
 
@@ -42,8 +42,6 @@ __all__ = ["INTEGRATION_METHODS", "OBSM_EMBEDDING", "PcaSettings", "HarmonySetti
 
 log = logging.getLogger(__name__)
 
-#: obsm key of the embedding in the integration baseline's output h5ad
-OBSM_EMBEDDING = "X_emb"
 
 
 @dataclasses.dataclass(frozen=True)

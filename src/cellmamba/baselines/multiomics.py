@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from .._util import seed_all
 from ..errors import InputError
 from ..keys import LAYER_COUNTS
+from ..keys import VAR_MODALITY as _VAR_MODALITY
 from ..normalisation import clr_per_cell, log_normalise
 from ._common import check_positive_int, reference_pca
 
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 MULTIOMICS_METHODS = ("pca_cca",)
 #: how :func:`modality_matrices` normalises each modality's counts
 MODALITY_NORMALISATION = {"rna": "log1p_norm", "atac": "log1p_norm", "protein": "clr"}
-_VAR_MODALITY = "modality"  # = cellmamba.datasets.VAR_MODALITY (not imported: avoids a datasets import cycle)
 _RANK_TOL = 1e-10
 
 

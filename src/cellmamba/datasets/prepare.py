@@ -9,7 +9,7 @@ from typing import Mapping
 
 from ..errors import InputError
 from ..io import atomic_path, sha256_file
-from ..keys import UNS
+from ..keys import UNS, UNS_PROVENANCE, UNS_SIMULATED, UNS_SOURCE_FILES, UNS_X_KIND
 from .download import verify_file
 from .readers import read_dataset
 
@@ -17,10 +17,6 @@ __all__ = ["prepare_dataset", "UNS_SOURCE_FILES", "UNS_PROVENANCE"]
 
 log = logging.getLogger(__name__)
 
-#: uns["cellmamba"][UNS_SOURCE_FILES]: {file key: {"name", "sha256"}} of the files read
-UNS_SOURCE_FILES = "source_files"
-#: uns["cellmamba"][UNS_PROVENANCE]: JSON text of cellmamba.runlog.provenance(entry)
-UNS_PROVENANCE = "provenance"
 
 
 def prepare_dataset(entry: Mapping, files: Mapping[str, os.PathLike], out: str | os.PathLike, *, dataset: str,
@@ -72,13 +68,13 @@ def prepare_dataset(entry: Mapping, files: Mapping[str, os.PathLike], out: str |
     adata = read_dataset(entry["reader"], files, task=entry["task"], keys=entry.get("keys"),
                          x_kind=entry.get("x_kind"), options=entry.get("options"), dataset=dataset)
     simulated = bool(entry.get("simulated", False))
-    if bool(adata.uns[UNS].get("simulated", False)) != simulated:
+    if bool(adata.uns[UNS].get(UNS_SIMULATED, False)) != simulated:
         raise InputError(f"dataset {dataset!r}: the registry says simulated={simulated} but reader "
-                         f"{entry['reader']!r} produced simulated={adata.uns[UNS].get('simulated')}")
+                         f"{entry['reader']!r} produced simulated={adata.uns[UNS].get(UNS_SIMULATED)}")
     adata.uns[UNS].update({"dataset": dataset, UNS_SOURCE_FILES: sources,
                            UNS_PROVENANCE: json.dumps(provenance(dict(entry)), default=str)})
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     log.info("%s: %d cells x %d genes (%s, x_kind %s) written to %s", dataset, adata.n_obs, adata.n_vars,
-             entry["task"], adata.uns[UNS]["x_kind"], out)
+             entry["task"], adata.uns[UNS][UNS_X_KIND], out)
     return adata

@@ -33,8 +33,8 @@ import scipy.sparse as sp
 
 from ..errors import CorruptFileError, InputError
 from ..io import read_h5ad_checked
-from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS,
-                    UNS_X_KIND)
+from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS, UNS_READER,
+                    UNS_X_KIND, VAR_FEATURE_TYPE, VAR_MODALITY)
 from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
                      check_normalized, check_size, validate_standard)
 
@@ -45,14 +45,8 @@ __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "r
 
 log = logging.getLogger(__name__)
 
-#: var column with the source's per-feature type (BMMC ``feature_types``: GEX / ADT / ATAC)
-VAR_FEATURE_TYPE = "feature_type"
-#: var column with each feature's modality (``rna`` / ``protein`` / ``atac``)
-VAR_MODALITY = "modality"
 #: BMMC feature type -> modality
 FEATURE_MODALITY = {"GEX": "rna", "ADT": "protein", "ATAC": "atac"}
-#: uns["cellmamba"]["reader"]: the reader that built the object
-UNS_READER = "reader"
 _SPLITS_ANNOTATION = ("reference", "query")
 
 

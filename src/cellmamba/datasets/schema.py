@@ -11,7 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_SPLIT, UNS, UNS_X_KIND
+from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS, UNS_SIMULATED,
+                    UNS_X_KIND, VAR_GENE_ID, VAR_GENE_NAME)
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
            "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
@@ -31,16 +32,12 @@ SPLITS = ("reference", "query", "train", "test")
 MIN_CELLS = 2
 #: largest X value accepted as log-normalised (log1p(1e4 x 1e4) ~ 18.4; counts are far larger)
 MAX_LOG_VALUE = 50.0
-VAR_GENE_NAME = "gene_name"
-VAR_GENE_ID = "gene_id"
-#: uns["cellmamba"]["simulated"]: True for data from a simulator (tables label those rows)
-UNS_SIMULATED = "simulated"
 #: required obs columns per task
 _TASK_OBS = {
     "annotation": (OBS_CELL_TYPE, OBS_BATCH, OBS_SPLIT),
     "integration": (OBS_CELL_TYPE, OBS_BATCH),
-    "perturbation": ("condition",),
-    "multiomics": (OBS_CELL_TYPE, "modality"),
+    "perturbation": (OBS_CONDITION,),
+    "multiomics": (OBS_CELL_TYPE, OBS_MODALITY),
 }
 
 

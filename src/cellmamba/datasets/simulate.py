@@ -29,17 +29,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, UNS_X_KIND
+from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, UNS_READER, UNS_SIMULATION, UNS_X_KIND, VARM_BATCH_FACTOR
 from .schema import UNS_SIMULATED, VAR_GENE_NAME
 
 __all__ = ["simulate_integration", "pbmc68k_profiles", "VARM_BATCH_FACTOR", "UNS_SIMULATION"]
 
 log = logging.getLogger(__name__)
 
-#: varm key of the true gene-wise batch factors, (n_genes, n_batches)
-VARM_BATCH_FACTOR = "batch_factor"
-#: uns["cellmamba"][UNS_SIMULATION]: the simulator's parameters and drawn ground truth
-UNS_SIMULATION = "simulation"
 _CHUNK_CELLS = 4096
 
 
@@ -158,7 +154,7 @@ def simulate_integration(*, n_cells: int = 1500, n_batches: int = 3, seed: int =
     adata.layers[LAYER_COUNTS] = X.copy()
     adata.varm[VARM_BATCH_FACTOR] = factors.T.copy()
     adata.uns[UNS] = {
-        UNS_X_KIND: "counts", UNS_SIMULATED: True, "reader": "sim_integration",
+        UNS_X_KIND: "counts", UNS_SIMULATED: True, UNS_READER: "sim_integration",
         UNS_SIMULATION: {
             "simulator": "cellmamba.datasets.simulate.simulate_integration",
             "n_cells": n_cells, "n_batches": n_batches, "seed": int(seed), "library_size": float(library_size),

@@ -66,7 +66,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..io import atomic_path
-from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE
+from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, VAR_LINKED_GENE, VAR_PEAK_KIND, VARM_BATCH_FACTOR
 from .simulate import UNS_SIMULATION, pbmc68k_profiles, simulate_integration
 
 __all__ = ["simulate_multiome", "write_simulated_multiome", "multiome_gene_table", "default_positions_path",
@@ -74,10 +74,6 @@ __all__ = ["simulate_multiome", "write_simulated_multiome", "multiome_gene_table
 
 log = logging.getLogger(__name__)
 
-#: var column: the gene a peak is linked to ("" for background peaks and for genes)
-VAR_LINKED_GENE = "linked_gene"
-#: var column: ``promoter`` / ``distal`` / ``background`` for peaks, "" for genes
-VAR_PEAK_KIND = "peak_kind"
 #: the gene position table, relative to the repository root
 POSITIONS_FILE = Path("resources") / "genes" / "human_gene_positions_hg38.tsv.gz"
 _CHROMOSOMES = [str(i) for i in range(1, 23)] + ["X", "Y"]
@@ -286,7 +282,7 @@ def simulate_multiome(*, n_cells: int = 600, n_batches: int = 2, seed: int = 0,
                                library_size=library_size, library_sd=library_sd, batch_library_sd=batch_library_sd,
                                batch_effect_sd=batch_effect_sd, dispersion=dispersion,
                                composition_alpha=composition_alpha)
-    truth = rna.uns["cellmamba"][UNS_SIMULATION]
+    truth = rna.uns[UNS][UNS_SIMULATION]
     types = np.asarray(truth["cell_types"]).astype(str)
     P = np.asarray(profiles, dtype=np.float64)          # rows in the order of truth["cell_types"]
     P = P / P.sum(axis=1, keepdims=True)
@@ -375,7 +371,7 @@ def simulate_multiome(*, n_cells: int = 600, n_batches: int = 2, seed: int = 0,
         "positions": str(Path(positions) if positions is not None else POSITIONS_FILE),
         "rna": {key: truth[key] for key in ("library_size", "library_sd", "batch_library_sd", "batch_effect_sd",
                                             "dispersion", "composition_alpha", "composition", "batch_library_factor")},
-        "gene_batch_factor": np.asarray(rna.varm["batch_factor"]).T.copy(),       # (n_batches, n_genes)
+        "gene_batch_factor": np.asarray(rna.varm[VARM_BATCH_FACTOR]).T.copy(),       # (n_batches, n_genes)
         "cell_types": list(types), "genes": list(gene_names),
         "profiles": P,                                                           # (n_types, n_genes)
         "z": z,                                                                  # (n_types, n_genes)

@@ -64,6 +64,7 @@ import scipy.sparse as sp
 from ..baselines.perturbation import CTRL
 from ..errors import InputError
 from ..keys import LAYER_COUNTS, OBS_CELL_TYPE, OBS_CONDITION, UNS, UNS_X_KIND
+from ..keys import UNS_SIMULATION as UNS_PERT_SIMULATION
 from .schema import UNS_SIMULATED, VAR_GENE_NAME
 from .simulate import pbmc68k_profiles
 
@@ -73,7 +74,6 @@ __all__ = ["simulate_perturbation", "gears_de_genes", "gears_dropout_non_zero_ge
 log = logging.getLogger(__name__)
 
 #: top-level uns key of the ground truth (read_norman rewrites uns["cellmamba"], so it lives outside it)
-UNS_PERT_SIMULATION = "simulation"
 COMBO_TYPES = ("additive", "synergy", "buffering")
 _N_TOP_DE = 20
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..keys import OBS_BATCH, OBS_CELL_TYPE
+from ..keys import OBS_BATCH, OBS_CELL_TYPE, OBSM_EMBEDDING
 from ._common import Scores, as_labels, as_matrix, quiet_stdout
 
 __all__ = ["ScibSettings", "SCIB", "INTEGRATION_METRICS", "score_integration", "cluster_agreement", "ilisi",
@@ -41,7 +41,7 @@ INTEGRATION_METRICS = ("avg_bio", "avg_batch", "nmi", "ari", "asw_cell", "isolat
                        "isolated_label_asw", "asw_batch", "graph_connectivity", "pcr", "ilisi",
                        "clisi", "kbet")
 
-_EMB = "X_emb"          # obsm key of the (normalised) embedding inside the scoring copy
+_EMB = OBSM_EMBEDDING   # obsm key of the (normalised) embedding inside the scoring copy
 _CLUSTER = "cluster"    # obs key of the optimal Leiden clustering (scib.metrics.metrics' default)
 
 
@@ -401,7 +401,7 @@ def _unintegrated_copy(unintegrated, work):
 
 
 #: obsm key of the cell embedding in an integration method's embedding.h5ad
-EMBEDDING_KEY = "X_emb"
+EMBEDDING_KEY = OBSM_EMBEDDING
 
 
 def score_embedding_file(dataset_path, embedding_path, *, seed: int = 0, embed_key: str = EMBEDDING_KEY,

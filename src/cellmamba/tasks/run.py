@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, read_h5ad_checked, write_h5ad_atomic
+from ..keys import OBSM_EMBEDDING, UNS
 from ..runlog import provenance
 from .annotate import run_annotation
 from .finetune import FinetuneConfig
@@ -82,8 +83,8 @@ def write_embedding(adata, emb: np.ndarray, path, *, info: dict) -> None:
     """An h5ad with ``adata``'s obs and obs_names, obsm['X_emb'] = emb, no X (n_cells x 0)."""
     import anndata as ad
 
-    out = ad.AnnData(obs=adata.obs.copy(), obsm={"X_emb": np.asarray(emb, dtype=np.float32)})
-    out.uns["cellmamba"] = json.loads(json.dumps(info, default=str))
+    out = ad.AnnData(obs=adata.obs.copy(), obsm={OBSM_EMBEDDING: np.asarray(emb, dtype=np.float32)})
+    out.uns[UNS] = json.loads(json.dumps(info, default=str))
     write_h5ad_atomic(out, path)
 
 
