@@ -29,7 +29,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, UNS_READER, UNS_SIMULATION, UNS_X_KIND, VARM_BATCH_FACTOR
+from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, UNS_READER, UNS_SIMULATION, UNS_X_KIND,
+                    VARM_BATCH_FACTOR)
 from .schema import UNS_SIMULATED, VAR_GENE_NAME
 
 __all__ = ["simulate_integration", "pbmc68k_profiles", "VARM_BATCH_FACTOR", "UNS_SIMULATION"]

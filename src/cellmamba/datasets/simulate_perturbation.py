@@ -73,7 +73,6 @@ __all__ = ["simulate_perturbation", "gears_de_genes", "gears_dropout_non_zero_ge
 
 log = logging.getLogger(__name__)
 
-#: top-level uns key of the ground truth (read_norman rewrites uns["cellmamba"], so it lives outside it)
 COMBO_TYPES = ("additive", "synergy", "buffering")
 _N_TOP_DE = 20
 
