@@ -419,11 +419,11 @@ def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, p
         ``measured`` (condition mean - control mean), ``predicted`` (prediction - control mean),
         ``de`` (bool: among the top ``n_de``), ``pearson_delta``, ``pearson_delta_de<n_de>``.
     """
-    from .baselines.perturbation import condition_genes
+    from .conditions import CTRL, de_gene_lists, gene_set
     from .datasets.gears_split import read_split
     from .io import read_h5ad_checked, read_profiles
     from .keys import OBS_CONDITION
-    from .metrics.perturbation import condition_profiles, de_gene_lists, perturbation_scores
+    from .metrics.perturbation import condition_profiles, perturbation_scores
 
     if n_conditions < 1:
         raise InputError(f"n_conditions must be >= 1, got {n_conditions}")
@@ -432,11 +432,11 @@ def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, p
     sp_ = read_split(split)
     genes = pd.Index(adata.var_names.astype(str))
     conditions = adata.obs[OBS_CONDITION].astype(str).to_numpy()
-    test = [c for c in sp_.test if c != "ctrl"]
+    test = [c for c in sp_.test if c != CTRL]
     chosen = _pick_conditions(test, sp_.test_subgroup, n_conditions)
     if not chosen:
         raise InputError(f"{split}: no test condition to plot")
-    ctrl = condition_profiles(adata.X, conditions, ["ctrl"]).iloc[0].to_numpy()
+    ctrl = condition_profiles(adata.X, conditions, [CTRL]).iloc[0].to_numpy()
     truth = condition_profiles(adata.X, conditions, chosen)
     truth.columns = genes
     de = de_gene_lists(adata, chosen, n_de=n_de)
@@ -447,11 +447,11 @@ def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, p
         pred, _, _ = read_profiles(path)
         if not genes.equals(pd.Index(pred.columns)):
             raise InputError(f"{path}: genes differ from {dataset}'s var_names ({pred.shape[1]} vs {len(genes)})")
-        key = {frozenset(condition_genes(c)): c for c in pred.index}   # A+B and B+A are one condition
-        missing = [c for c in chosen if frozenset(condition_genes(c)) not in key]
+        key = {gene_set(c): c for c in pred.index}   # A+B and B+A are one condition
+        missing = [c for c in chosen if gene_set(c) not in key]
         if missing:
             raise InputError(f"{path}: no prediction for test conditions {missing}")
-        p = pred.loc[[key[frozenset(condition_genes(c))] for c in chosen]]
+        p = pred.loc[[key[gene_set(c)] for c in chosen]]
         p.index = truth.index
         scores = perturbation_scores(p, truth, ctrl, de_genes=de, n_de=n_de)
         for c in chosen:

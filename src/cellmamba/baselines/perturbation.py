@@ -15,6 +15,8 @@ combo). All means are of log-normalised expression, gene by gene.
   genes): its effect is taken as zero, i.e. only the seen singles' effects are added; this is
   never silent: :func:`additive_flags` lists those genes per condition and
   :func:`perturbation_baseline` logs a warning naming them.
+
+``CTRL`` and ``condition_genes`` live in :mod:`cellmamba.conditions`; they are re-exported here.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from ..conditions import CTRL, canonical_condition, condition_genes
+from ..datasets.gears_split import read_split
 from ..errors import InputError
 
 __all__ = ["PERTURBATION_METHODS", "CTRL", "condition_genes", "additive_flags", "perturbation_baseline",
@@ -34,22 +38,7 @@ OBS_ROLE = "role"
 
 log = logging.getLogger(__name__)
 
-CTRL = "ctrl"
 PERTURBATION_METHODS = ("no_change", "train_mean", "additive")
-
-
-def condition_genes(condition: str) -> tuple[str, ...]:
-    """The perturbed genes of a GEARS condition, sorted: ``"ctrl"`` -> (), ``"ctrl+B"`` ->
-    ("B",), ``"B+A"`` -> ("A", "B"). A malformed string is an InputError."""
-    parts = str(condition).split("+")
-    if condition == CTRL:
-        return ()
-    genes = [p for p in parts if p != CTRL]
-    if len(parts) != 2 or not genes or any(not g.strip() or g != g.strip() for g in genes) or \
-            (len(genes) == 2 and genes[0] == genes[1]):
-        raise InputError(f"perturbation condition {condition!r}: expected 'ctrl', 'A+ctrl', 'ctrl+A' or 'A+B' "
-                         "with two different gene names")
-    return tuple(sorted(genes))
 
 
 def additive_flags(train_conditions: Iterable[str], predict_conditions: Iterable[str]) -> dict[str, tuple[str, ...]]:
@@ -75,14 +64,9 @@ def _group_means(X, canon: np.ndarray, keys: Sequence[tuple[str, ...]]) -> dict:
     """Mean expression (n_genes,) float64 of the cells whose canonical condition is each key."""
     out = {}
     for key in keys:
-        rows = np.flatnonzero(canon == _key(key))
+        rows = np.flatnonzero(canon == ("+".join(key) if key else CTRL))
         out[key] = np.asarray(X[rows].mean(axis=0, dtype=np.float64), dtype=np.float64).ravel()
     return out
-
-
-def _key(genes: tuple[str, ...]) -> str:
-    """Canonical condition id: sorted genes joined by '+', or 'ctrl'."""
-    return "+".join(genes) if genes else CTRL
 
 
 def perturbation_baseline(X, conditions: Sequence[str], *, method: str, train_conditions: Iterable[str],
@@ -117,12 +101,12 @@ def perturbation_baseline(X, conditions: Sequence[str], *, method: str, train_co
     train = list(dict.fromkeys(str(c) for c in train_conditions))
     predict = list(dict.fromkeys(str(c) for c in predict_conditions))
     # canonical id of every cell's condition (validates the strings)
-    lookup = {c: _key(condition_genes(c)) for c in np.unique(conditions)}
+    lookup = {c: canonical_condition(c) for c in np.unique(conditions)}
     canon = np.array([lookup[c] for c in conditions], dtype=object)
     for c in predict:
         condition_genes(c)
     present = set(canon)
-    missing = sorted({c for c in train if _key(condition_genes(c)) not in present})
+    missing = sorted({c for c in train if canonical_condition(c) not in present})
     if missing:
         raise InputError(f"perturbation baseline: train_conditions {missing} have no cells in conditions")
     if CTRL not in present:
@@ -199,7 +183,6 @@ def run_perturbation_baseline(dataset, split, out, *, method: str, seed: int = 0
     """
     import pandas as pd
 
-    from ..datasets.gears_split import read_split
     from ..io import read_h5ad_checked, write_profiles
     from ..keys import OBS_CONDITION
 

@@ -53,7 +53,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..baselines.perturbation import CTRL, condition_genes
+from ..conditions import CTRL, condition_genes
 from ..errors import InputError
 from ..io import atomic_path, read_json_object
 from ..keys import OBS_CONDITION

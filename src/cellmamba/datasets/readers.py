@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..conditions import CTRL, invalid_conditions
 from ..errors import CorruptFileError, InputError
 from ..io import read_h5ad_checked
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS, UNS_READER,
@@ -448,17 +449,12 @@ def read_annotation_pair(files: Mapping[str, os.PathLike], *, keys: Mapping) -> 
 
 # --------------------------------------------------------------------------- Norman
 def _check_conditions(conditions: pd.Series, path, key: str) -> None:
-    bad = []
-    for cond in pd.unique(conditions.astype(str)):
-        genes = cond.split("+")
-        ok = cond == "ctrl" or (len(genes) == 2 and all(genes) and genes != ["ctrl", "ctrl"])
-        if not ok:
-            bad.append(cond)
+    bad = invalid_conditions(conditions.astype(str))
     if bad:
         raise InputError(f"{path}: obs[{key!r}] has values {bad[:5]}; expected 'ctrl', 'A+ctrl', 'ctrl+B' or 'A+B' "
                          "(GEARS format)")
-    if "ctrl" not in set(conditions.astype(str)):
-        raise InputError(f"{path}: obs[{key!r}] has no 'ctrl' cells (the control population)")
+    if CTRL not in set(conditions.astype(str)):
+        raise InputError(f"{path}: obs[{key!r}] has no {CTRL!r} cells (the control population)")
 
 
 def read_norman(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnData":

@@ -55,13 +55,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..baselines.perturbation import CTRL
+from ..conditions import CTRL, gears_de_genes
 from ..errors import InputError
 from ..keys import LAYER_COUNTS, OBS_CELL_TYPE, OBS_CONDITION, UNS, UNS_X_KIND
 from ..keys import UNS_SIMULATION as UNS_PERT_SIMULATION
@@ -95,33 +94,6 @@ def _baseline(n_genes: int) -> tuple[np.ndarray, np.ndarray, str]:
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
     top = x.max(axis=axis, keepdims=True)
     return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def gears_de_genes(adata, *, ctrl_name: str) -> dict:
-    """``uns["rank_genes_groups_cov_all"]`` as GEARS' ``get_DE_genes`` builds it (one cell type).
-
-    Parameters
-    ----------
-    adata
-        (n_cells, n_genes) with log-expression X and obs ``condition_name`` (categorical).
-    ctrl_name
-        The control's condition_name (``{cell_type}_ctrl_1``): the reference, given no key.
-
-    Returns
-    -------
-    condition_name -> (n_genes,) str array of var names ranked by |t-test score| vs ctrl.
-    """
-    import anndata as ad
-    import scanpy as sc
-
-    # a bare copy so scanpy's own uns["rank_genes_groups"] does not land in the output
-    tmp = ad.AnnData(X=adata.X, obs=adata.obs[["condition_name"]].copy(), var=pd.DataFrame(index=adata.var_names))
-    with warnings.catch_warnings():  # scanpy fills its result frame column by column (pandas PerformanceWarning)
-        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
-        sc.tl.rank_genes_groups(tmp, groupby="condition_name", reference=ctrl_name, rankby_abs=True,
-                                n_genes=tmp.n_vars, use_raw=False)
-    names = pd.DataFrame(tmp.uns["rank_genes_groups"]["names"])
-    return {str(group): names[group].to_numpy().astype(str) for group in names.columns}
 
 
 def gears_dropout_non_zero_genes(adata, ranked: dict) -> dict:

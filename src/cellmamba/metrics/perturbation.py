@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..conditions import CTRL, de_gene_lists, gene_set
 from ..errors import InputError
 from ._common import Scores, as_matrix
 
@@ -227,12 +228,6 @@ def reverse_perturbation_scores(scores, truth, *, ks: Sequence[int] = (1, 5, 10)
     return Scores({f"top{k}_accuracy": topk_accuracy(scores, truth, k=k, candidates=candidates) for k in ks})
 
 
-def _genes_of(condition) -> frozenset:
-    from ..baselines.perturbation import condition_genes
-
-    return frozenset(condition_genes(condition))
-
-
 def reverse_perturbation_topk(observed: pd.DataFrame, predicted: pd.DataFrame, *,
                               ks: Sequence[int] = REVERSE_KS) -> pd.DataFrame:
     """Top-k retrieval of the perturbation behind each observed profile.
@@ -261,13 +256,13 @@ def reverse_perturbation_topk(observed: pd.DataFrame, predicted: pd.DataFrame, *
     pred = _frame(predicted, name="predicted", genes=obs.columns)
     if len(obs) == 0:
         raise InputError("reverse perturbation: no query conditions")
-    cand_genes = [_genes_of(c) for c in pred.index]
+    cand_genes = [gene_set(c) for c in pred.index]
     if len(set(cand_genes)) != len(cand_genes):
         raise InputError("predicted: two candidates perturb the same genes")
     pos = {g: i for i, g in enumerate(cand_genes)}
     truth = []
     for q in obs.index:
-        genes = _genes_of(q)
+        genes = gene_set(q)
         if genes not in pos:
             raise InputError(f"reverse perturbation: query {q!r} is not among the {len(pred)} candidates")
         truth.append(pos[genes])
@@ -304,39 +299,6 @@ def condition_profiles(X, conditions, wanted: Sequence[str]) -> pd.DataFrame:
         rows.append(np.asarray(block.mean(axis=0)).ravel() if sp.issparse(block) else block.mean(axis=0))
     return pd.DataFrame(np.vstack(rows).astype(np.float64) if rows else np.zeros((0, X.shape[1])),
                         index=pd.Index(list(wanted)))
-
-
-def de_gene_lists(adata, conditions: Sequence[str], *, n_de: int = 20, condition_key: str = "condition",
-                  name_key: str = "condition_name", uns_key: str = "rank_genes_groups_cov_all") -> dict:
-    """Top ``n_de`` DE genes of each condition, as GEARS defines them.
-
-    GEARS' files carry ``uns['rank_genes_groups_cov_all']`` (condition_name -> every gene
-    ranked by scanpy's rank_genes_groups against the control, rankby_abs) and obs
-    ``condition_name``; those lists are used as published. Data without them get the same
-    computation here (t-test, reference = ctrl, rankby_abs=True), logged.
-    """
-    obs = adata.obs
-    ranked = adata.uns.get(uns_key)
-    if ranked is not None and name_key in obs:
-        names = obs.groupby(obs[condition_key].astype(str), observed=True)[name_key].first().astype(str)
-        out = {}
-        for c in conditions:
-            name = names.get(c)
-            if name is None or name not in ranked:
-                raise InputError(f"uns['{uns_key}'] has no DE list for condition {c!r} (condition_name {name!r})")
-            out[c] = [str(g) for g in np.asarray(ranked[name])[:n_de]]
-        return out
-    import anndata as ad
-
-    from ..datasets.simulate_perturbation import gears_de_genes
-
-    log.info("no uns['%s']: ranking DE genes with GEARS' get_DE_genes computation (t-test vs ctrl, rankby_abs)",
-             uns_key)
-    # the condition itself is the group name (GEARS' condition_name adds cell type and dose)
-    work = ad.AnnData(X=adata.X, obs=pd.DataFrame({"condition_name": pd.Categorical(obs[condition_key].astype(str))},
-                                                  index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
-    ranked = gears_de_genes(work, ctrl_name="ctrl")
-    return {c: [str(g) for g in ranked[c][:n_de]] for c in conditions}
 
 
 def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLike,
@@ -378,15 +340,15 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
         raise InputError(f"{predictions}: genes differ from {dataset}'s var_names ({pred.shape[1]} vs {len(genes)})")
     conditions = adata.obs["condition"].astype(str).to_numpy()
     X = adata.X
-    ctrl = condition_profiles(X, conditions, ["ctrl"]).iloc[0].to_numpy()
-    test = [c for c in sp_.test if c != "ctrl"]
+    ctrl = condition_profiles(X, conditions, [CTRL]).iloc[0].to_numpy()
+    test = [c for c in sp_.test if c != CTRL]
     truth = condition_profiles(X, conditions, test)
     truth.columns = genes
-    key = {_genes_of(c): c for c in pred.index}
-    missing = [c for c in test if _genes_of(c) not in key]
+    key = {gene_set(c): c for c in pred.index}
+    missing = [c for c in test if gene_set(c) not in key]
     if missing:
         raise InputError(f"{predictions}: no prediction for test conditions {missing[:5]}")
-    pred_test = pred.loc[[key[_genes_of(c)] for c in test]]
+    pred_test = pred.loc[[key[gene_set(c)] for c in test]]
     pred_test.index = truth.index
     de = de_gene_lists(adata, test, n_de=n_de)
     per = perturbation_scores(pred_test, truth, ctrl, de_genes=de, n_de=n_de)
@@ -404,7 +366,7 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     reverse = None
     queries = list(sp_.reverse_queries)
     if queries:
-        cands = [key.get(_genes_of(c)) for c in sp_.reverse_candidates]
+        cands = [key.get(gene_set(c)) for c in sp_.reverse_candidates]
         absent = [c for c, k in zip(sp_.reverse_candidates, cands) if k is None]
         if absent:
             raise InputError(f"{predictions}: no prediction for reverse candidates {absent[:5]}")
