@@ -11,7 +11,7 @@ from cellmamba.runlog import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from cellmamba.plots import table_html
+from cellmamba.report import table_html
 
 text = table_html(snakemake.input.md, snakemake.output.html)
 log.info("%s -> %s (%d characters)", snakemake.input.md, snakemake.output.html, len(text))

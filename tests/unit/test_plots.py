@@ -96,7 +96,7 @@ def _first_two(emb, seed):
 def test_embedding_umaps_integration_and_paired(tmp_path, monkeypatch):
     # scanpy's UMAP itself (numba compilation: ~20 s) runs in the workflow, not here; a stand-in
     # layout lets the test check which points are drawn where
-    monkeypatch.setattr(plots, "_umap", _first_two)
+    monkeypatch.setattr("cellmamba.plots.embedding._umap", _first_two)
     rng = np.random.default_rng(0)
     n = 40
     obs = _obs(n)
@@ -273,15 +273,16 @@ def test_throughput_and_task_throughput(tmp_path):
 # --- tables ---------------------------------------------------------------------------------
 def test_table_html(tmp_path):
     from cellmamba.metrics import summarize, write_table
+    from cellmamba.report import table_html
 
     frame = pd.concat([metrics_frame({"accuracy": a}, task="annotation", dataset="toy", method=m, seed=0)
                        for m, a in (("logreg", 0.9), ("scmamba2", 0.4))])
     write_table(summarize(frame), tmp_path / "t.csv", tmp_path / "t.md", title="Annotation <test>")
-    text = plots.table_html(tmp_path / "t.md", tmp_path / "t.html")
+    text = table_html(tmp_path / "t.md", tmp_path / "t.html")
     assert (tmp_path / "t.html").read_text() == text
     assert "<h1>Annotation &lt;test&gt;</h1>" in text
     assert "<td><b>0.900</b></td>" in text and "<td>0.400</td>" in text
     assert text.count("<tr>") == 3   # header + 2 methods
     (tmp_path / "x.md").write_text("no heading\n")
     with pytest.raises(InputError, match="expected a benchmark table"):
-        plots.table_html(tmp_path / "x.md", tmp_path / "x.html")
+        table_html(tmp_path / "x.md", tmp_path / "x.html")
