@@ -58,8 +58,7 @@ def umap_inputs(wildcards):
 def perturbation_scatter_inputs(wildcards):
     d, s = wildcards.dataset, _first_seed()
     methods = list(EVAL["perturbation"]["baselines"]) + list(EVAL["models"])
-    return {**perturbation_inputs(wildcards),
-            "predictions": [f"results/perturbation/{d}/{m}/seed{s}/predictions.h5ad" for m in methods]}
+    return {"deltas": [f"results/perturbation/{d}/{m}/seed{s}/deltas.h5ad" for m in methods]}
 
 
 def confusion_inputs(wildcards):

@@ -92,6 +92,7 @@ rule score_perturbation:
     output:
         metrics="results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
         per_condition="results/perturbation/{dataset}/{method}/seed{seed}/per_condition.csv",
+        deltas="results/perturbation/{dataset}/{method}/seed{seed}/deltas.h5ad",
     params:
         dataset="{dataset}",
         method="{method}",

@@ -1,6 +1,6 @@
 """Rule plot_perturbation_scatter: predicted vs measured change from the control mean.
 
-input: dataset (h5ad), split (json), predictions (one profiles h5ad per method);
+input: deltas (one h5ad per method, written by score_perturbation);
 params: n_conditions; output: png, pdf.
 """
 import sys
@@ -14,7 +14,7 @@ log = setup_logging(snakemake.log[0])
 
 from cellmamba.plots import perturbation_scatter
 
-data = perturbation_scatter(snakemake.input.dataset, snakemake.input.split, list(snakemake.input.predictions),
-                            snakemake.output.png, n_conditions=snakemake.params.n_conditions)
+data = perturbation_scatter(list(snakemake.input.deltas), snakemake.output.png,
+                            n_conditions=snakemake.params.n_conditions)
 log.info("conditions %s x %d methods -> %s", list(data["condition"].unique()), data["method"].nunique(),
          snakemake.output.png)

@@ -2,7 +2,8 @@
 subgroup, and reverse-perturbation top-k of one method's predictions.
 
 input.dataset, input.split, input.predictions; params: dataset, method, seed, extra;
-output.metrics: long CSV (flags subgroup / match); output.per_condition: one row per test condition.
+output.metrics: long CSV (flags subgroup / match); output.per_condition: one row per test condition;
+output.deltas: per-gene predicted and measured change from the control mean (the scatter draws it).
 """
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from cellmamba.metrics import perturbation_frame, score_perturbation_files, writ
 from cellmamba.metrics.tables import parameter_flags
 
 per_condition, summary, reverse = score_perturbation_files(snakemake.input.dataset, snakemake.input.split,
-                                                           snakemake.input.predictions)
+                                                           snakemake.input.predictions, deltas=snakemake.output.deltas)
 for name, scores in summary.items():
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
 if reverse is not None:

@@ -11,7 +11,7 @@ from cellmamba import plots
 from cellmamba.datasets.gears_split import SUBGROUPS, PerturbationSplit, write_split
 from cellmamba.errors import InputError
 from cellmamba.io import write_paired_embedding, write_profiles
-from cellmamba.metrics import metrics_frame, write_csv
+from cellmamba.metrics import metrics_frame, score_perturbation_files, write_csv
 
 
 def _written(out):
@@ -157,8 +157,10 @@ def test_perturbation_scatter_deltas_and_pearson(tmp_path):
     pred = pd.DataFrame(rng.normal(2.0, 1.0, size=(2, len(genes))), index=["ctrl+B", "B+A"], columns=genes)
     write_profiles(pred, tmp_path / "m" / "seed0" / "predictions.h5ad")
     out = tmp_path / "scatter.png"
-    data = plots.perturbation_scatter(tmp_path / "d.h5ad", tmp_path / "s.json",
-                                      [tmp_path / "m" / "seed0" / "predictions.h5ad"], out)
+    deltas = tmp_path / "m" / "seed0" / "deltas.h5ad"
+    score_perturbation_files(tmp_path / "d.h5ad", tmp_path / "s.json", tmp_path / "m" / "seed0" / "predictions.h5ad",
+                             deltas=deltas)
+    data = plots.perturbation_scatter([deltas], out)
     _written(out)
     ctrl = X[:6].mean(axis=0)
     assert sorted(data["condition"].unique()) == ["A+B", "B+ctrl"]   # one per subgroup
@@ -173,8 +175,7 @@ def test_perturbation_scatter_deltas_and_pearson(tmp_path):
     idx = [genes.index(g) for g in de["A+B_1+1"]]
     assert block["pearson_delta_de20"].iloc[0] == pytest.approx(np.corrcoef(measured[idx], predicted[idx])[0, 1])
     with pytest.raises(InputError, match="n_conditions"):
-        plots.perturbation_scatter(tmp_path / "d.h5ad", tmp_path / "s.json", {"m": tmp_path / "x.h5ad"}, out,
-                                   n_conditions=0)
+        plots.perturbation_scatter({"m": tmp_path / "x.h5ad"}, out, n_conditions=0)
 
 
 # --- 4. confusion ---------------------------------------------------------------------------

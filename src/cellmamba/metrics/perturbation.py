@@ -21,8 +21,10 @@ predicted cells per candidate); ranking mean profiles is our documented simplifi
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,7 +36,8 @@ from ._common import Scores, as_matrix
 
 __all__ = ["pearson", "perturbation_scores", "summarize_perturbation", "topk_accuracy",
            "reverse_perturbation_scores", "reverse_perturbation_topk", "REVERSE_KS", "condition_profiles",
-           "de_gene_lists", "score_perturbation_files", "perturbation_frame", "REVERSE_MATCH"]
+           "de_gene_lists", "score_perturbation_files", "perturbation_frame", "REVERSE_MATCH", "write_deltas",
+           "read_deltas", "DELTAS_MEASURED"]
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +304,81 @@ def condition_profiles(X, conditions, wanted: Sequence[str]) -> pd.DataFrame:
                         index=pd.Index(list(wanted)))
 
 
+#: layer of a deltas file holding the measured change (X holds the predicted one)
+DELTAS_MEASURED = "measured"
+_DE_COLUMN = "de_genes"
+
+
+def write_deltas(predicted: pd.DataFrame, measured: pd.DataFrame, per_condition: pd.DataFrame,
+                 de_genes: Mapping[str, Sequence[str]], out: str | os.PathLike, *, info: Mapping | None = None) -> None:
+    """Write one method's per-gene changes from the control mean (the scoring's intermediate).
+
+    Parameters
+    ----------
+    predicted, measured
+        (n_conditions, n_genes) prediction - control mean and condition mean - control mean
+        (index: test conditions, columns: genes; the same labels in both).
+    per_condition
+        One row per condition (same index): ``subgroup`` and the metrics of
+        :func:`perturbation_scores`, stored as obs columns.
+    de_genes
+        condition -> its top DE genes in rank order (stored as a JSON list in obs ``de_genes``).
+    out
+        h5ad: X float32 = ``predicted``, layers[``measured``] float32, obs = ``per_condition``
+        plus ``de_genes``, var_names = genes, uns['cellmamba'] = ``info`` (dataset, n_de, simulated).
+    """
+    import anndata as ad
+
+    from ..io import write_h5ad_atomic
+
+    if not (predicted.index.equals(measured.index) and predicted.columns.equals(measured.columns)
+            and predicted.index.equals(per_condition.index)):
+        raise InputError(f"{out}: predicted, measured and per_condition must share conditions and genes")
+    obs = per_condition.copy()
+    obs.index = obs.index.astype(str)
+    obs[_DE_COLUMN] = [json.dumps([str(g) for g in de_genes[c]]) for c in per_condition.index]
+    a = ad.AnnData(X=predicted.to_numpy(np.float32), obs=obs, var=pd.DataFrame(index=predicted.columns.astype(str)),
+                   layers={DELTAS_MEASURED: measured.to_numpy(np.float32)})
+    a.uns["cellmamba"] = dict(info or {})
+    write_h5ad_atomic(a, out)
+
+
+def read_deltas(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """Inverse of :func:`write_deltas` as a long frame.
+
+    Returns
+    -------
+    data : DataFrame
+        One row per condition x gene, conditions in the file's order: ``condition``, ``subgroup``,
+        ``gene``, ``measured``, ``predicted``, ``de`` (bool: among the condition's DE genes) and
+        the per-condition metric columns (``pearson_delta``, ``pearson_delta_de<n>``, ...).
+    info : dict
+        uns['cellmamba'] (``dataset``, ``n_de``, ``simulated``).
+    """
+    from ..io import read_h5ad_plain
+
+    a = read_h5ad_plain(path, "a perturbation deltas h5ad (X = predicted change, layers['measured'])")
+    if DELTAS_MEASURED not in a.layers or _DE_COLUMN not in a.obs:
+        raise InputError(f"{path}: expected layers['{DELTAS_MEASURED}'] and obs['{_DE_COLUMN}'] (a deltas file of "
+                         "score_perturbation)")
+    genes = pd.Index(a.var_names.astype(str))
+    X, M = np.asarray(a.X, dtype=np.float64), np.asarray(a.layers[DELTAS_MEASURED], dtype=np.float64)
+    frames = []
+    for i, c in enumerate(a.obs_names.astype(str)):
+        row = a.obs.iloc[i]
+        frame = pd.DataFrame({"condition": c, "subgroup": str(row.get("subgroup", "")), "gene": genes,
+                              "measured": M[i], "predicted": X[i], "de": genes.isin(json.loads(row[_DE_COLUMN]))})
+        for col in a.obs.columns:
+            if col not in ("subgroup", _DE_COLUMN):
+                frame[col] = row[col]
+        frames.append(frame)
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return data, dict(a.uns.get("cellmamba", {}))
+
+
 def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLike,
-                             predictions: str | os.PathLike, *, n_de: int = 20,
-                             ks: Sequence[int] = REVERSE_KS) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
+                             predictions: str | os.PathLike, *, n_de: int = 20, ks: Sequence[int] = REVERSE_KS,
+                             deltas: str | os.PathLike | None = None) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """Score one method's predictions against a perturbation dataset's test conditions.
 
     Parameters
@@ -317,6 +392,9 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     predictions
         Profiles h5ad (:func:`cellmamba.io.write_profiles`): predicted mean profile of every
         test condition and every reverse candidate, genes = the dataset's var_names.
+    deltas
+        Where to write the per-gene changes from the control mean that the scores correlate
+        (:func:`write_deltas`; the perturbation scatter draws them); None writes nothing.
 
     Returns
     -------
@@ -354,6 +432,10 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     per = perturbation_scores(pred_test, truth, ctrl, de_genes=de, n_de=n_de)
     groups = {c: g for g, conds in sp_.test_subgroup.items() for c in conds}
     per.insert(0, "subgroup", [groups.get(c, "") for c in per.index])
+    if deltas is not None:
+        write_deltas(pred_test - ctrl, truth - ctrl, per, de, deltas,
+                     info={"dataset": Path(dataset).stem, "n_de": int(n_de),
+                           "simulated": bool(dict(adata.uns.get("cellmamba", {})).get("simulated", False))})
     summary = {}
     for name, block in [("all", per)] + [(g, per[per["subgroup"] == g]) for g in sorted(sp_.test_subgroup)]:
         scores = summarize_perturbation(block.drop(columns="subgroup")) if len(block) else Scores(

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -27,24 +26,25 @@ def _pick_conditions(test: Sequence[str], subgroups: Mapping[str, Sequence[str]]
     return (chosen + [c for c in test if c not in chosen])[:n]
 
 
-def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, predictions_files,
-                         out: str | os.PathLike, *, n_conditions: int = 4, n_de: int = 20) -> pd.DataFrame:
+def perturbation_scatter(deltas_files, out: str | os.PathLike, *, n_conditions: int = 4,
+                         n_de: int = 20) -> pd.DataFrame:
     """Predicted vs measured change from the control mean, per test condition and method.
+
+    Draws what the scoring computed (no expression is read here): each method's deltas file
+    (:func:`cellmamba.metrics.perturbation.write_deltas`, rule score_perturbation).
 
     Parameters
     ----------
-    dataset
-        Standard-schema perturbation h5ad (obs ``condition``, X log1p expression).
-    split
-        The GEARS split JSON (test conditions and subgroups).
-    predictions_files
-        Mapping method -> profiles h5ad, or a list of ``.../<method>/seed<s>/predictions.h5ad``.
+    deltas_files
+        Mapping method -> deltas h5ad, or a list of ``.../<method>/seed<s>/deltas.h5ad`` (the
+        first file of each method is drawn). All of one dataset, with the same test conditions.
     out
         Figure path; ``.png`` and ``.pdf`` are written.
     n_conditions
-        Test conditions shown (rows), one per GEARS subgroup while possible.
+        Test conditions shown (rows), one per GEARS subgroup while possible (the first of each
+        subgroup in the split's order).
     n_de
-        Top DE genes highlighted (GEARS' list, as the metrics use).
+        Top DE genes highlighted (GEARS' list, as the metrics use); must be the scoring's.
 
     Returns
     -------
@@ -53,49 +53,42 @@ def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, p
         ``measured`` (condition mean - control mean), ``predicted`` (prediction - control mean),
         ``de`` (bool: among the top ``n_de``), ``pearson_delta``, ``pearson_delta_de<n_de>``.
     """
-    from ..conditions import CTRL, de_gene_lists, gene_set
-    from ..datasets.gears_split import read_split
-    from ..io import read_h5ad_checked, read_profiles
-    from ..keys import OBS_CONDITION
-    from ..metrics.perturbation import condition_profiles, perturbation_scores
+    from ..metrics.perturbation import read_deltas
 
     if n_conditions < 1:
         raise InputError(f"n_conditions must be >= 1, got {n_conditions}")
-    files = files_by_method(predictions_files)
-    adata = read_h5ad_checked(dataset)
-    sp_ = read_split(split)
-    genes = pd.Index(adata.var_names.astype(str))
-    conditions = adata.obs[OBS_CONDITION].astype(str).to_numpy()
-    test = [c for c in sp_.test if c != CTRL]
-    chosen = _pick_conditions(test, sp_.test_subgroup, n_conditions)
-    if not chosen:
-        raise InputError(f"{split}: no test condition to plot")
-    ctrl = condition_profiles(adata.X, conditions, [CTRL]).iloc[0].to_numpy()
-    truth = condition_profiles(adata.X, conditions, chosen)
-    truth.columns = genes
-    de = de_gene_lists(adata, chosen, n_de=n_de)
-    group_of = {c: g for g, conds in sp_.test_subgroup.items() for c in conds}
-    simulated = is_true(dict(adata.uns.get("cellmamba", {})).get("simulated", False))
-    frames = []
+    files = files_by_method(deltas_files)
+    columns = ["condition", "subgroup", "gene", "measured", "predicted", "de", "pearson_delta",
+               f"pearson_delta_de{n_de}"]
+    read = {}
     for method, path in files.items():
-        pred, _, _ = read_profiles(path)
-        if not genes.equals(pd.Index(pred.columns)):
-            raise InputError(f"{path}: genes differ from {dataset}'s var_names ({pred.shape[1]} vs {len(genes)})")
-        key = {gene_set(c): c for c in pred.index}   # A+B and B+A are one condition
-        missing = [c for c in chosen if gene_set(c) not in key]
+        data, info = read_deltas(path)
+        if int(info.get("n_de", -1)) != n_de:
+            raise InputError(f"{path}: deltas scored with n_de={info.get('n_de')}; the figure asks for n_de={n_de}")
+        read[method] = (data, info)
+    first, (data0, info) = next(iter(files.values())), next(iter(read.values()))
+    test = list(dict.fromkeys(data0["condition"]))
+    subgroups = {}
+    for c, g in dict(zip(data0["condition"], data0["subgroup"])).items():
+        if g:
+            subgroups.setdefault(g, []).append(c)
+    chosen = _pick_conditions(test, subgroups, n_conditions)
+    if not chosen:
+        raise InputError(f"{first}: no test condition to plot")
+    group_of = {c: g for g, conds in subgroups.items() for c in conds}
+    genes = list(data0.loc[data0["condition"] == chosen[0], "gene"])
+    frames = []
+    for method, (data, _) in read.items():
+        missing = [c for c in chosen if c not in set(data["condition"])]
         if missing:
-            raise InputError(f"{path}: no prediction for test conditions {missing}")
-        p = pred.loc[[key[gene_set(c)] for c in chosen]]
-        p.index = truth.index
-        scores = perturbation_scores(p, truth, ctrl, de_genes=de, n_de=n_de)
-        for c in chosen:
-            top = set(de[c][:n_de])
-            frames.append(pd.DataFrame({
-                "method": method, "condition": c, "subgroup": group_of.get(c, ""), "gene": genes,
-                "measured": truth.loc[c].to_numpy() - ctrl, "predicted": p.loc[c].to_numpy() - ctrl,
-                "de": genes.isin(top), "pearson_delta": scores.loc[c, "pearson_delta"],
-                f"pearson_delta_de{n_de}": scores.loc[c, f"pearson_delta_de{n_de}"]}))
-    data = pd.concat(frames, ignore_index=True)
+            raise InputError(f"{files[method]}: no prediction for test conditions {missing}")
+        block = data[data["condition"].isin(chosen)]
+        if list(block.loc[block["condition"] == chosen[0], "gene"]) != genes:
+            raise InputError(f"{files[method]}: genes differ from {first}'s")
+        block = pd.concat([block[block["condition"] == c] for c in chosen])
+        frames.append(block[columns].assign(method=method))
+    data = pd.concat(frames, ignore_index=True)[["method"] + columns]
+    simulated = is_true(info.get("simulated", False))
 
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -139,7 +132,7 @@ def perturbation_scatter(dataset: str | os.PathLike, split: str | os.PathLike, p
                           label=f"top-{n_de} DE genes (method colour; black for baselines)"),
                    Line2D([], [], ls="--", color="black", label="predicted = measured")]
         fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
-        name = Path(dataset).stem
+        name = info.get("dataset", "perturbation")
         finish_figure(fig, f"{name}: perturbation prediction, change from the control mean (Δ, log1p expression) "
                 f"of {len(chosen)} test conditions" + (" (simulated)" if simulated else ""), bottom=0.35)
         save_figure(fig, out)
