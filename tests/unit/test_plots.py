@@ -244,6 +244,19 @@ def test_loss_curves_leave_out_runs_without_rows_and_name_missing_files(tmp_path
         plots.loss_curves([good, tmp_path / "missing" / "metrics.csv"], tmp_path / "m.png")
 
 
+def test_loss_curve_of_one_run_is_a_png(tmp_path):
+    path = tmp_path / "run" / "metrics.csv"
+    path.parent.mkdir()
+    pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "lr": 0.1}).to_csv(path, index=False)
+    out = plots.loss_curve(path, tmp_path / "run" / "loss_curve.png")
+    assert out == tmp_path / "run" / "loss_curve.png" and out.stat().st_size > 1000
+    assert not out.with_suffix(".pdf").exists()   # one PNG, as the training loop writes
+    assert not list(out.parent.glob(".*tmp*")), "temporary files left behind"
+    with pytest.raises(InputError, match="no pretraining metrics file has training rows"):
+        (tmp_path / "empty.csv").write_text("")
+        plots.loss_curve(tmp_path / "empty.csv", tmp_path / "e.png")
+
+
 # --- 6. throughput --------------------------------------------------------------------------
 def test_throughput_and_task_throughput(tmp_path):
     rows = []

@@ -20,10 +20,10 @@ from .bars import TASK_METRICS, metric_bars
 from .confusion import confusion_heatmaps
 from .embedding import embedding_umaps
 from .gpu import task_throughput, throughput
-from .loss import loss_curves
+from .loss import loss_curve, loss_curves
 from .perturbation import perturbation_scatter
 from .theme import method_color, method_order, save_figure, style
 
 __all__ = ["style", "method_color", "method_order", "save_figure", "metric_bars", "embedding_umaps",
-           "perturbation_scatter", "confusion_heatmaps", "loss_curves", "throughput", "task_throughput",
-           "table_html", "TASK_METRICS"]
+           "perturbation_scatter", "confusion_heatmaps", "loss_curves", "loss_curve", "throughput",
+           "task_throughput", "table_html", "TASK_METRICS"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from ..errors import InputError
 from .theme import finish_figure, method_color, method_order, save_figure, style
 
-__all__ = ["loss_curves"]
+__all__ = ["loss_curves", "loss_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,43 @@ def loss_curves(metrics_csvs, out: str | os.PathLike) -> pd.DataFrame:
     pandas.DataFrame
         ``model``, ``recipe``, ``step``, ``loss``.
     """
+    data = _read_losses(metrics_csvs)
+    _draw(data, out, title="Pretraining loss (each recipe's own objective; not comparable across recipes)")
+    return data
+
+
+def loss_curve(metrics_csv: str | os.PathLike, png: str | os.PathLike, *, name: str | None = None,
+               title: str = "Training loss") -> Path | None:
+    """One run's training loss vs step as a PNG, drawn as :func:`loss_curves` draws (what the
+    training loop writes beside its ``metrics.csv``).
+
+    Parameters
+    ----------
+    metrics_csv
+        The run's metrics CSV (columns ``step``, ``loss``); an InputError as in :func:`loss_curves`.
+    png
+        Output PNG (no PDF).
+    name
+        The curve's label (default: the CSV's folder name).
+    title
+        Figure title.
+
+    Returns
+    -------
+    ``png``, or None (logged) where matplotlib is not installed.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.info("matplotlib is not installed: no loss-curve plot")
+        return None
+    data = _read_losses({name or Path(metrics_csv).parent.name: metrics_csv})
+    _draw(data, png, title=title, formats=("png",))
+    return Path(png)
+
+
+def _read_losses(metrics_csvs) -> pd.DataFrame:
+    """``model``, ``recipe``, ``step``, ``loss`` of each file (see :func:`loss_curves`)."""
     if isinstance(metrics_csvs, Mapping):
         files = {str(k): Path(v) for k, v in metrics_csvs.items()}
     else:
@@ -60,8 +97,11 @@ def loss_curves(metrics_csvs, out: str | os.PathLike) -> pd.DataFrame:
     if not frames:
         raise InputError(f"no pretraining metrics file has training rows: {empty} (failed runs? rerun their "
                          "pretrain jobs)")
-    data = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
 
+
+def _draw(data: pd.DataFrame, out: str | os.PathLike, *, title: str, formats: Sequence[str] = ("png", "pdf")) -> None:
+    """One panel per recipe (the model and its ``_transformer`` peer), saved as ``out`` in ``formats``."""
     import matplotlib.pyplot as plt
 
     recipes = list(dict.fromkeys(data["recipe"]))
@@ -77,6 +117,5 @@ def loss_curves(metrics_csvs, out: str | os.PathLike) -> pd.DataFrame:
             ax.set(xlabel="optimizer step", ylabel="training loss (lower is better)", title=f"recipe {recipe}")
             ax.grid(alpha=0.3)
             ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
-        finish_figure(fig, "Pretraining loss (each recipe's own objective; not comparable across recipes)")
-        save_figure(fig, out)
-    return data
+        finish_figure(fig, title)
+        save_figure(fig, out, formats=formats)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -90,12 +90,12 @@ def style() -> Iterator[None]:
         yield
 
 
-def save_figure(fig, out: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``fig`` as ``out`` with suffix .png (150 dpi) and .pdf, atomically; close it."""
+def save_figure(fig, out: str | os.PathLike, *, formats: Sequence[str] = ("png", "pdf")) -> tuple[Path, ...]:
+    """Write ``fig`` as ``out`` with suffix .png (150 dpi) and .pdf (``formats``), atomically; close it."""
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    paths = (out.with_suffix(".png"), out.with_suffix(".pdf"))
+    paths = tuple(out.with_suffix(f".{f}") for f in formats)
     try:
         for path in paths:
             with atomic_path(path) as tmp:
