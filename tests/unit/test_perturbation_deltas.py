@@ -66,6 +66,7 @@ def test_deltas_optional_and_checked(tmp_path):
     assert not (tmp_path / "deltas.h5ad").exists()   # nothing written unless asked
     frame = pd.DataFrame(np.zeros((2, 5)), index=list(per.index), columns=[f"G{i}" for i in range(5)])
     with pytest.raises(InputError, match="share conditions and genes"):
-        write_deltas(frame, frame.iloc[:, :4], per, {c: [] for c in per.index}, tmp_path / "bad.h5ad")
+        write_deltas(frame, frame.iloc[:, :4], tmp_path / "bad.h5ad", per_condition=per,
+                     de_genes={c: [] for c in per.index})
     with pytest.raises(InputError, match="a deltas file"):
         read_deltas(tmp_path / "pred.h5ad")

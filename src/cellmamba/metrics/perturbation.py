@@ -309,8 +309,9 @@ DELTAS_MEASURED = "measured"
 _DE_COLUMN = "de_genes"
 
 
-def write_deltas(predicted: pd.DataFrame, measured: pd.DataFrame, per_condition: pd.DataFrame,
-                 de_genes: Mapping[str, Sequence[str]], out: str | os.PathLike, *, info: Mapping | None = None) -> None:
+def write_deltas(predicted: pd.DataFrame, measured: pd.DataFrame, out: str | os.PathLike, *,
+                 per_condition: pd.DataFrame, de_genes: Mapping[str, Sequence[str]],
+                 info: Mapping | None = None) -> None:
     """Write one method's per-gene changes from the control mean (the scoring's intermediate).
 
     Parameters
@@ -433,7 +434,7 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     groups = {c: g for g, conds in sp_.test_subgroup.items() for c in conds}
     per.insert(0, "subgroup", [groups.get(c, "") for c in per.index])
     if deltas is not None:
-        write_deltas(pred_test - ctrl, truth - ctrl, per, de, deltas,
+        write_deltas(pred_test - ctrl, truth - ctrl, deltas, per_condition=per, de_genes=de,
                      info={"dataset": Path(dataset).stem, "n_de": int(n_de),
                            "simulated": bool(dict(adata.uns.get("cellmamba", {})).get("simulated", False))})
     summary = {}
