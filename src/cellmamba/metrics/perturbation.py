@@ -32,6 +32,7 @@ import pandas as pd
 
 from ..conditions import CTRL, de_gene_lists, gene_set
 from ..errors import InputError
+from ..keys import OBS_CONDITION, UNS, UNS_SIMULATED
 from ._common import Scores, as_matrix
 
 __all__ = ["pearson", "perturbation_scores", "summarize_perturbation", "topk_accuracy",
@@ -340,7 +341,7 @@ def write_deltas(predicted: pd.DataFrame, measured: pd.DataFrame, out: str | os.
     obs[_DE_COLUMN] = [json.dumps([str(g) for g in de_genes[c]]) for c in per_condition.index]
     a = ad.AnnData(X=predicted.to_numpy(np.float32), obs=obs, var=pd.DataFrame(index=predicted.columns.astype(str)),
                    layers={DELTAS_MEASURED: measured.to_numpy(np.float32)})
-    a.uns["cellmamba"] = dict(info or {})
+    a.uns[UNS] = dict(info or {})
     write_h5ad_atomic(a, out)
 
 
@@ -374,7 +375,7 @@ def read_deltas(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
                 frame[col] = row[col]
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return data, dict(a.uns.get("cellmamba", {}))
+    return data, dict(a.uns.get(UNS, {}))
 
 
 def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLike,
@@ -417,7 +418,7 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     genes = pd.Index(adata.var_names.astype(str))
     if not genes.equals(pd.Index(pred.columns)):
         raise InputError(f"{predictions}: genes differ from {dataset}'s var_names ({pred.shape[1]} vs {len(genes)})")
-    conditions = adata.obs["condition"].astype(str).to_numpy()
+    conditions = adata.obs[OBS_CONDITION].astype(str).to_numpy()
     X = adata.X
     ctrl = condition_profiles(X, conditions, [CTRL]).iloc[0].to_numpy()
     test = [c for c in sp_.test if c != CTRL]
@@ -436,7 +437,7 @@ def score_perturbation_files(dataset: str | os.PathLike, split: str | os.PathLik
     if deltas is not None:
         write_deltas(pred_test - ctrl, truth - ctrl, deltas, per_condition=per, de_genes=de,
                      info={"dataset": Path(dataset).stem, "n_de": int(n_de),
-                           "simulated": bool(dict(adata.uns.get("cellmamba", {})).get("simulated", False))})
+                           "simulated": bool(dict(adata.uns.get(UNS, {})).get(UNS_SIMULATED, False))})
     summary = {}
     for name, block in [("all", per)] + [(g, per[per["subgroup"] == g]) for g in sorted(sp_.test_subgroup)]:
         scores = summarize_perturbation(block.drop(columns="subgroup")) if len(block) else Scores(

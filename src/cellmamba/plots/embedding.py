@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..keys import OBSM_EMBEDDING
 from .theme import files_by_method, finish_figure, title_color, save_figure, style
 
 __all__ = ["embedding_umaps"]
@@ -28,8 +29,8 @@ def _umap(emb: np.ndarray, seed: int) -> np.ndarray:
     import scanpy as sc
 
     a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(emb))]))
-    a.obsm["X_emb"] = np.asarray(emb, dtype=np.float32)
-    sc.pp.neighbors(a, use_rep="X_emb", random_state=seed)
+    a.obsm[OBSM_EMBEDDING] = np.asarray(emb, dtype=np.float32)
+    sc.pp.neighbors(a, use_rep=OBSM_EMBEDDING, random_state=seed)
     sc.tl.umap(a, random_state=seed)
     return np.asarray(a.obsm["X_umap"])
 
@@ -39,8 +40,8 @@ def _read_embedding(path: Path) -> tuple[pd.DataFrame, np.ndarray, bool]:
     from ..io import PAIRED_PREFIX, read_h5ad_plain, read_paired_embedding
 
     a = read_h5ad_plain(path, "an embedding h5ad (obsm['X_emb'] or obsm['emb_<modality>'] x 2)")
-    if "X_emb" in a.obsm:
-        return a.obs.copy(), np.asarray(a.obsm["X_emb"]), False
+    if OBSM_EMBEDDING in a.obsm:
+        return a.obs.copy(), np.asarray(a.obsm[OBSM_EMBEDDING]), False
     if any(k.startswith(PAIRED_PREFIX) for k in a.obsm):
         obs, mods, x, y = read_paired_embedding(path)
         stacked = pd.concat([obs.assign(modality=m) for m in mods])
