@@ -4,6 +4,7 @@
 - :mod:`.classification`: annotation metrics on the query split;
 - :mod:`.perturbation`: Pearson delta, MSE, reverse-perturbation top-k retrieval;
 - :mod:`.foscttm`: multi-omics alignment (FOSCTTM, omics mixing entropy, label transfer);
+- :mod:`.rows`: the long per-run row format (:func:`metrics_frame`, :func:`write_csv`, :func:`read_metrics`);
 - :mod:`.tables`: per-run long frames -> mean / std over seeds -> CSV + Markdown tables.
 
 Heavy dependencies (scib, scanpy, scikit-learn) are imported when a metric runs, not here.
@@ -20,7 +21,8 @@ from .perturbation import (REVERSE_KS, REVERSE_MATCH, condition_profiles, de_gen
                            perturbation_frame, perturbation_scores, reverse_perturbation_scores,
                            reverse_perturbation_topk, score_perturbation_files, summarize_perturbation,
                            topk_accuracy)
-from .tables import higher_is_better, metrics_frame, read_metrics, summarize, write_csv, write_table
+from .rows import metrics_frame, read_metrics, write_csv
+from .tables import higher_is_better, summarize, write_table
 
 __all__ = [
     "Scores", "LisiBuildError", "build_lisi_binary", "lisi_binary",

@@ -18,12 +18,16 @@ import pandas as pd
 from ..errors import InputError
 from ._common import Scores, as_labels
 
-__all__ = ["ANNOTATION_METRICS", "PREDICTION_COLUMNS", "score_annotation", "score_predictions", "confusion",
+__all__ = ["METRICS", "ANNOTATION_METRICS", "PREDICTION_COLUMNS", "score_annotation", "score_predictions", "confusion",
            "query_only_classes", "label_codes"]
 
+#: the metrics :func:`score_annotation` returns, in table order -> direction (:mod:`.rows`): the
+#: class counts and the query-only fraction describe the split and are never ranked
+METRICS = {"accuracy": "higher", "precision_macro": "higher", "recall_macro": "higher", "f1_macro": "higher",
+           "f1_micro": "higher", "n_classes_macro": "unranked", "n_query_only_classes": "unranked",
+           "query_only_cell_fraction": "unranked"}
 #: names returned by :func:`score_annotation`, in table order
-ANNOTATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",
-                      "n_classes_macro", "n_query_only_classes", "query_only_cell_fraction")
+ANNOTATION_METRICS = tuple(METRICS)
 
 
 def label_codes(reference_labels, query_labels) -> pd.CategoricalDtype:

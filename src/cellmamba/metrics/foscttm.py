@@ -14,11 +14,13 @@ from ..errors import InputError
 from ._common import Scores, as_labels, as_matrix
 
 __all__ = ["foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy",
-           "score_multiomics", "score_paired_embedding_file", "MULTIOMICS_METRICS"]
+           "score_multiomics", "score_paired_embedding_file", "MULTIOMICS_METRICS", "METRICS"]
 
+#: the multi-omics table's metrics, in order -> direction (:mod:`.rows`)
+METRICS = {"foscttm": "lower", "omics_mixing_entropy": "higher", "nmi": "higher", "ari": "higher",
+           "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher"}
 #: the multi-omics table's metrics, in order
-MULTIOMICS_METRICS = ("foscttm", "omics_mixing_entropy", "nmi", "ari", "label_transfer", "label_transfer_1to2",
-                      "label_transfer_2to1")
+MULTIOMICS_METRICS = tuple(METRICS)
 
 _METRICS = ("euclidean", "cosine")
 

@@ -31,15 +31,16 @@ from ..errors import InputError
 from ..keys import OBS_BATCH, OBS_CELL_TYPE, OBSM_EMBEDDING
 from ._common import Scores, as_labels, as_matrix, quiet_stdout
 
-__all__ = ["ScibSettings", "SCIB", "INTEGRATION_METRICS", "score_integration", "cluster_agreement", "ilisi",
+__all__ = ["ScibSettings", "SCIB", "INTEGRATION_METRICS", "METRICS", "score_integration", "cluster_agreement", "ilisi",
            "clisi", "l2_normalize", "score_embedding_file", "EMBEDDING_KEY"]
 
 log = logging.getLogger(__name__)
 
+#: the metric names :func:`score_integration` returns, in table order -> direction (:mod:`.rows`)
+METRICS = dict.fromkeys(("avg_bio", "avg_batch", "nmi", "ari", "asw_cell", "isolated_label_f1", "isolated_label_asw",
+                         "asw_batch", "graph_connectivity", "pcr", "ilisi", "clisi", "kbet"), "higher")
 #: the metric names :func:`score_integration` returns, in table order
-INTEGRATION_METRICS = ("avg_bio", "avg_batch", "nmi", "ari", "asw_cell", "isolated_label_f1",
-                       "isolated_label_asw", "asw_batch", "graph_connectivity", "pcr", "ilisi",
-                       "clisi", "kbet")
+INTEGRATION_METRICS = tuple(METRICS)
 
 _EMB = OBSM_EMBEDDING   # obsm key of the (normalised) embedding inside the scoring copy
 _CLUSTER = "cluster"    # obs key of the optimal Leiden clustering (scib.metrics.metrics' default)

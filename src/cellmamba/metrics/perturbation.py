@@ -476,7 +476,7 @@ def perturbation_frame(summary: Mapping[str, Scores], reverse: pd.DataFrame | No
     ``combo_seen0`` ...); rows of task ``reverse_perturbation`` carry ``match`` (2/2 or >=1/2
     genes) with metrics ``top1`` ... ``top8`` and ``n_queries``.
     """
-    from .tables import metrics_frame
+    from .rows import metrics_frame
 
     frames = [metrics_frame(scores, task="perturbation", dataset=dataset, method=method, seed=seed,
                             extra={**dict(extra or {}), "subgroup": name}) for name, scores in summary.items()]
@@ -487,3 +487,8 @@ def perturbation_frame(summary: Mapping[str, Scores], reverse: pd.DataFrame | No
             frames.append(metrics_frame(scores, task="reverse_perturbation", dataset=dataset, method=method,
                                         seed=seed, extra={**dict(extra or {}), "match": match}))
     return pd.concat(frames, ignore_index=True)
+
+
+#: metric -> direction (:mod:`.rows`); ``pearson_delta*`` / ``mse*``: also ``_de<N>`` and ``_<subgroup>``
+METRICS = {"pearson_delta*": "higher", "mse*": "lower", **dict.fromkeys((f"top{k}" for k in REVERSE_KS), "higher"),
+           **dict.fromkeys(("n_conditions", "n_queries", "n_candidates"), "unranked")}

@@ -1,10 +1,10 @@
 """Per-run metric rows -> benchmark tables (mean and spread over seeds).
 
-A run's metrics are a LONG frame, one row per metric: columns ``task``, ``dataset``,
-``method``, ``seed``, ``metric``, ``value``, any number of flag columns that identify the row
-of the table (``variant`` e.g. ``hvg1200`` / ``all_genes``, ``simulated``, ``n_params`` ...),
-and ``note`` (why a value is NaN). :func:`summarize` aggregates over seeds;
-:func:`write_table` writes the tidy CSV and a Markdown rendering.
+The rows are the long frames of :mod:`.rows` (one row per metric; run identity, flag columns,
+``note``). :func:`summarize` aggregates over seeds; :func:`write_table` writes the tidy CSV and a
+Markdown rendering, where the best value of each metric is bold by the direction its module
+declares (``METRICS`` of :mod:`.classification`, :mod:`.foscttm`, :mod:`.integration`,
+:mod:`.perturbation`).
 """
 from __future__ import annotations
 
@@ -18,85 +18,55 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path, read_json_object
+from .classification import ANNOTATION_METRICS, METRICS as _ANNOTATION
+from .foscttm import METRICS as _MULTIOMICS, MULTIOMICS_METRICS
+from .integration import INTEGRATION_METRICS, METRICS as _INTEGRATION
+from .perturbation import METRICS as _PERTURBATION, REVERSE_KS
+from .rows import CORE_COLUMNS, DIRECTIONS, NOTE, metrics_frame, read_metrics, write_csv
 
 __all__ = ["CORE_COLUMNS", "NOTE", "higher_is_better", "metrics_frame", "write_csv", "read_metrics",
            "summarize", "write_table", "render_markdown", "parameter_flags"]
 
-CORE_COLUMNS = ("task", "dataset", "method", "seed", "metric", "value")
-NOTE = "note"
 _SUMMARY_STATS = ("mean", "std", "n_seeds")
 
-#: metrics where lower is better (prefix match: ``mse`` covers ``mse_de20`` and ``mse_<split>``)
-LOWER_IS_BETTER = ("foscttm", "mse")
+
+def _compose(*declarations: Mapping[str, str]) -> dict[str, str]:
+    """One metric -> direction table from the modules' ``METRICS``; a name two modules declare
+    must have one direction."""
+    out: dict[str, str] = {}
+    for declared in declarations:
+        for name, direction in declared.items():
+            if direction not in DIRECTIONS:
+                raise ValueError(f"metric {name!r}: direction must be one of {DIRECTIONS}, got {direction!r}")
+            if out.setdefault(name, direction) != direction:
+                raise ValueError(f"metric {name!r} is declared {out[name]!r} and {direction!r}")
+    return out
+
+
+#: every declared metric -> "higher" / "lower" / "unranked"; ``name*`` covers the names starting with ``name``
+METRIC_DIRECTIONS = _compose(_ANNOTATION, _MULTIOMICS, _INTEGRATION, _PERTURBATION)
+#: metrics (and families) where lower is better, as the table legend names them
+LOWER_IS_BETTER = tuple(name.rstrip("*") for name, d in METRIC_DIRECTIONS.items() if d == "lower")
 #: descriptive counts, never bolded as "best"
-NOT_RANKED = ("n_classes_macro", "n_query_only_classes", "query_only_cell_fraction", "n_conditions", "n_queries",
-              "n_candidates")
+NOT_RANKED = tuple(name for name, d in METRIC_DIRECTIONS.items() if d == "unranked")
+_FAMILIES = sorted((name[:-1] for name in METRIC_DIRECTIONS if name.endswith("*")), key=len, reverse=True)
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """True / False for the metric's direction; None for descriptive values (no best)."""
-    if metric in NOT_RANKED:
-        return None
-    return not metric.startswith(LOWER_IS_BETTER)
+    """True / False for the metric's direction; None for descriptive values (no best). A metric
+    no module declares counts as higher is better."""
+    direction = METRIC_DIRECTIONS.get(metric)
+    if direction is None:
+        family = next((f for f in _FAMILIES if metric.startswith(f)), None)
+        direction = METRIC_DIRECTIONS[family + "*"] if family is not None else "higher"
+    return None if direction == "unranked" else direction == "higher"
 
 
 def _metric_order() -> list[str]:
-    from .classification import ANNOTATION_METRICS
-    from .integration import INTEGRATION_METRICS
-
-    from .foscttm import MULTIOMICS_METRICS
-    from .perturbation import REVERSE_KS
-
     # multi-omics' own metrics lead its table; its nmi / ari keep integration's place after them
     return [*ANNOTATION_METRICS, "foscttm", "omics_mixing_entropy", *INTEGRATION_METRICS, "pearson_delta",
             "pearson_delta_de20", "mse", "mse_de20", *(f"top{k}" for k in REVERSE_KS), "n_conditions", "n_queries",
             *MULTIOMICS_METRICS]
-
-
-def metrics_frame(scores: Mapping[str, float], *, task: str, dataset: str, method: str, seed: int,
-                  extra: Mapping[str, object] | None = None) -> pd.DataFrame:
-    """One run's metrics as a long frame.
-
-    Parameters
-    ----------
-    scores
-        Metric name -> value; a :class:`~cellmamba.metrics.Scores` also contributes its notes.
-    task, dataset, method, seed
-        Identify the run.
-    extra
-        Flag columns copied onto every row (e.g. ``{"variant": "hvg1200", "simulated": False}``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``task, dataset, method, seed, metric, value, <extra...>, note``.
-    """
-    extra = dict(extra or {})
-    clash = set(extra) & set(CORE_COLUMNS + (NOTE,))
-    if clash:
-        raise InputError(f"extra: columns {sorted(clash)} are reserved")
-    notes = getattr(scores, "notes", {})
-    rows = [{"task": task, "dataset": dataset, "method": method, "seed": int(seed), "metric": name,
-             "value": float(value), **extra, NOTE: notes.get(name, "")} for name, value in scores.items()]
-    return pd.DataFrame(rows, columns=[*CORE_COLUMNS, *extra, NOTE])
-
-
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, index: bool = False) -> None:
-    """Write ``frame`` as CSV atomically (with its index only if ``index``)."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
-
-
-def read_metrics(paths: Iterable[str | os.PathLike]) -> list[pd.DataFrame]:
-    """Read long metric CSVs, checking each has the core columns."""
-    frames = []
-    for path in paths:
-        frame = pd.read_csv(path, keep_default_na=True)
-        missing = [c for c in CORE_COLUMNS if c not in frame.columns]
-        if missing:
-            raise InputError(f"{path}: metric file lacks columns {missing}; expected {list(CORE_COLUMNS)}")
-        frames.append(frame)
-    return frames
 
 
 def _flag_columns(frame: pd.DataFrame) -> list[str]:
