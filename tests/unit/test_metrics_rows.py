@@ -53,7 +53,8 @@ def test_compose_rejects_two_directions_for_one_metric_and_unknown_directions():
 def test_row_helpers_live_in_rows_and_tables_re_exports_them(tmp_path):
     assert (tables.metrics_frame, tables.write_csv, tables.read_metrics) == (rows.metrics_frame, rows.write_csv,
                                                                              rows.read_metrics)
-    frame = metrics_frame({"f1_macro": 0.25}, task="annotation", dataset="d", method="m", seed=3, extra={"variant": "v"})
+    frame = metrics_frame({"f1_macro": 0.25}, task="annotation", dataset="d", method="m", seed=3,
+                          extra={"variant": "v"})
     write_csv(frame, tmp_path / "m.csv")
     assert (tmp_path / "m.csv").read_text() == ("task,dataset,method,seed,metric,value,variant,note\n"
                                                 "annotation,d,m,3,f1_macro,0.25,v,\n")

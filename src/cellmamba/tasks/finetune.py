@@ -299,7 +299,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     """
     from tqdm.auto import tqdm
 
-    from ..train.loop import _autocast, resolve_precision
+    from ..train.precision import autocast as _autocast, resolve_precision
 
     device = pick_device(device)
     model = model.to(device).eval()

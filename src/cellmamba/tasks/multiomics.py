@@ -446,7 +446,7 @@ def embed_modalities(model: TwoTowerModel, data: Mapping[str, ModalityData], *, 
     """
     from tqdm.auto import tqdm
 
-    from ..train.loop import _autocast, resolve_precision
+    from ..train.precision import autocast as _autocast, resolve_precision
 
     device = pick_device(device)
     model = model.to(device).eval()

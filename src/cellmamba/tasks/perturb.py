@@ -306,7 +306,7 @@ def predict_conditions(model: PerturbationModel, ctrl_values, conditions: Sequen
     """
     from tqdm.auto import tqdm
 
-    from ..train.loop import _autocast, resolve_precision
+    from ..train.precision import autocast as _autocast, resolve_precision
 
     conditions = [str(c) for c in conditions]
     dup = sorted(pd.Index(conditions)[pd.Index(conditions).duplicated()].unique())

@@ -13,13 +13,18 @@ evaluation with the lowest loss, + config.json), ``best/`` (``keep_best``: those
 across a resume), ``provenance.json``, ``loss_curve.png`` (if matplotlib is installed) and
 ``tensorboard/`` (if tensorboard is).
 
-Determinism after resume: see :class:`_BatchStream`. On the CPU, N uninterrupted steps and
-N/2 + crash + resume + N/2 give bit-identical parameters (tests/unit/test_train_checkpoint.py).
+Components, one module each: the batch stream and its resumable position
+(:mod:`~cellmamba.train.batches`), metrics.csv / tensorboard / the loss curve
+(:mod:`~cellmamba.train.metrics_log`), keep_best's weights (:mod:`~cellmamba.train.best`),
+precision and autocast (:mod:`~cellmamba.train.precision`).
+
+Determinism after resume: see :class:`~cellmamba.train.batches.BatchStream`. On the CPU, N
+uninterrupted steps and N/2 + crash + resume + N/2 give bit-identical parameters
+(tests/unit/test_train_checkpoint.py).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import logging
@@ -37,11 +42,14 @@ from torch.nn.parallel import DistributedDataParallel
 from .._util import dataclass_from_dict, seed_all
 from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path
-from ..models.checkpoint import load_state_dict_strict, read_weights, write_weights
+from .batches import BatchStream, batch_counts, rank_rng, to_device
+from .best import BestWeights
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
                          load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
 from .distributed import (DistEnv, all_gather_tensors, all_reduce_mean, barrier, broadcast_int,
                           destroy_distributed, init_distributed, unwrap, wrap_ddp)
+from .metrics_log import MetricsCSV, plot_loss_curve, tensorboard_writer
+from .precision import PRECISIONS, autocast, resolve_precision
 from .schedule import build_optimizer, lr_at, set_lr
 
 __all__ = ["PRECISIONS", "TrainConfig", "TrainState", "train", "train_step", "evaluate", "resume",
@@ -49,7 +57,7 @@ __all__ = ["PRECISIONS", "TrainConfig", "TrainState", "train", "train_step", "ev
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
+_batch_counts = batch_counts  # benchmarks/rehearse.py counts the batches of its timed steps as loop._batch_counts
 Objective = Callable[[nn.Module, Mapping[str, Any]], "tuple[torch.Tensor, dict[str, float]]"]
 
 
@@ -127,48 +135,6 @@ class TrainState:
     last_metrics: dict[str, float] = field(default_factory=dict)  # the latest logged row
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """"bf16" or "fp32" for ``device``: "auto" is bf16 on CUDA, fp32 elsewhere; an explicit "bf16"
-    off CUDA raises InputError (CPU bf16 autocast is slow and changes results; it is not offered)."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type != "cuda":
-        raise InputError(f"precision 'bf16' needs a CUDA device (got {device}); use 'auto' or 'fp32'")
-    return precision
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    if not isinstance(batch, Mapping):
-        raise InputError(f"training batches must be dicts of tensors, got {type(batch).__name__}")
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _batch_counts(batch: Mapping[str, Any]) -> tuple[int, int]:
-    """(rows, tokens) of a batch: tokens = attention_mask.sum() when present, else the numel of
-    input_ids (or of the first 2-d tensor)."""
-    rows, tokens = 0, 0
-    mask = batch.get("attention_mask")
-    first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim >= 1), None)
-    if first is not None:
-        rows = int(first.shape[0])
-    if torch.is_tensor(mask):
-        tokens = int(mask.sum())
-    elif torch.is_tensor(batch.get("input_ids")):
-        tokens = batch["input_ids"].numel()
-    elif first is not None:
-        tokens = int(first.shape[0] * (first.shape[1] if first.ndim > 1 else 1))
-    return rows, tokens
-
-
 def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:
     while True:
         if isinstance(model, DistributedDataParallel):
@@ -230,10 +196,10 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     metric_sums: dict[str, float] = {}
     for i, batch in enumerate(batches):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         sync = ddp is None or i == n - 1
         with (contextlib.nullcontext() if sync else ddp.no_sync()):
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 loss, metrics = _call_objective(objective, model, batch)
             (loss / n).backward()
         loss_sum += loss.detach().to(torch.float64)
@@ -302,8 +268,8 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
             for i, batch in enumerate(data):
                 if max_batches is not None and i >= max_batches:
                     break
-                with _autocast(device, prec):
-                    loss, metrics = _call_objective(objective, model, _to_device(batch, device))
+                with autocast(device, prec):
+                    loss, metrics = _call_objective(objective, model, to_device(batch, device))
                 sums["loss"] = sums.get("loss", 0.0) + float(loss)
                 for k, v in metrics.items():
                     if k != "loss":
@@ -320,180 +286,6 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
     if count == 0:
         raise InputError("evaluate: the evaluation data yielded no batches")
     return {k: sums[k] / count for k in keys}
-
-
-# ---------------------------------------------------------------- data position
-def _epoch_hooks(data: Any) -> list:
-    """Objects of a loader that take ``set_epoch`` (its sampler, batch sampler, dataset)."""
-    found, seen = [], set()
-    for obj in (getattr(data, "sampler", None), getattr(data, "batch_sampler", None),
-                getattr(getattr(data, "batch_sampler", None), "sampler", None), getattr(data, "dataset", None)):
-        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
-            seen.add(id(obj))
-            found.append(obj)
-    return found
-
-
-class _BatchStream:
-    """An endless stream of micro-batches over epochs, with a resumable position.
-
-    ``data`` is a re-iterable loader (its sampler's / batch sampler's / dataset's ``set_epoch``
-    is called at each epoch) or a factory ``data(epoch) -> iterable``. Resuming at (epoch e, k
-    batches consumed) makes the data order identical to the uninterrupted run's: the global RNG
-    states captured just before epoch e's iterator was created are restored, the iterator is
-    re-created (so a RandomSampler, DataLoader worker seeds or a random collator draw the same
-    numbers), k batches are drawn and dropped, and finally the RNG states of the checkpoint
-    itself are restored. Skipping reads the k batches (cost: up to one epoch of loading).
-    """
-
-    def __init__(self, data: Any, state: TrainState, device: torch.device):
-        self.factory = data if (callable(data) and not hasattr(data, "__iter__")) else None
-        self.data = data
-        self.state = state
-        self.device = device
-        self.iterator = None
-        self.epoch_start_rng: dict[str, torch.Tensor] | None = None
-        self.hooks = [] if self.factory else _epoch_hooks(data)
-        if self.factory is None and not self.hooks:
-            log.warning("the data loader has no sampler/dataset with set_epoch: every epoch uses the loader's own "
-                        "order, and resuming reproduces it only if iterating the loader is deterministic")
-
-    def _open(self, epoch: int):
-        for obj in self.hooks:
-            obj.set_epoch(epoch)
-        self.iterator = iter(self.factory(epoch) if self.factory else self.data)
-
-    def _start_epoch(self, epoch: int) -> None:
-        self.epoch_start_rng = capture_rng(self.device)
-        self.state.epoch, self.state.batches_in_epoch = epoch, 0
-        self._open(epoch)
-
-    def next(self) -> Mapping[str, Any]:
-        if self.iterator is None:
-            self._start_epoch(self.state.epoch)
-        for attempt in range(2):
-            try:
-                batch = next(self.iterator)
-            except StopIteration:
-                if attempt == 1 or self.state.batches_in_epoch == 0:
-                    raise InputError(f"the training data yielded no batches in epoch {self.state.epoch}") from None
-                self._start_epoch(self.state.epoch + 1)
-                continue
-            self.state.batches_in_epoch += 1
-            return batch
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def restore(self, epoch: int, batches: int, epoch_start_rng: dict | None, rng_now: dict | None) -> None:
-        """Re-open epoch ``epoch`` and drop ``batches`` batches, then restore ``rng_now``."""
-        self.state.epoch, self.state.batches_in_epoch = epoch, 0
-        if batches > 0:
-            if epoch_start_rng is not None:
-                restore_rng(epoch_start_rng, self.device)
-            self.epoch_start_rng = epoch_start_rng
-            self._open(epoch)
-            for i in range(batches):
-                try:
-                    next(self.iterator)
-                except StopIteration:
-                    raise InputError(f"resume: epoch {epoch} has only {i} batches, the checkpoint consumed {batches} "
-                                     "(different data or batch size?)") from None
-            self.state.batches_in_epoch = batches
-            log.info("resume: skipped %d batches already consumed in epoch %d", batches, epoch)
-        if rng_now is not None:
-            restore_rng(rng_now, self.device)
-
-    def rng_tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"now.{k}": v for k, v in capture_rng(self.device).items()}
-        if self.epoch_start_rng is not None:
-            out.update({f"epoch_start.{k}": v for k, v in self.epoch_start_rng.items()})
-        return out
-
-
-def _rank_rng(rng: dict[str, torch.Tensor], rank: int, when: str) -> dict[str, torch.Tensor] | None:
-    prefix = f"rank{rank}.{when}."
-    found = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
-    return found or None
-
-
-# ---------------------------------------------------------------- metrics output
-class _MetricsCSV:
-    """A CSV whose columns grow when new metric keys appear.
-
-    A resumed run continues the file: the rows up to ``keep_until`` (the checkpoint's step) are
-    kept, one per step, and those after it (left by steps lost in a crash, which the resumed run
-    repeats) are dropped. The file is only ever replaced atomically, and not before this run has
-    a row to add: a run that fails before its first row leaves the file as it was (no empty
-    file), and a fresh start (``keep_until`` None) replaces an older file with its first row."""
-
-    def __init__(self, path: Path, keep_until: int | None):
-        self.path = path
-        self.rows: list[dict] = []
-        self.columns: list[str] = []
-        self._replace = True  # the file on disk is not yet this run's: the first write replaces it
-        if keep_until is not None and path.is_file() and path.stat().st_size > 0:
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.columns = list(reader.fieldnames or [])
-                rows = list(reader)
-            # complete rows only (a line cut by a crash has missing fields), one per step
-            by_step = {int(r["step"]): r for r in rows if None not in r and None not in r.values()
-                       and (r.get("step") or "").isdigit() and int(r["step"]) <= keep_until}
-            self.rows = [by_step[k] for k in sorted(by_step)]
-            if len(self.rows) != len(rows):
-                log.info("%s: kept the %d rows up to step %d, dropped %d (steps this run repeats)",
-                         path, len(self.rows), keep_until, len(rows) - len(self.rows))
-            self._rewrite()  # atomically; the header stays even when no row is kept
-            self._replace = False
-
-    def _rewrite(self) -> None:
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns, lineterminator="\n")
-            if self.columns:
-                writer.writeheader()
-            writer.writerows(self.rows)
-
-    def write(self, row: dict) -> None:
-        new = [k for k in row if k not in self.columns]
-        self.rows.append(row)
-        if new or self._replace:
-            self.columns += new
-            self._rewrite()
-            self._replace = False
-            return
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.columns, lineterminator="\n").writerow(row)
-
-
-def _tensorboard(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed: metrics go to metrics.csv only")
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def plot_loss_curve(metrics_csv: str | os.PathLike, png: str | os.PathLike) -> Path | None:
-    """Plot loss against step from ``metrics.csv`` into ``png``; None (logged) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.info("matplotlib is not installed: no loss-curve plot")
-        return None
-    with open(metrics_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(png)
 
 
 # ---------------------------------------------------------------- resume
@@ -547,56 +339,6 @@ def _write_provenance(path: Path, info: dict) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(provenance(info), indent=2, default=str) + "\n")
-
-
-# ---------------------------------------------------------------- best evaluation
-class _BestWeights:
-    """``TrainConfig.keep_best``: the weights of the evaluation with the lowest loss, as
-    ``best/step_XXXXXXXX.safetensors`` in the run directory (written by rank 0, atomically).
-
-    Kept on disk so that a resumed run still has them: the newest checkpoint records the best
-    (step, loss) it has seen, and that step's file is kept until a newer checkpoint records
-    another. On resume, files of other steps (written after the checkpoint, by steps the resumed
-    run repeats) are removed. A NaN loss is never the best."""
-
-    def __init__(self, directory: Path, env: DistEnv, resumed: Mapping[str, Any] | None):
-        self.dir, self.env = directory, env
-        self.step, self.loss = (int(resumed["step"]), float(resumed["loss"])) if resumed else (None, math.inf)
-        self.pinned = self.step  # the step the newest checkpoint refers to
-        if env.is_main and directory.is_dir():
-            for f in directory.glob("step_*.safetensors"):
-                if f.name != self._name(self.step):
-                    f.unlink()
-        if self.step is not None and not (directory / self._name(self.step)).is_file():
-            raise InputError(f"resume: the checkpoint's best evaluation (step {self.step}) has no weights file "
-                             f"{directory / self._name(self.step)}")
-
-    @staticmethod
-    def _name(step: int | None) -> str:
-        return f"{checkpoint_name(step)}.safetensors" if step is not None else ""
-
-    def offer(self, step: int, loss: float, model: nn.Module) -> None:
-        """Record ``model``'s weights if ``loss`` is the lowest so far."""
-        if not loss < self.loss:
-            return
-        if self.env.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.dir / self._name(step)) as tmp:
-                write_weights(model, tmp)
-            if self.step is not None and self.step != self.pinned:
-                (self.dir / self._name(self.step)).unlink(missing_ok=True)
-        self.step, self.loss = step, loss
-
-    def record(self) -> dict | None:
-        """The best so far, for a checkpoint's trainer state; from now on its file is the kept one."""
-        if self.env.is_main and self.pinned is not None and self.pinned != self.step:
-            (self.dir / self._name(self.pinned)).unlink(missing_ok=True)
-        self.pinned = self.step
-        return None if self.step is None else {"step": self.step, "loss": self.loss}
-
-    def load_into(self, model: nn.Module) -> None:
-        path = self.dir / self._name(self.step)
-        load_state_dict_strict(model, read_weights(path), source=str(path))
 
 
 # ---------------------------------------------------------------- the loop
@@ -689,22 +431,22 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         if changed:
             log.warning("resume: TrainConfig differs from the checkpoint's: %s", changed)
 
-    best = (_BestWeights(out_dir / "best", env, ckpt.trainer.get("best") if ckpt is not None else None)
+    best = (BestWeights(out_dir / "best", env, ckpt.trainer.get("best") if ckpt is not None else None)
             if config.keep_best else None)
     barrier(env)  # rank 0 has removed best weights of steps this run repeats
     wrapped = wrap_ddp(raw, env, find_unused_parameters=config.find_unused_parameters)
     if config.compile:
         wrapped = torch.compile(wrapped)
 
-    metrics_csv = _MetricsCSV(out_dir / "metrics.csv", state.step if ckpt else None) if env.is_main else None
-    eval_csv = (_MetricsCSV(out_dir / "eval_metrics.csv", state.step if ckpt else None)
+    metrics_csv = MetricsCSV(out_dir / "metrics.csv", state.step if ckpt else None) if env.is_main else None
+    eval_csv = (MetricsCSV(out_dir / "eval_metrics.csv", state.step if ckpt else None)
                 if env.is_main and eval_data is not None else None)
-    tb = _tensorboard(out_dir / "tensorboard") if env.is_main else None
+    tb = tensorboard_writer(out_dir / "tensorboard") if env.is_main else None
 
-    stream = _BatchStream(data, state, device)
+    stream = BatchStream(data, state, device)
     if ckpt is not None:
-        stream.restore(state.epoch, state.batches_in_epoch, _rank_rng(ckpt.rng, env.rank, "epoch_start"),
-                       _rank_rng(ckpt.rng, env.rank, "now"))
+        stream.restore(state.epoch, state.batches_in_epoch, rank_rng(ckpt.rng, env.rank, "epoch_start"),
+                       rank_rng(ckpt.rng, env.rank, "now"))
     # From here on nothing may draw random numbers outside the steps (determinism after resume).
 
     from tqdm.auto import tqdm
@@ -754,7 +496,7 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
     try:
         while state.step < config.max_steps:
             batches = [stream.next() for _ in range(config.grad_accum)]
-            counts = [_batch_counts(b) for b in batches]
+            counts = [batch_counts(b) for b in batches]
             result = train_step(wrapped, objective, batches, optimizer=optimizer, config=config, step=state.step,
                                 device=device)
             state.step += 1
