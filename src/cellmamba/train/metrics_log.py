@@ -73,23 +73,8 @@ def tensorboard_writer(log_dir: Path):
 
 
 def plot_loss_curve(metrics_csv: str | os.PathLike, png: str | os.PathLike) -> Path | None:
-    """Plot loss against step from ``metrics.csv`` into ``png``; None (logged) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.info("matplotlib is not installed: no loss-curve plot")
-        return None
-    with open(metrics_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(png)
+    """Plot loss against step from ``metrics.csv`` into ``png``, drawn by the one loss-curve
+    plotter (:func:`cellmamba.plots.loss_curve`); None (logged) without matplotlib."""
+    from ..plots import loss_curve  # plotting loads only when a run finishes
+
+    return loss_curve(metrics_csv, png, name="train loss")
