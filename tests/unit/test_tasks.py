@@ -201,16 +201,15 @@ def test_integration_returns_one_finite_embedding_per_cell(tmp_path):
 
 
 def test_micro_batches_keep_the_cells_per_step_and_the_steps_per_epoch():
-    from cellmamba.tasks.finetune import train_config
     from cellmamba.tasks.perturb import PerturbConfig
 
-    full = train_config(FinetuneConfig(epochs=2, batch_size=32), 100, validate_epochs=True)
-    micro = train_config(FinetuneConfig(epochs=2, batch_size=32, micro_batch_size=8), 100, validate_epochs=True)
+    full = FinetuneConfig(epochs=2, batch_size=32).to_train_config(100, validate_epochs=True)
+    micro = FinetuneConfig(epochs=2, batch_size=32, micro_batch_size=8).to_train_config(100, validate_epochs=True)
     assert (full.batch_size, full.grad_accum) == (32, 1)
     assert (micro.batch_size, micro.grad_accum) == (8, 4)  # 4 passes of 8 cells = 32 cells per step
     assert micro.max_steps == full.max_steps == 2 * math.ceil(100 / 32) and micro.eval_every == full.eval_every == 4
     # fewer cells than a batch: one pass of them all
-    small = train_config(FinetuneConfig(epochs=1, batch_size=32, micro_batch_size=16), 10)
+    small = FinetuneConfig(epochs=1, batch_size=32, micro_batch_size=16).to_train_config(10)
     assert (small.batch_size, small.grad_accum, small.max_steps) == (10, 1, 1)
     for cls in (FinetuneConfig, PerturbConfig):
         with pytest.raises(InputError, match="micro_batch_size must be None or an integer >= 1 that divides batch_size"):

@@ -16,7 +16,7 @@ from cellmamba.errors import InputError
 from cellmamba.tokenize import (BinnedConfig, PatchConfig, RankConfig, ShardWriter, TokenCorpus, genomic_order,
                                 to_patches, tokenize_binned, tokenize_patch, tokenize_rank, write_corpus_manifest)
 from cellmamba.train.data import (HIDDEN_VALUE, IGNORE_INDEX, DataConfig, DistributedBucketSampler,
-                                  MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig,
+                                  MaskedGeneCollator, MaskedGeneCollateConfig, MaskedValueCollator, MaskedValueCollateConfig,
                                   NextTokenCollator, PatchCollator, TokenDataset, build_dataloader, mask_count)
 from cellmamba.vocab import CLS_ID, MASK_ID, N_SPECIAL, PAD_ID
 
@@ -298,7 +298,7 @@ def test_masked_value_batch(binned):
     path, _, ref = binned
     ds = TokenDataset(path)
     items = [ds[g] for g in range(len(ds))]
-    batch = MaskedValueCollator(MaskedValueConfig(mask_ratio=0.3), seed=1)(items)
+    batch = MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=0.3), seed=1)(items)
     assert set(batch) == {"input_ids", "attention_mask", "values", "value_mask", "value_targets", "dataset",
                           "cell_index"}
     B, L = batch["input_ids"].shape
@@ -326,7 +326,7 @@ def test_masked_value_batch(binned):
 def test_zeros_only_measured_unexpressed(binned, zeros):
     path, _, ref = binned
     ds = TokenDataset(path)
-    config = MaskedValueConfig(mask_ratio=0.2, max_len=40, **zeros)
+    config = MaskedValueCollateConfig(mask_ratio=0.2, max_len=40, **zeros)
     batch = MaskedValueCollator(config, seed=4)([ds[g] for g in range(len(ds))])
     ids, attn = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
     vm, targets = batch["value_mask"].numpy(), batch["value_targets"].numpy()
@@ -358,7 +358,7 @@ def test_zeros_append_order(binned):
     path, _, ref = binned
     ds = TokenDataset(path)
     g = next(g for g, r in enumerate(ref) if 3 < r[0].shape[0] < TOK_MAX)
-    batch = MaskedValueCollator(MaskedValueConfig(n_zeros=4, zeros_order="append"), seed=0)([ds[g]])
+    batch = MaskedValueCollator(MaskedValueCollateConfig(n_zeros=4, zeros_order="append"), seed=0)([ds[g]])
     n = ref[g][0].shape[0]
     np.testing.assert_array_equal(batch["input_ids"][0, :n].numpy(), ref[g][0])
     assert batch["attention_mask"][0].sum() == n + 4
@@ -368,7 +368,7 @@ def test_masked_gene_batch(rank):
     path, _, ref = rank
     ds = TokenDataset(path)
     items = [ds[g] for g in range(len(ds))]
-    batch = MaskedGeneCollator(MaskedGeneConfig(mask_ratio=0.25), seed=2)(items)
+    batch = MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=0.25), seed=2)(items)
     assert set(batch) == {"input_ids", "attention_mask", "labels", "dataset", "cell_index"}
     ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
     for b, (tok, *_rest) in enumerate(ref):
@@ -379,7 +379,7 @@ def test_masked_gene_batch(rank):
         assert (ids[b, hidden] == MASK_ID).all()
         np.testing.assert_array_equal(ids[b, :n][~hidden[:n]], tok[~hidden[:n]])
         assert (ids[b, n:] == PAD_ID).all()
-    bert = MaskedGeneCollator(MaskedGeneConfig(mask_ratio=0.5, random_ratio=0.25, keep_ratio=0.25),
+    bert = MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=0.5, random_ratio=0.25, keep_ratio=0.25),
                               n_genes=N_GENES, seed=2)(items)
     ids, labels = bert["input_ids"].numpy(), bert["labels"].numpy()
     for b, (tok, *_rest) in enumerate(ref):
@@ -394,7 +394,7 @@ def test_masked_gene_batch(rank):
         shown = ids[b, hidden]
         assert (((shown >= N_SPECIAL) & (shown < N_SPECIAL + N_GENES)) | (shown == MASK_ID)).all()
     with pytest.raises(InputError, match="needs n_genes"):
-        MaskedGeneCollator(MaskedGeneConfig(random_ratio=0.1))
+        MaskedGeneCollator(MaskedGeneCollateConfig(random_ratio=0.1))
 
 
 def test_next_token_batch(rank):
@@ -413,7 +413,7 @@ def test_collators_deterministic(binned):
     path, _, _ = binned
     ds = TokenDataset(path)
     items = [ds[g] for g in range(12)]
-    config = MaskedValueConfig(zeros_ratio=0.5)
+    config = MaskedValueCollateConfig(zeros_ratio=0.5)
     a = MaskedValueCollator(config, seed=9)(items)
     b = MaskedValueCollator(config, seed=9)(items)
     for k in a:
@@ -435,9 +435,9 @@ def test_value_collator_rejects_rank_items(rank):
     with pytest.raises(InputError, match="needs a binned corpus"):
         MaskedValueCollator()([TokenDataset(path)[0]])
     with pytest.raises(InputError, match="mask_ratio must be a number in \\[0, 1\\], got 1.5"):
-        MaskedValueConfig(mask_ratio=1.5)
+        MaskedValueCollateConfig(mask_ratio=1.5)
     with pytest.raises(InputError, match="not both"):
-        MaskedValueConfig(zeros_ratio=0.5, n_zeros=3)
+        MaskedValueCollateConfig(zeros_ratio=0.5, n_zeros=3)
 
 
 def test_patch_batch(patch):
@@ -494,7 +494,7 @@ def test_build_dataloader_ranks_workers_epochs(binned):
 
 def test_build_dataloader_token_budget(binned):
     path, _, _ = binned
-    collator = MaskedValueCollator(MaskedValueConfig(n_zeros=10, max_len=32), seed=0)
+    collator = MaskedValueCollator(MaskedValueCollateConfig(n_zeros=10, max_len=32), seed=0)
     loader = build_dataloader(TokenDataset(path), collator, DataConfig(batch_size=16, max_tokens=100, drop_last=False))
     seen = []
     for b in loader:

@@ -79,7 +79,7 @@ def test_demo_pretrained_models_load_and_embed(demo_run):
     import torch
 
     from cellmamba.models import CellModel, count_parameters, pool_cells
-    from cellmamba.train.data import DataConfig, MaskedValueCollator, MaskedValueConfig, build_dataloader
+    from cellmamba.train.data import DataConfig, MaskedValueCollator, MaskedValueCollateConfig, build_dataloader
 
     sizes = {}
     for name in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer"):
@@ -94,7 +94,7 @@ def test_demo_pretrained_models_load_and_embed(demo_run):
     # the pretrained scmamba2 model embeds real cells of the demo corpus
     model = CellModel.from_pretrained(demo_run / "results/pretrain/scmamba2/model").eval()
     loader = build_dataloader(demo_run / "results/tokens/binned/manifest.json",
-                              MaskedValueCollator(MaskedValueConfig(mask_ratio=0.15)),
+                              MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=0.15)),
                               DataConfig(max_len=256, batch_size=8))
     loader.set_epoch(0)
     batch = next(iter(loader))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,35 +16,36 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .._util import dataclass_from_dict, seed_all
+from .._util import seed_all
 from ..errors import InputError
 from ..models import BackboneOutput, CellModel, HeadConfig
 from ..models.checkpoint import load_state_dict_strict, read_weights
 from ..models.heads import pool_cells
-from ..train import TrainConfig
+from ..train.config import OptimConfig
 from ..train.data import DataConfig, build_dataloader
-from ..train.data_collate import MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig
+from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
+                                  MaskedValueCollator)
 from .tokens import DatasetTokens, TokenCells
 
 __all__ = ["FinetuneConfig", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
-           "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells", "train_config",
+           "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells",
            "split_train_valid", "train_valid_loaders", "pick_device"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning run (annotation or integration)."""
+class FinetuneConfig(OptimConfig):
+    """Settings of one fine-tuning run (annotation or integration): the optimisation block
+    (:class:`~cellmamba.train.config.OptimConfig`: epochs, lr, batch_size, micro_batch_size,
+    warmup_fraction, weight_decay, seed, precision, backend) and the task's own."""
 
     epochs: int = 10                  # passes over the training cells (scGPT / SC-MAMBA2: 10 annotation, 30 integration)
     lr: float = 1e-4                  # peak learning rate (scGPT: 1e-4)
-    batch_size: int = 32              # cells per step
-    micro_batch_size: int | None = None  # cells per forward / backward pass (GPU memory); batch_size / micro_batch_size accumulated
+    seed: int = 0                     # initialisation of new heads, data order, masks, the valid split
     max_len: int = 1200               # tokens per cell (binned: CLS included); scGPT: n_genes + 1
     pooling: str = "auto"             # cell embedding: "auto" (binned: cls, rank: mean), "cls", "mean", "last"
     dropout: float = 0.2              # classifier dropout (scGPT 0.2, SC-MAMBA2 0.5)
@@ -54,32 +54,20 @@ class FinetuneConfig:
     mask_ratio: float = 0.4           # integration: masked values / genes (scGPT integration: 0.4)
     include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
     adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)
-    warmup_fraction: float = 0.05     # fraction of steps of linear warm-up before cosine decay
-    weight_decay: float = 0.0         # AdamW weight decay
-    seed: int = 0                     # initialisation of new heads, data order, masks, the valid split
-    precision: str = "auto"           # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    backend: str = "auto"             # SSM kernels: auto | torch | cuda
     embed_batch_size: int = 64        # cells per forward pass when embedding / predicting
 
     def __post_init__(self):
+        super().__post_init__()
+
         def need(ok, what):
             if not ok:
                 raise InputError(f"FinetuneConfig: {what}")
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
-        check_micro_batch(self, need)
         need(isinstance(self.max_len, int) and self.max_len >= 2, f"max_len must be an integer >= 2, got {self.max_len!r}")
         need(self.pooling in ("auto", "cls", "mean", "last"), f"pooling must be auto, cls, mean or last, got {self.pooling!r}")
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
         need(0 <= self.valid_fraction < 1, f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
         need(0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
         need(self.adversarial_weight >= 0, f"adversarial_weight must be >= 0, got {self.adversarial_weight!r}")
-        need(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "FinetuneConfig":
-        return dataclass_from_dict(cls, data)
 
 
 def pick_device(device=None) -> torch.device:
@@ -151,16 +139,9 @@ def collator_for(tokens: DatasetTokens, *, mask_ratio: float, include_zeros: boo
     plain batches (nothing hidden) for classification and embedding."""
     if tokens.tokenizer == "binned":
         zeros = int(tokens.measured.sum()) if include_zeros else 0
-        cfg = MaskedValueConfig(mask_ratio=mask_ratio, n_zeros=zeros, max_len=tokens.max_len if zeros else None)
+        cfg = MaskedValueCollateConfig(mask_ratio=mask_ratio, n_zeros=zeros, max_len=tokens.max_len if zeros else None)
         return MaskedValueCollator(cfg, seed=seed)
-    return MaskedGeneCollator(MaskedGeneConfig(mask_ratio=mask_ratio), n_genes=len(tokens.measured), seed=seed)
-
-
-def check_micro_batch(config, need) -> None:
-    """``micro_batch_size``: None, or an integer >= 1 that divides ``batch_size``."""
-    m = config.micro_batch_size
-    need(m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1 and config.batch_size % m == 0),
-         f"micro_batch_size must be None or an integer >= 1 that divides batch_size ({config.batch_size}), got {m!r}")
+    return MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=mask_ratio), n_genes=len(tokens.measured), seed=seed)
 
 
 def train_loader(data: TokenCells, collator, *, batch_size: int, seed: int):
@@ -173,34 +154,11 @@ def train_valid_loaders(tokens: DatasetTokens, train_cells: np.ndarray, valid_ce
                         config: FinetuneConfig):
     """(training loader, validation loader or None where no cell validates, the loop's settings with
     an evaluation after every epoch) for fine-tuning on ``train_cells`` of ``tokens``."""
-    settings = train_config(config, len(train_cells), validate_epochs=len(valid_cells) > 0)
+    settings = config.to_train_config(len(train_cells), validate_epochs=len(valid_cells) > 0)
     loader = train_loader(TokenCells(tokens, train_cells), collator, batch_size=settings.batch_size, seed=config.seed)
     valid = (train_loader(TokenCells(tokens, valid_cells), collator, batch_size=settings.batch_size, seed=config.seed)
              if len(valid_cells) else None)
     return loader, valid, settings
-
-
-def train_config(config: FinetuneConfig, n_cells: int, *, batch_size: int | None = None,
-                 validate_epochs: bool = False) -> TrainConfig:
-    """The shared loop's settings for ``config.epochs`` passes over ``n_cells``. ``validate_epochs``
-    (there is validation data): evaluate after every epoch and, with ``config.keep_best``, keep the
-    weights of the epoch with the lowest validation loss.
-
-    With ``config.micro_batch_size`` the loop reads micro-batches of that many cells and
-    accumulates gradients over ``batch_size / micro_batch_size`` of them per optimizer step: the
-    same cells per step and steps per epoch, in less GPU memory (each micro-batch's loss is its
-    own mean, so losses averaged over masked tokens weight micro-batches equally)."""
-    batch_size = batch_size or min(config.batch_size, n_cells)
-    per_epoch = math.ceil(n_cells / batch_size)
-    steps = config.epochs * per_epoch
-    micro = getattr(config, "micro_batch_size", None)
-    accum = math.ceil(batch_size / micro) if micro is not None and micro < batch_size else 1
-    return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
-                       batch_size=micro if accum > 1 else batch_size, grad_accum=accum,
-                       weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
-                       checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
-                       precision=config.precision, eval_every=per_epoch if validate_epochs else 0,
-                       keep_best=validate_epochs and config.keep_best)
 
 
 def split_train_valid(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import VAR_GENE_ID, VAR_MODALITY
-from .._util import dataclass_from_dict, seed_all
+from .._util import seed_all
 from ..errors import InputError
 from ..keys import LAYER_COUNTS
 from ..models.backbone import BackboneConfig, count_parameters, same_size_transformer
@@ -74,7 +74,8 @@ from ..models.model import CellModelConfig
 from ..models.two_tower import HEAD, TwoTowerConfig, TwoTowerModel
 from ..normalisation import clr_per_cell, log_normalise
 from ..tokenize.patch import genomic_order, parse_peaks, peak_order, read_positions
-from ..train import TrainConfig, train
+from ..train import train
+from ..train.config import OptimConfig
 from ..train.objectives import ContrastiveConfig, ContrastiveObjective
 from .finetune import pick_device
 
@@ -96,8 +97,11 @@ MODALITIES = ("rna", "protein", "atac")
 # settings
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MultiomicsConfig:
-    """Settings of one two-tower run (JSON round trip via ``dataclasses.asdict`` / :meth:`from_dict`)."""
+class MultiomicsConfig(OptimConfig):
+    """Settings of one two-tower run (JSON round trip via ``dataclasses.asdict`` / :meth:`from_dict`):
+    the optimisation block (:class:`~cellmamba.train.config.OptimConfig`; each epoch drops its
+    incomplete last batch, and ``micro_batch_size`` cells are a recomputed tower pass, the InfoNCE
+    still over ``batch_size``) and the towers' own."""
 
     # "mamba2" (published, unidirectional) | "bimamba_mamba2" (our variant) | "transformer" (same-size peer of mamba2)
     arch: str = "mamba2"
@@ -115,17 +119,18 @@ class MultiomicsConfig:
     epochs: int = 20                # passes over all cells (each epoch drops its incomplete last batch)
     lr: float = 1e-3                # peak learning rate (AdamW, linear warm-up, cosine decay)
     batch_size: int = 64            # cells per step = InfoNCE negatives + 1 (capped at the number of cells)
-    micro_batch_size: int | None = None  # cells per tower pass, recomputed in the backward (exact: InfoNCE over batch_size)
-    warmup_fraction: float = 0.05   # fraction of the steps spent warming up
     weight_decay: float = 0.01      # AdamW decoupled weight decay
     seed: int = 0                   # model initialisation and data order
-    precision: str = "auto"         # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    backend: str = "auto"           # SSM kernels: "auto" | "torch" | "cuda"
     max_features: int | None = None  # per modality: keep the most variable features (None = all; demo shortcut)
     unplaced: str = "drop"          # rna genes without a position: "drop" | "append" (after the placed); counted
     embed_batch_size: int = 256     # cells per forward pass when embedding
 
+    drop_last: ClassVar[bool] = True    # InfoNCE wants equal-sized batches >= 2 (_PairedLoader)
+    accumulate: ClassVar[bool] = False  # micro-batches are the objective's recomputed chunks (chunk_cells)
+
     def __post_init__(self):
+        super().__post_init__()
+
         def need(ok, what):
             if not ok:
                 raise InputError(f"MultiomicsConfig: {what}")
@@ -134,36 +139,20 @@ class MultiomicsConfig:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
         need(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("d_model", "n_layers", "d_state", "patch_size", "d_out", "epochs", "batch_size",
-                     "embed_batch_size"):
+        for name in ("d_model", "n_layers", "d_state", "patch_size", "d_out", "embed_batch_size"):
             v = getattr(self, name)
             need(is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
-        need(self.micro_batch_size is None or (is_int(self.micro_batch_size) and self.micro_batch_size >= 1),
-             f"micro_batch_size must be None or an integer >= 1, got {self.micro_batch_size!r}")
         need(is_int(self.headdim) and self.headdim >= 0, f"headdim must be an integer >= 0, got {self.headdim!r}")
         need(self.pooling in ("auto", "last", "mean"), f"pooling must be auto, last or mean, got {self.pooling!r}")
-        for name in ("temperature", "lr"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-                 f"{name} must be a finite number > 0, got {v!r}")
-        for name in ("cosine_weight", "weight_decay"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-                 f"{name} must be a finite number >= 0, got {v!r}")
-        need(isinstance(self.warmup_fraction, (int, float)) and 0 <= self.warmup_fraction < 1,
-             f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        need(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
-        need(self.precision in ("auto", "bf16", "fp32"),
-             f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        need(self.backend in ("auto", "torch", "cuda"), f"backend must be auto, torch or cuda, got {self.backend!r}")
+        need(isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
+             and math.isfinite(self.temperature) and self.temperature > 0,
+             f"temperature must be a finite number > 0, got {self.temperature!r}")
+        need(isinstance(self.cosine_weight, (int, float)) and not isinstance(self.cosine_weight, bool)
+             and math.isfinite(self.cosine_weight) and self.cosine_weight >= 0,
+             f"cosine_weight must be a finite number >= 0, got {self.cosine_weight!r}")
         need(self.max_features is None or (is_int(self.max_features) and self.max_features >= 1),
              f"max_features must be None or an integer >= 1, got {self.max_features!r}")
         need(self.unplaced in ("drop", "append"), f"unplaced must be drop or append, got {self.unplaced!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "MultiomicsConfig":
-        """Build from a mapping; unknown keys raise InputError."""
-        return dataclass_from_dict(cls, data)
 
     @property
     def resolved_pooling(self) -> str:
@@ -498,15 +487,6 @@ class MultiomicsResult:
     pooling: str
 
 
-def _train_config(config: MultiomicsConfig, n_cells: int) -> TrainConfig:
-    batch_size = min(config.batch_size, n_cells)
-    steps = config.epochs * (n_cells // batch_size)
-    return TrainConfig(lr=config.lr, warmup_steps=int(config.warmup_fraction * steps), max_steps=steps,
-                       batch_size=batch_size, weight_decay=config.weight_decay, log_every=max(1, min(50, steps // 20)),
-                       checkpoint_every=max(steps // 4, 1), keep_checkpoints=1, seed=config.seed,
-                       precision=config.precision)
-
-
 def _last_logged(path: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
@@ -553,7 +533,7 @@ def run_multiomics(adata, *, config: MultiomicsConfig, out_dir: str | os.PathLik
     device = pick_device(device)
     model = build_two_tower(data, config, fit_chunk=device.type != "cuda")
     n_params = {m: count_parameters(model.towers[m]) for m in modalities}
-    tcfg = _train_config(config, adata.n_obs)
+    tcfg = config.to_train_config(adata.n_obs)
     objective = ContrastiveObjective(ContrastiveConfig(temperature=config.temperature,
                                                        cosine_weight=config.cosine_weight,
                                                        modalities=modalities, head=HEAD,

@@ -49,7 +49,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,15 +58,16 @@ import torch
 
 from ..baselines.perturbation import CTRL, condition_genes
 from ..datasets import VAR_GENE_NAME
-from .._util import dataclass_from_dict, seed_all
+from .._util import seed_all
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import OBS_CONDITION, UNS, UNS_X_KIND
 from ..models.perturb import ContinuousValueEncoder, PerturbationModel, PerturbationModelConfig
 from ..train import train
+from ..train.config import OptimConfig
 from ..train.objectives import masked_mse
 from ..vocab import N_SPECIAL
-from .finetune import check_micro_batch, pick_device, train_config
+from .finetune import pick_device
 from .tokens import vocabulary_index
 
 # ContinuousValueEncoder, PerturbationModelConfig, PerturbationModel live in cellmamba.models.perturb;
@@ -79,46 +80,26 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PerturbConfig:
-    """Settings of one perturbation fine-tuning run."""
+class PerturbConfig(OptimConfig):
+    """Settings of one perturbation fine-tuning run: the optimisation block
+    (:class:`~cellmamba.train.config.OptimConfig`; ``batch_size`` and ``micro_batch_size`` count
+    (control, perturbed) pairs) and the task's own."""
 
     epochs: int = 15                  # passes over the training perturbed cells (scGPT: 15)
     lr: float = 1e-4                  # peak learning rate (scGPT: 1e-4)
     batch_size: int = 64              # (control, perturbed) pairs per step (scGPT: 64)
-    micro_batch_size: int | None = None  # pairs per forward / backward pass (GPU memory); batch_size / micro_batch_size accumulated
+    seed: int = 0                     # new modules' init, pairing, data order, gene subsets, prediction pools
     max_len: int = 1536               # genes per training sequence (scGPT 1536, SC-MAMBA2 6000); prediction uses all
     pool_size: int = 100              # control cells averaged per predicted condition (scGPT reverse perturbation: 30)
-    warmup_fraction: float = 0.05     # fraction of steps of linear warm-up before cosine decay
-    weight_decay: float = 0.0         # AdamW weight decay
-    seed: int = 0                     # new modules' init, pairing, data order, gene subsets, prediction pools
-    precision: str = "auto"           # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    backend: str = "auto"             # SSM kernels: auto | torch | cuda
     embed_batch_size: int = 64        # sequences per forward pass when predicting
     keep_best: bool = True            # predict with the epoch of lowest validation loss (scGPT's best_model)
 
     def __post_init__(self):
-        def need(ok, what):
-            if not ok:
-                raise InputError(f"PerturbConfig: {what}")
-
-        def integer(name, low):
+        super().__post_init__()
+        for name, low in (("max_len", 2), ("pool_size", 1), ("embed_batch_size", 1)):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= low,
-                 f"{name} must be an integer >= {low}, got {v!r}")
-
-        for name, low in (("epochs", 1), ("batch_size", 1), ("max_len", 2), ("pool_size", 1),
-                          ("embed_batch_size", 1), ("seed", 0)):
-            integer(name, low)
-        check_micro_batch(self, need)
-        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        need(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        need(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        need(self.backend in ("auto", "torch", "cuda"), f"backend must be auto, torch or cuda, got {self.backend!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "PerturbConfig":
-        return dataclass_from_dict(cls, data)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise InputError(f"PerturbConfig: {name} must be an integer >= {low}, got {v!r}")
 
 
 # ---------------------------------------------------------------- the objective
@@ -454,7 +435,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     valid_data = batches(valid_conds, config.seed + 1, False) if valid_conds else None
     if valid_data is not None and len(valid_data.perturbed) == 0:
         valid_data = None
-    tcfg = train_config(config, len(train_data.perturbed), validate_epochs=valid_data is not None)
+    tcfg = config.to_train_config(len(train_data.perturbed), validate_epochs=valid_data is not None)
     log.info("perturbation: %d genes as tokens (%d unmapped), %d train pairs (%d conditions), %d valid pairs, "
              "%d steps, %d conditions to predict", len(cols), int((index < 0).sum()), len(train_data.perturbed),
              len(set(conds[train_data.perturbed])), 0 if valid_data is None else len(valid_data.perturbed),

@@ -47,12 +47,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import InputError
 from ..tokenize.shards import TokenCorpus
 from ..vocab import CLS_ID
-from .data_collate import (HIDDEN_VALUE, IGNORE_INDEX, MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator,
-                           MaskedValueConfig, NextTokenCollator, PatchCollator, mask_count)
+from .data_collate import (HIDDEN_VALUE, IGNORE_INDEX, MaskedGeneCollator, MaskedGeneCollateConfig, MaskedValueCollator,
+                           MaskedValueCollateConfig, NextTokenCollator, PatchCollator, mask_count)
 
 __all__ = [
     "DataConfig", "TokenDataset", "DistributedBucketSampler", "CellDataLoader", "build_dataloader",
-    "MaskedValueConfig", "MaskedGeneConfig", "MaskedValueCollator", "MaskedGeneCollator", "NextTokenCollator",
+    "MaskedValueCollateConfig", "MaskedGeneCollateConfig", "MaskedValueCollator", "MaskedGeneCollator", "NextTokenCollator",
     "PatchCollator", "mask_count", "IGNORE_INDEX", "HIDDEN_VALUE", "CROPS",
 ]
 

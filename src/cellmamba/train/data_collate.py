@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..tokenize.patch import to_patches
 from ..vocab import MASK_ID, N_SPECIAL, PAD_ID
 
-__all__ = ["MaskedValueConfig", "MaskedGeneConfig", "MaskedValueCollator", "MaskedGeneCollator",
+__all__ = ["MaskedValueCollateConfig", "MaskedGeneCollateConfig", "MaskedValueCollator", "MaskedGeneCollator",
            "NextTokenCollator", "PatchCollator", "mask_count", "IGNORE_INDEX", "HIDDEN_VALUE"]
 
 IGNORE_INDEX = -100   # labels value ignored by the loss (torch cross_entropy's default)
@@ -67,7 +67,7 @@ def _cell_rng(seed: int, epoch: int, rank: int, cell: int, stream: int) -> np.ra
 
 
 @dataclass(frozen=True)
-class MaskedValueConfig:
+class MaskedValueCollateConfig:
     """Masked expression-value prediction on binned tokens (SC-MAMBA2 / scGPT)."""
 
     mask_ratio: float = 0.15      # fraction of a cell's gene positions whose value is hidden
@@ -77,7 +77,7 @@ class MaskedValueConfig:
     zeros_order: str = "sorted"   # "sorted": merged into the stored ascending gene order; "append": after the genes
 
     def __post_init__(self):
-        name = "MaskedValueConfig"
+        name = "MaskedValueCollateConfig"
         _check_ratio(name, "mask_ratio", self.mask_ratio)
         if not (isinstance(self.zeros_ratio, (int, float)) and not isinstance(self.zeros_ratio, bool)
                 and 0.0 <= self.zeros_ratio):
@@ -96,7 +96,7 @@ class MaskedValueConfig:
 
 
 @dataclass(frozen=True)
-class MaskedGeneConfig:
+class MaskedGeneCollateConfig:
     """Masked-gene prediction on rank tokens (GeneMamba, option a).
 
     Of the ``k`` masked positions, ``round(random_ratio * k)`` get a uniformly random gene
@@ -110,7 +110,7 @@ class MaskedGeneConfig:
     keep_ratio: float = 0.0    # of the masked positions: left unchanged (BERT: 0.1)
 
     def __post_init__(self):
-        name = "MaskedGeneConfig"
+        name = "MaskedGeneCollateConfig"
         _check_ratio(name, "mask_ratio", self.mask_ratio)
         _check_ratio(name, "random_ratio", self.random_ratio)
         _check_ratio(name, "keep_ratio", self.keep_ratio)
@@ -181,11 +181,11 @@ class MaskedValueCollator(_Collator):
     ``value_mask``, 0 elsewhere; ``dataset``, ``cell_index`` int64 (B,).
     """
 
-    def __init__(self, config: MaskedValueConfig = MaskedValueConfig(), *, seed: int = 0, rank: int = 0,
+    def __init__(self, config: MaskedValueCollateConfig = MaskedValueCollateConfig(), *, seed: int = 0, rank: int = 0,
                  pad_to_multiple: int = 1):
         super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple)
-        if not isinstance(config, MaskedValueConfig):
-            raise InputError(f"MaskedValueCollator: config must be a MaskedValueConfig, got {type(config).__name__}")
+        if not isinstance(config, MaskedValueCollateConfig):
+            raise InputError(f"MaskedValueCollator: config must be a MaskedValueCollateConfig, got {type(config).__name__}")
         self.config = config
 
     def output_lengths(self, lengths: np.ndarray) -> np.ndarray:
@@ -264,12 +264,12 @@ class MaskedGeneCollator(_Collator):
 
     :func:`mask_count` gene positions per cell are predicted: ``labels`` holds their original
     token id, ``IGNORE_INDEX`` (-100) everywhere else (padding included); ``input_ids`` has
-    ``<mask>`` there (or a random gene / the original token, per :class:`MaskedGeneConfig`).
+    ``<mask>`` there (or a random gene / the original token, per :class:`MaskedGeneCollateConfig`).
 
     Parameters
     ----------
     config
-        :class:`MaskedGeneConfig`.
+        :class:`MaskedGeneCollateConfig`.
     n_genes
         Genes in the vocabulary (``TokenDataset.n_genes``); needed when ``random_ratio > 0``
         (random tokens are drawn from ``N_SPECIAL .. N_SPECIAL + n_genes - 1``).
@@ -282,11 +282,11 @@ class MaskedGeneCollator(_Collator):
     ``dataset``, ``cell_index`` int64 (B,).
     """
 
-    def __init__(self, config: MaskedGeneConfig = MaskedGeneConfig(), *, n_genes: int | None = None, seed: int = 0,
+    def __init__(self, config: MaskedGeneCollateConfig = MaskedGeneCollateConfig(), *, n_genes: int | None = None, seed: int = 0,
                  rank: int = 0, pad_to_multiple: int = 1):
         super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple)
-        if not isinstance(config, MaskedGeneConfig):
-            raise InputError(f"MaskedGeneCollator: config must be a MaskedGeneConfig, got {type(config).__name__}")
+        if not isinstance(config, MaskedGeneCollateConfig):
+            raise InputError(f"MaskedGeneCollator: config must be a MaskedGeneCollateConfig, got {type(config).__name__}")
         if config.random_ratio > 0:
             if n_genes is None:
                 raise InputError("MaskedGeneCollator: random_ratio > 0 needs n_genes= (TokenDataset.n_genes)")

@@ -25,7 +25,6 @@ uninterrupted steps and N/2 + crash + resume + N/2 give bit-identical parameters
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -39,13 +38,14 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._util import dataclass_from_dict, seed_all
+from .._util import seed_all
 from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path
 from .batches import BatchStream, batch_counts, rank_rng, to_device
 from .best import BestWeights
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
                          load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
+from .config import TrainConfig
 from .distributed import (DistEnv, all_gather_tensors, all_reduce_mean, barrier, broadcast_int,
                           destroy_distributed, init_distributed, unwrap, wrap_ddp)
 from .metrics_log import MetricsCSV, plot_loss_curve, tensorboard_writer
@@ -59,64 +59,6 @@ log = logging.getLogger(__name__)
 
 _batch_counts = batch_counts  # benchmarks/rehearse.py counts the batches of its timed steps as loop._batch_counts
 Objective = Callable[[nn.Module, Mapping[str, Any]], "tuple[torch.Tensor, dict[str, float]]"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and bookkeeping settings of one training run (JSON round trip: to_dict / from_dict)."""
-
-    lr: float = 3e-4  # peak learning rate (after warmup)
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    weight_decay: float = 0.01  # AdamW decoupled decay; never on biases, norms, 1-d or `_no_weight_decay` params
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
-    eps: float = 1e-8  # AdamW epsilon
-    warmup_steps: int = 1000  # linear warmup from lr/warmup_steps to lr (0 = none)
-    max_steps: int = 100_000  # optimizer steps in total (resume continues up to this)
-    grad_clip: float | None = 1.0  # max global grad norm; None or 0 = no clipping (norm still logged)
-    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum * world size)
-    batch_size: int = 32  # per-rank micro-batch size; checked against loader.batch_size where the loader has one
-    log_every: int = 10  # steps between metrics.csv rows / log lines
-    eval_every: int = 0  # steps between evaluations on eval_data (0 = only at the end, if eval_data is given)
-    eval_batches: int | None = None  # cap on evaluation batches per rank (None = the whole eval loader)
-    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at max_steps)
-    keep_checkpoints: int | None = 3  # newest checkpoints kept on disk (None = all)
-    seed: int = 0  # seeds torch / numpy / random at the start (rank r uses seed + r); model init is the caller's
-    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" (CUDA only, else InputError); "fp32"
-    dist_backend: str = "auto"  # torch.distributed backend: "auto" (nccl on CUDA, gloo on CPU), "nccl", "gloo"
-    find_unused_parameters: bool = False  # DDP option, for models with parameters unused in some steps
-    compile: bool = False  # torch.compile the (DDP-wrapped) model; checkpoints still save the raw module
-    progress: bool = True  # tqdm progress bar on rank 0
-    keep_best: bool = False  # export the weights of the evaluation with the lowest eval loss, not the last (needs eval_data)
-
-    def __post_init__(self):
-        def need(cond: bool, what: str):
-            if not cond:
-                raise InputError(f"TrainConfig: {what}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(len(tuple(self.betas)) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}")
-        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.grad_clip is None or self.grad_clip >= 0, f"grad_clip must be >= 0 or None, got {self.grad_clip}")
-        for name in ("grad_accum", "batch_size", "log_every", "checkpoint_every"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        need(self.eval_batches is None or self.eval_batches >= 1, f"eval_batches must be >= 1 or None, got {self.eval_batches}")
-        need(self.keep_checkpoints is None or self.keep_checkpoints >= 1,
-             f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
-        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        need(self.dist_backend in ("auto", "nccl", "gloo"), f"dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        return dataclass_from_dict(cls, data)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .pathways import GeneSets, load_gene_sets
 
 __all__ = [
     "IGNORE_INDEX", "LM_OBJECTIVES", "OBJECTIVES", "RECIPE_OBJECTIVES",
-    "MaskedValueConfig", "MaskedGeneConfig", "NextTokenConfig", "PathwayContrastiveConfig",
+    "MaskedValueObjectiveConfig", "MaskedGeneObjectiveConfig", "NextTokenConfig", "PathwayContrastiveConfig",
     "GeneMambaConfig", "ContrastiveConfig",
     "masked_mse", "shift_targets", "info_nce", "symmetric_info_nce", "cosine_regulariser", "contrastive_loss",
     "gene_embedding_table",
@@ -81,23 +81,23 @@ def _check_name(owner: str, name: str, value) -> None:
 # configs (frozen; built from the workflow's params by build_objective)
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MaskedValueConfig:
+class MaskedValueObjectiveConfig:
     """scmamba2: masked expression-value prediction."""
 
     head: str = "value"  # name of the model's value_regression head (model.heads[head])
 
     def __post_init__(self):
-        _check_name("MaskedValueConfig", "head", self.head)
+        _check_name("MaskedValueObjectiveConfig", "head", self.head)
 
 
 @dataclass(frozen=True)
-class MaskedGeneConfig:
+class MaskedGeneObjectiveConfig:
     """genemamba option (a): masked-gene prediction on the merged states."""
 
     head: str = "gene"  # name of the model's token_classification head (n_out = vocabulary size)
 
     def __post_init__(self):
-        _check_name("MaskedGeneConfig", "head", self.head)
+        _check_name("MaskedGeneObjectiveConfig", "head", self.head)
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ class MaskedValueObjective:
     Metrics: ``mse``, ``n_masked``.
     """
 
-    def __init__(self, config: MaskedValueConfig = MaskedValueConfig()):
+    def __init__(self, config: MaskedValueObjectiveConfig = MaskedValueObjectiveConfig()):
         self.config = config
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -379,7 +379,7 @@ class MaskedGeneObjective:
     Metrics: ``accuracy``, ``n_targets``.
     """
 
-    def __init__(self, config: MaskedGeneConfig = MaskedGeneConfig()):
+    def __init__(self, config: MaskedGeneObjectiveConfig = MaskedGeneObjectiveConfig()):
         self.config = config
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -550,7 +550,7 @@ class GeneMambaObjective:
         if config.lm == "next_token":
             self.lm = NextTokenObjective(NextTokenConfig(head=config.head, predict_special=config.predict_special))
         else:
-            self.lm = MaskedGeneObjective(MaskedGeneConfig(head=config.head))
+            self.lm = MaskedGeneObjective(MaskedGeneObjectiveConfig(head=config.head))
         self.pathway = None
         if config.pathway_weight > 0:
             if gene_sets is None:
@@ -631,8 +631,8 @@ class ContrastiveObjective:
 # ---------------------------------------------------------------------------------------------
 #: objective name -> (config class, objective class)
 OBJECTIVES = {
-    "masked_value": (MaskedValueConfig, MaskedValueObjective),
-    "masked_gene": (MaskedGeneConfig, MaskedGeneObjective),
+    "masked_value": (MaskedValueObjectiveConfig, MaskedValueObjective),
+    "masked_gene": (MaskedGeneObjectiveConfig, MaskedGeneObjective),
     "next_token": (NextTokenConfig, NextTokenObjective),
     "genemamba": (GeneMambaConfig, GeneMambaObjective),
     "contrastive": (ContrastiveConfig, ContrastiveObjective),

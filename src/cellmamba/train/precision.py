@@ -7,10 +7,10 @@ import contextlib
 import torch
 
 from ..errors import InputError
+from .config import PRECISIONS  # torch-free, where the config checks read it
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast"]
 
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

@@ -14,28 +14,34 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
-from .._util import seed_all
+from .._util import dataclass_from_dict, seed_all
 from ..models.checkpoint import INFERENCE_FORMAT, INFERENCE_NAME, INFERENCE_VERSION, VOCABULARY_NAME
 from ..errors import InputError
 from ..io import atomic_path, sha256_file
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME
 from ..vocab import N_SPECIAL, Vocabulary
 from .checkpoint import list_checkpoints
-from .data import (DataConfig, MaskedGeneCollator, MaskedGeneConfig, MaskedValueCollator, MaskedValueConfig,
-                   NextTokenCollator, TokenDataset, build_dataloader)
-from .loop import TrainConfig, train
+from .data import (DataConfig, MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
+                   MaskedValueCollator, NextTokenCollator, TokenDataset, build_dataloader)
+from .config import TrainConfig, check_optim
+from .loop import train
 from .objectives import build_objective
 
-__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "RESUMABLE_CHANGES", "build_pretrain_model", "inference_settings",
-           "run_pretraining"]
+__all__ = ["PretrainConfig", "RECIPE_TOKENIZER", "RECIPE_KEYS", "WORKFLOW_KEYS", "RESUMABLE_CHANGES",
+           "build_pretrain_model", "inference_settings", "run_pretraining"]
 
 log = logging.getLogger(__name__)
 
 #: the tokenization each census-pretrained recipe reads
 RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned"}
+#: PretrainConfig fields of one recipe's objective only; the other recipe's job leaves them at their defaults
+RECIPE_KEYS = {"genemamba": ("lm", "pathway_weight", "pathway_temperature"), "scmamba2": ("zeros_ratio",)}
+#: keys of the workflow's ``pretrain`` sub-tree that the workflow reads itself (which jobs, which GMT files)
+WORKFLOW_KEYS = ("recipes", "transformer_peers", "gene_sets")
 #: how each recipe's bidirectional backbone merges its two directions, as published: SC-MAMBA2 sums
 #: them in every layer (its section 4.2: the combined sequence goes to the next layer), GeneMamba
 #: gates them in every block (its Fig. 2). GeneMamba's next-token objective needs each direction's
@@ -86,6 +92,7 @@ class PretrainConfig:
     recompute: bool = False             # Mamba2 on CUDA: recompute activations in the backward pass (long contexts)
 
     def __post_init__(self):
+        check_optim(self)
         if self.recipe not in RECIPE_TOKENIZER:
             raise InputError(f"PretrainConfig: recipe must be one of {sorted(RECIPE_TOKENIZER)}, got {self.recipe!r}")
         if self.backbone == "transformer" and self.recipe == "genemamba" and self.lm != "masked_gene":
@@ -95,6 +102,55 @@ class PretrainConfig:
             raise InputError("PretrainConfig: genemamba's lm='next_token' predicts from each direction's own causal "
                              "states, which a per-layer merge mixes (a leak): merge_every='layer' cannot go with it "
                              "(config: pretrain.genemamba_lm and models.genemamba.merge_every; use 'stack')")
+
+    @classmethod
+    def from_workflow(cls, model: Mapping[str, Any], pretrain: Mapping[str, Any], *, name: str) -> "PretrainConfig":
+        """The config of the workflow's pretraining job ``name`` ("<recipe>", or
+        "<recipe>_transformer" for its same-size peer) from the ``models.<recipe>`` and
+        ``pretrain`` sub-trees of the workflow config, passed whole.
+
+        The keys are PretrainConfig's fields, except: ``models.<recipe>.backbone`` is also the
+        peer's ``match_backbone``; ``tokenizer`` must be the recipe's (:data:`RECIPE_TOKENIZER`);
+        ``micro_batch_size`` cells per pass reach ``pretrain.batch_size`` cells per optimizer
+        step by accumulation; ``pretrain.genemamba_lm`` is genemamba's ``lm``; the keys of the
+        other recipe's objective (:data:`RECIPE_KEYS`) and the workflow's own
+        (:data:`WORKFLOW_KEYS`) are left out. Unknown keys are an InputError.
+        """
+        recipe = name.removesuffix("_transformer")
+        if recipe not in RECIPE_TOKENIZER:
+            raise InputError(f"pretraining job {name!r}: recipe must be one of {sorted(RECIPE_TOKENIZER)}")
+        model, pretrain = dict(model), {k: v for k, v in pretrain.items() if k not in WORKFLOW_KEYS}
+        tokenizer = model.pop("tokenizer", RECIPE_TOKENIZER[recipe])
+        if tokenizer != RECIPE_TOKENIZER[recipe]:
+            raise InputError(f"config: models.{recipe}.tokenizer is {tokenizer!r}, but the {recipe} recipe reads "
+                             f"{RECIPE_TOKENIZER[recipe]!r} tokens; set it to {RECIPE_TOKENIZER[recipe]!r}")
+        if "genemamba_lm" in pretrain:
+            pretrain["lm"] = pretrain.pop("genemamba_lm")
+        for other, keys in RECIPE_KEYS.items():
+            if other != recipe:
+                for key in keys:
+                    pretrain.pop(key, None)
+        micro = model.pop("micro_batch_size", None)
+        if micro is not None:  # the same cells per optimizer step, in micro-batches that fit the GPU
+            batch, accum = pretrain.get("batch_size", cls.batch_size), pretrain.get("grad_accum", cls.grad_accum)
+            if not isinstance(micro, int) or micro < 1 or batch % micro:
+                raise InputError(f"config: models.{recipe}.micro_batch_size ({micro}) must divide "
+                                 f"pretrain.batch_size ({batch})")
+            pretrain.update(batch_size=micro, grad_accum=accum * (batch // micro))
+        backbone = model.get("backbone", cls.backbone)
+        model.update(match_backbone=backbone, backbone="transformer" if name.endswith("_transformer") else backbone)
+        clash = sorted(set(model) & set(pretrain))
+        if clash:
+            raise InputError(f"config: {clash} set in both models.{recipe} and pretrain")
+        return dataclass_from_dict(cls, {**pretrain, **model, "recipe": recipe},
+                                   where=f"config: models.{recipe} + pretrain")
+
+    def to_train_config(self) -> TrainConfig:
+        """The loop's settings: ``max_steps`` steps of ``batch_size`` cells per GPU (x ``grad_accum``)."""
+        return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                           max_steps=self.max_steps, grad_clip=self.grad_clip, grad_accum=self.grad_accum,
+                           batch_size=self.batch_size, log_every=self.log_every,
+                           checkpoint_every=self.checkpoint_every, seed=self.seed)
 
     @property
     def resolved_merge(self) -> tuple[str, str]:
@@ -144,10 +200,10 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
 
 def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
     if config.recipe == "scmamba2":
-        return MaskedValueCollator(MaskedValueConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
+        return MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
                                    seed=config.seed, rank=rank)
     if config.lm == "masked_gene":
-        return MaskedGeneCollator(MaskedGeneConfig(mask_ratio=config.mask_ratio), n_genes=n_genes,
+        return MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=config.mask_ratio), n_genes=n_genes,
                                   seed=config.seed, rank=rank)
     return NextTokenCollator(seed=config.seed, rank=rank)
 
@@ -273,10 +329,7 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
                               DataConfig(max_len=config.context_length, batch_size=config.batch_size,
                                          seed=config.seed, num_workers=config.num_workers),
                               rank=rank, world_size=world_size)
-    train_config = TrainConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-                               max_steps=config.max_steps, grad_clip=config.grad_clip, grad_accum=config.grad_accum,
-                               batch_size=config.batch_size, log_every=config.log_every,
-                               checkpoint_every=config.checkpoint_every, seed=config.seed)
+    train_config = config.to_train_config()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _guard_resume(out_dir, config, corpus, write=rank == 0)
