@@ -131,8 +131,8 @@ def make_plan(configfiles, *, snakefile: Path = REPO / "Snakefile", workdir: Pat
         for model in models:
             recipe = model.removesuffix("_transformer")
             add("pretrain", f"pretrain/{model}", {"model": model}, jobs_in_dag=1,
-                tokenizer=config["models"][recipe]["tokenizer"],
-                tokenize=dict(config["tokenize"][config["models"][recipe]["tokenizer"]],
+                tokenizer=g["RECIPE_TOKENIZER"][recipe],
+                tokenize=dict(config["tokenize"][g["RECIPE_TOKENIZER"][recipe]],
                               chunk_cells=config["tokenize"]["chunk_cells"]),
                 gene_sets=list(config["pretrain"]["gene_sets"]), target_sum=config["gene_stats"]["target_sum"])
         n_seeds = len(ev["seeds"])
@@ -356,10 +356,10 @@ def _summary(timer: StepTimer, warmup: int, n_params: int, device: str) -> dict:
 def run_pretrain(job: dict, work: Path, steps: int, vocab) -> dict:
     from cellmamba.train.pretrain import PretrainConfig, run_pretraining
 
-    s = dict(job["params"]["settings"])
-    configured = int(s["max_steps"])
-    s.update(max_steps=steps, warmup_steps=max(1, steps // 5), checkpoint_every=steps, log_every=1)
-    cfg = PretrainConfig(**s)
+    planned = PretrainConfig.from_workflow(**job["params"]["settings"])
+    configured = planned.max_steps
+    cfg = dataclasses.replace(planned, max_steps=steps, warmup_steps=max(1, steps // 5), checkpoint_every=steps,
+                              log_every=1)
     # enough cells that nearly every gene is detected somewhere: the rank tokenizer keeps only genes
     # with a corpus median, so a tiny starting corpus would shorten fine-tuning sequences
     cells = max(steps * cfg.batch_size * cfg.grad_accum + cfg.batch_size, MIN_CORPUS_CELLS)

@@ -5,6 +5,14 @@ from snakemake.utils import validate
 
 validate(config, "../config/schema.yaml")
 
+#: the tokens each recipe reads (cellmamba.train.pretrain.RECIPE_TOKENIZER; scmamba: genomic patches);
+#: models.<recipe>.tokenizer, where set, must say the same
+RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned", "scmamba": "patch"}
+for _name, _model in config["models"].items():
+    if _model.get("tokenizer", RECIPE_TOKENIZER[_name]) != RECIPE_TOKENIZER[_name]:
+        raise ValueError(f"config: models.{_name}.tokenizer is {_model['tokenizer']!r}, but the {_name} recipe reads "
+                         f"{RECIPE_TOKENIZER[_name]!r} tokens; set it to {RECIPE_TOKENIZER[_name]!r} or leave it out")
+
 SHARDS = [str(i) for i in range(config["census"]["n_shards"])]
 TOKENIZERS = list(config["tokenize"]["tokenizers"])
 
@@ -22,6 +30,12 @@ wildcard_constraints:
     shard=r"\d+",
     model="|".join(f"{r}(_transformer)?" for r in ("genemamba", "scmamba2")),
     tokenizer="|".join(["rank", "binned", "patch"]),
+
+
+def run_backend(section):
+    """The SSM kernels of a GPU job: the section's own ``backend`` where it sets one, else the
+    run's (the top-level ``backend``)."""
+    return section.get("backend") or config["backend"]
 
 
 def census_store():
@@ -94,7 +108,7 @@ def pretrain_inputs(wildcards):
     """The recipe's token corpus and the gene table (copied into the model directory as its
     vocabulary); genemamba's pathway loss also reads the GMT files."""
     recipe = _recipe(wildcards.model)
-    tokenizer = config["models"][recipe]["tokenizer"]
+    tokenizer = RECIPE_TOKENIZER[recipe]
     inputs = {"corpus": f"results/tokens/{tokenizer}/manifest.json", "gene_stats": "results/qc/gene_stats.tsv"}
     if recipe == "genemamba" and config["pretrain"]["pathway_weight"] > 0:
         inputs["gene_sets"] = config["pretrain"]["gene_sets"]
@@ -102,29 +116,16 @@ def pretrain_inputs(wildcards):
 
 
 def pretrain_settings(wildcards):
-    """cellmamba.train.pretrain.PretrainConfig fields of one model."""
+    """What cellmamba.train.pretrain.PretrainConfig.from_workflow takes: the models.<recipe> and
+    pretrain sub-trees whole (pretrain's backend: the run's, unless it sets its own) and the job's
+    model name."""
     recipe, p = _recipe(wildcards.model), config["pretrain"]
     m = config["models"][recipe]
-    keys = ("mask_ratio", "batch_size", "max_steps", "lr", "warmup_steps", "weight_decay", "grad_clip",
-            "grad_accum", "checkpoint_every", "log_every", "seed", "backend", "recompute")
-    settings = {k: p[k] for k in keys}
     micro = m.get("micro_batch_size")
-    if micro is not None:  # the same cells per optimizer step, in micro-batches that fit the GPU
-        if p["batch_size"] % micro:
-            raise ValueError(f"config: models.{recipe}.micro_batch_size ({micro}) must divide pretrain.batch_size "
-                             f"({p['batch_size']})")
-        settings.update(batch_size=micro, grad_accum=p["grad_accum"] * (p["batch_size"] // micro))
-    settings.update(recipe=recipe, d_model=m["d_model"], n_layers=m["n_layers"], context_length=m["context_length"],
-                    d_state=m.get("d_state"), merge=m.get("merge"), merge_every=m.get("merge_every"),
-                    value_encoding=m.get("value_encoding"),
-                    match_backbone=m["backbone"],
-                    backbone="transformer" if wildcards.model.endswith("_transformer") else m["backbone"])
-    if recipe == "genemamba":
-        settings.update(lm=p["genemamba_lm"], pathway_weight=p["pathway_weight"],
-                        pathway_temperature=p["pathway_temperature"])
-    else:
-        settings.update(zeros_ratio=p["zeros_ratio"])
-    return settings
+    if micro is not None and p["batch_size"] % micro:  # fails the DAG, not the job
+        raise ValueError(f"config: models.{recipe}.micro_batch_size ({micro}) must divide pretrain.batch_size "
+                         f"({p['batch_size']})")
+    return {"model": dict(m), "pretrain": {**p, "backend": run_backend(p)}, "name": wildcards.model}
 
 
 def pretrained_models():

@@ -95,7 +95,8 @@ def gene_overlap_settings():
 
 def finetune_settings(task):
     def settings(wildcards):
-        return {**EVAL[task]["finetune"], "seed": int(wildcards.seed)}
+        finetune = EVAL[task]["finetune"]
+        return {**finetune, "seed": int(wildcards.seed), "backend": run_backend(finetune)}
     return settings
 
 
@@ -161,7 +162,7 @@ def multiomics_settings(wildcards):
     m = config["models"]["scmamba"]
     settings = {**EVAL["multiomics"]["train"], "arch": MULTIOMICS_ARCH[wildcards.method], "d_model": m["d_model"],
                 "n_layers": m["n_layers"], "patch_size": config["tokenize"]["patch"]["patch_size"],
-                "seed": int(wildcards.seed)}
+                "seed": int(wildcards.seed), "backend": run_backend(EVAL["multiomics"]["train"])}
     for key in ("d_state", "merge", "merge_every"):  # null: MultiomicsConfig's default
         if m.get(key) is not None:
             settings[key] = m[key]

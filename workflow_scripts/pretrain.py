@@ -1,4 +1,5 @@
 """Rule pretrain: one model on its recipe's token corpus; torchrun when the job has several GPUs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,14 +17,14 @@ from cellmamba.train.pretrain import PretrainConfig, run_pretraining
 
 os.environ.setdefault("TRITON_CACHE_DIR", str(Path(snakemake.params.triton_cache).resolve()))
 out_dir = Path(snakemake.output.model).parent
-config = PretrainConfig(**snakemake.params.settings)
+config = PretrainConfig.from_workflow(**snakemake.params.settings)
 gene_stats = snakemake.input.get("gene_stats")
 gene_sets = list(snakemake.input.get("gene_sets", []))
 n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
 if n_gpus > 1:  # one process per GPU, data parallel
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",
            "-m", "cellmamba", "pretrain", "--corpus", snakemake.input.corpus, "--out", str(out_dir),
-           "--config", json.dumps(snakemake.params.settings), "--log", snakemake.log[0] + ".ranks"]
+           "--config", json.dumps(dataclasses.asdict(config)), "--log", snakemake.log[0] + ".ranks"]
     if gene_stats:
         cmd += ["--gene-stats", gene_stats]
     if gene_sets:

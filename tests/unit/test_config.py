@@ -106,3 +106,56 @@ def test_resolved_paper_config_is_the_full_reproduction():
         assert cfg["models"][recipe]["d_model"] >= 512 and cfg["models"][recipe]["n_layers"] >= 12
     assert cfg["tokenize"]["rank"]["max_len"] == 2048
     assert cfg["tokenize"]["binned"]["n_bins"] == 51
+
+
+def _schema_defaults(node, schema):
+    """key -> default (or the marker NO_DEFAULT) of an object schema node, $refs followed."""
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return {k: v.get("default", NO_DEFAULT) for k, v in node["properties"].items()}
+
+
+NO_DEFAULT = object()
+
+
+def _field_defaults(cls):
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _mirror(sub_tree: dict, cls, *, from_rule=(), renamed=None, workflow=()):
+    """The schema sub-tree's keys (renamed, the workflow's own left out) are the dataclass's fields
+    less those the rule fills in (``from_rule``); each default is the field's, an override without
+    a default (backend) inheriting the run's top-level default."""
+    schema = _load("schema.yaml")
+    renamed = renamed or {}
+    keys = {renamed.get(k, k): v for k, v in sub_tree.items() if k not in workflow}
+    fields = _field_defaults(cls)
+    assert set(keys) == set(fields) - set(from_rule), (cls.__name__, set(keys) ^ (set(fields) - set(from_rule)))
+    top = schema["properties"]["backend"]["default"]
+    for key, default in keys.items():
+        default = top if default is NO_DEFAULT and key == "backend" else default
+        assert default == fields[key], (cls.__name__, key, default, fields[key])
+
+
+def test_each_schema_sub_tree_mirrors_its_dataclass():
+    from cellmamba.tasks import FinetuneConfig
+    from cellmamba.tasks.multiomics import MultiomicsConfig
+    from cellmamba.tasks.perturb import PerturbConfig
+    from cellmamba.train.pretrain import WORKFLOW_KEYS, PretrainConfig
+
+    schema = _load("schema.yaml")
+    ev = schema["properties"]["evaluation"]["properties"]
+    for task in ("annotation", "integration"):
+        _mirror(_schema_defaults(ev[task]["properties"]["finetune"], schema), FinetuneConfig, from_rule=("seed",))
+    _mirror(_schema_defaults(ev["perturbation"]["properties"]["finetune"], schema), PerturbConfig, from_rule=("seed",))
+    _mirror(_schema_defaults(ev["multiomics"]["properties"]["train"], schema), MultiomicsConfig,
+            from_rule=("arch", "d_model", "n_layers", "d_state", "merge", "merge_every", "patch_size", "seed"))
+    # a pretraining job reads models.<recipe> and pretrain whole (PretrainConfig.from_workflow)
+    model = _schema_defaults(schema["$defs"]["model"], schema)
+    pretrain = _schema_defaults(schema["properties"]["pretrain"], schema)
+    assert not set(model) & set(pretrain)
+    _mirror({**model, **pretrain}, PretrainConfig, renamed={"genemamba_lm": "lm"},
+            workflow=("tokenizer", "micro_batch_size", *WORKFLOW_KEYS),
+            from_rule=("recipe", "match_backbone", "num_workers"))

@@ -3,6 +3,7 @@ params, and the harness runs each rule's real entry point at tiny sizes on CPU."
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import re
@@ -54,8 +55,10 @@ def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
     models.<recipe>.micro_batch_size; fine-tuning settings are evaluation.<task>.finetune + seed."""
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     jobs = {j["job"]: j for j in paper_plan["jobs"]}
+    from cellmamba.train.pretrain import PretrainConfig
+
     for model in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer"):
-        s = jobs[f"pretrain/{model}"]["params"]["settings"]
+        s = dataclasses.asdict(PretrainConfig.from_workflow(**jobs[f"pretrain/{model}"]["params"]["settings"]))
         recipe = model.removesuffix("_transformer")
         assert s["batch_size"] == paper["models"][recipe]["micro_batch_size"]
         assert s["batch_size"] * s["grad_accum"] == paper["pretrain"]["batch_size"] * paper["pretrain"]["grad_accum"]
@@ -64,7 +67,8 @@ def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
             assert s[key] == paper["models"][recipe][key], (model, key)
         assert s["backbone"] == ("transformer" if model.endswith("_transformer") else paper["models"][recipe]["backbone"])
     ann = jobs["finetune_annotation/scmamba2"]
-    assert ann["params"]["settings"] == {**paper["evaluation"]["annotation"]["finetune"], "seed": 0}
+    assert ann["params"]["settings"] == {**paper["evaluation"]["annotation"]["finetune"], "seed": 0,
+                                         "backend": paper["backend"]}
     assert ann["datasets"] == paper["evaluation"]["annotation"]["datasets"]
     assert jobs["finetune_integration/protocol/genemamba"]["params"]["genes"]["n_hvg"] == 1200
     assert jobs["finetune_integration/all_genes/genemamba"]["params"]["genes"] == {"n_hvg": None, "min_counts": 0}
@@ -77,6 +81,19 @@ def test_micro_batch_that_does_not_divide_the_batch_is_a_config_error(tmp_path):
     overlay.write_text(yaml.safe_dump({"models": {"scmamba2": {"micro_batch_size": 3}}}))
     with pytest.raises(Exception, match=r"models\.scmamba2\.micro_batch_size \(3\) must divide pretrain\.batch_size"):
         _module().make_plan([REPO / "config" / "paper.yaml", overlay])
+
+
+def test_a_tokenizer_other_than_the_recipes_is_a_config_error(tmp_path):
+    """models.<recipe>.tokenizer is a check: another value fails the DAG with the recipe's tokens named."""
+    from cellmamba.train.pretrain import RECIPE_TOKENIZER
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"models": {"genemamba": {"tokenizer": "binned"}}}))
+    with pytest.raises(Exception, match=r"models\.genemamba\.tokenizer is 'binned', but the genemamba recipe reads 'rank'"):
+        _module().make_plan([REPO / "config" / "paper.yaml", overlay])
+    with _module()._workflow([REPO / "config" / "paper.yaml"], REPO / "Snakefile", REPO) as wf:
+        rules = wf.globals["RECIPE_TOKENIZER"]
+    assert {r: rules[r] for r in RECIPE_TOKENIZER} == RECIPE_TOKENIZER  # the workflow's table is the package's
 
 
 def test_counts_generator_expresses_exactly_nnz_genes_per_cell():
@@ -112,7 +129,10 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     for job, r in rows.items():
         assert r["status"] == "ok", (job, r["error"])
     jobs = {j["job"]: j for j in json.loads(plan.read_text())["jobs"]}
-    pre, s = rows["pretrain/genemamba"], jobs["pretrain/genemamba"]["params"]["settings"]
+    from cellmamba.train.pretrain import PretrainConfig
+
+    pre = rows["pretrain/genemamba"]
+    s = dataclasses.asdict(PretrainConfig.from_workflow(**jobs["pretrain/genemamba"]["params"]["settings"]))
     metrics = list(csv.DictReader(open(tmp_path / "w" / f"pretrain_genemamba_steps{steps}" / "metrics.csv")))
     assert len(metrics) == steps  # log_every 1: one row per optimizer step
     assert int(pre["steps_timed"]) == steps - warmup
