@@ -257,7 +257,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     """
     from tqdm.auto import tqdm
 
-    from ..train.precision import autocast as _autocast, resolve_precision
+    from ..train.precision import autocast, resolve_precision
 
     device = pick_device(device)
     model = model.to(device).eval()
@@ -266,7 +266,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     embs, logits = [], []
     for batch in tqdm(loader, desc="embed", disable=not progress, dynamic_ncols=True):
         batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out = _model_forward(model, batch)
             embs.append(pool_cells(out, pooling).float().cpu())
             if classifier:

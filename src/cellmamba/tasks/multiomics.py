@@ -435,7 +435,7 @@ def embed_modalities(model: TwoTowerModel, data: Mapping[str, ModalityData], *, 
     """
     from tqdm.auto import tqdm
 
-    from ..train.precision import autocast as _autocast, resolve_precision
+    from ..train.precision import autocast, resolve_precision
 
     device = pick_device(device)
     model = model.to(device).eval()
@@ -445,7 +445,7 @@ def embed_modalities(model: TwoTowerModel, data: Mapping[str, ModalityData], *, 
     for start in tqdm(range(0, n, batch_size), desc="embed", disable=not progress, dynamic_ncols=True):
         rows = np.arange(start, min(start + batch_size, n))
         batch = {k: v.to(device) for k, v in _batch(data, rows).items()}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             z = model(batch)
         for m in model.modalities:
             parts[m].append(F.normalize(z[m].float(), dim=-1).cpu())

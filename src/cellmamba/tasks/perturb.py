@@ -56,7 +56,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ..baselines.perturbation import CTRL, condition_genes
+from ..conditions import CTRL, condition_genes
 from ..datasets import VAR_GENE_NAME
 from .._util import seed_all
 from ..errors import InputError
@@ -287,7 +287,7 @@ def predict_conditions(model: PerturbationModel, ctrl_values, conditions: Sequen
     """
     from tqdm.auto import tqdm
 
-    from ..train.precision import autocast as _autocast, resolve_precision
+    from ..train.precision import autocast, resolve_precision
 
     conditions = [str(c) for c in conditions]
     dup = sorted(pd.Index(conditions)[pd.Index(conditions).duplicated()].unique())
@@ -315,7 +315,7 @@ def predict_conditions(model: PerturbationModel, ctrl_values, conditions: Sequen
         r, o = rows[start:start + batch_size], owner[start:start + batch_size]
         values = torch.from_numpy(_dense_rows(ctrl, r)).to(device)
         f = torch.from_numpy(flags[o].astype(np.int64)).to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             pred = model(ids.expand(len(r), -1), values, f, torch.ones_like(f, dtype=torch.bool))
         sums.index_add_(0, torch.from_numpy(o).to(device), pred.double())
     df = pd.DataFrame((sums / pool_size).cpu().numpy().astype(np.float32), index=pd.Index(conditions, name="condition"),
