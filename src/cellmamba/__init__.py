@@ -3,12 +3,8 @@
 The package does the work of the Snakemake workflow in this repository; it never imports
 snakemake and never reads YAML itself (configuration arrives as dataclasses / parameters).
 """
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("cellmamba")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 from .errors import CellmambaError, CorruptFileError, InputError
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["CTRL", "condition_genes", "canonical_condition", "gene_set", "invalid_conditions", "gears_de_genes",
+__all__ = ["CTRL", "prediction_targets", "condition_genes", "canonical_condition", "gene_set", "invalid_conditions", "gears_de_genes",
            "de_gene_lists", "UNS_DE_GENES", "OBS_CONDITION_NAME"]
 
 log = logging.getLogger(__name__)
@@ -129,3 +129,24 @@ def de_gene_lists(adata, conditions: Sequence[str], *, n_de: int = 20, condition
                                                   index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
     ranked = gears_de_genes(work, ctrl_name=CTRL)
     return {c: [str(g) for g in ranked[c][:n_de]] for c in conditions}
+
+
+def prediction_targets(split) -> tuple[list[str], list[str]]:
+    """What every perturbation method predicts: the split's test conditions (as spelled in the
+    data, ``ctrl`` excluded), then the reverse-perturbation candidates that perturb other gene
+    sets than those (canonical spelling).
+
+    Returns
+    -------
+    conditions, roles
+        Equal-length lists; roles are ``"test"`` or ``"reverse_candidate"``.
+    """
+    conditions = [c for c in split.test if c != CTRL]
+    seen = {condition_genes(c) for c in conditions}
+    roles = ["test"] * len(conditions)
+    for c in split.reverse_candidates:
+        if condition_genes(c) not in seen:
+            seen.add(condition_genes(c))
+            conditions.append(c)
+            roles.append("reverse_candidate")
+    return conditions, roles

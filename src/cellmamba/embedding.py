@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -293,7 +292,7 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     in ``adata.uns["cellmamba"]["embeddings"][key]`` (checkpoint, recipe, pooling, tokenizer,
     max_len, max_len_from, value_source, x_kind, n_genes_used, n_genes_unmapped, vocabulary, device).
     """
-    from . import __version__
+    from ._version import __version__
     from .models import CellModel
     from .tasks.finetune import FinetuneConfig, collator_for, embed_cells, pick_device, resolve_pooling
     from .tasks.tokens import TokenCells
@@ -336,24 +335,12 @@ def checkpoint_info(checkpoint: str | os.PathLike) -> dict:
     (the weights are not loaded): recipe, tokenizer, backbone, sizes, parameter counts, heads,
     vocabulary, training context (and the file it was read from: inference.json, or the run's
     pretrain_config.json for a directory saved before)."""
-    from safetensors import safe_open
-
-    from .models.checkpoint import WEIGHTS_NAME
+    from .models.checkpoint import parameter_counts
     from .vocab import N_SPECIAL
 
     checkpoint = Path(checkpoint)
     config = _config(checkpoint)
-    weights = checkpoint / WEIGHTS_NAME
-    if not weights.is_file():
-        raise InputError(f"{weights}: no such file (expected the weights of a cellmamba model directory)")
-    counts: dict[str, int] = {}
-    try:
-        with safe_open(str(weights), framework="numpy") as fh:
-            for name in fh.keys():
-                part = name.split(".")[0]
-                counts[part] = counts.get(part, 0) + math.prod(fh.get_slice(name).get_shape())
-    except Exception as exc:  # safetensors raises its own types for damaged headers
-        raise CorruptFileError(f"{weights}: unreadable safetensors header ({type(exc).__name__}: {exc})") from exc
+    counts = parameter_counts(checkpoint)
     emb, bb = config.embedding, config.backbone
     context, context_from = _training_context(checkpoint, config=config)
     try:

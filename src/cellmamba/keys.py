@@ -28,6 +28,8 @@ OBS_SPLIT = "split"
 OBS_CONDITION = "condition"
 #: obs column of the standard schema: the cell's measured modalities joined by "+" (e.g. ``rna+atac``)
 OBS_MODALITY = "modality"
+#: obs column of a perturbation predictions file: "test" (a test condition) or "reverse_candidate"
+OBS_ROLE = "role"
 
 # --------------------------------------------------------------------------- var
 #: var column of the census gene table (the vocabulary): the Ensembl id (also the var index)

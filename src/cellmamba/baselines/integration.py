@@ -233,7 +233,7 @@ def integrate_baseline(adata, method: str, *, seed: int, n_hvg: int | None = Non
         Select this many highly variable genes first (``hvg_flavor``); None uses every gene.
     genes
         bool (n_genes,): use exactly these genes instead (e.g. the models' selection,
-        :func:`cellmamba.tasks.select_genes`); exclusive with ``n_hvg``. Log-normalisation is
+        :func:`cellmamba.datasets.selection.select_genes`); exclusive with ``n_hvg``. Log-normalisation is
         computed over every gene before the columns are selected.
     **settings
         Fields of the method's settings class; an unknown key is an InputError.
@@ -290,7 +290,7 @@ def run_integration_baseline(dataset: str | os.PathLike, embedding: str | os.Pat
         The method's settings as a dict; may hold ``n_hvg``.
     genes
         The run's gene protocol ``{"n_hvg": int | None, "min_counts": int}``, the rule's
-        ``params.genes``: the genes are then chosen by :func:`cellmamba.tasks.select_genes`,
+        ``params.genes``: the genes are then chosen by :func:`cellmamba.datasets.selection.select_genes`,
         the function that chooses the fine-tuned models' genes, so baselines and models see the
         same genes. Exclusive with ``settings["n_hvg"]``.
 
@@ -312,7 +312,7 @@ def run_integration_baseline(dataset: str | os.PathLike, embedding: str | os.Pat
         unknown = sorted(set(genes) - {"n_hvg", "min_counts"})
         if unknown:
             raise InputError(f"{what}: gene protocol keys {unknown} unknown; expected n_hvg, min_counts")
-        from ..tasks.tokens import select_genes  # the models' gene selection
+        from ..datasets.selection import select_genes  # the models' gene selection
 
         mask = select_genes(adata, n_hvg=genes.get("n_hvg"), min_counts=genes.get("min_counts") or 0,
                             source=str(dataset))

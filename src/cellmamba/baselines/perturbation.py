@@ -26,15 +26,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..conditions import CTRL, canonical_condition, condition_genes
+from ..conditions import CTRL, canonical_condition, condition_genes, prediction_targets
 from ..datasets.gears_split import read_split
 from ..errors import InputError
+from ..keys import OBS_ROLE
 
 __all__ = ["PERTURBATION_METHODS", "CTRL", "condition_genes", "additive_flags", "perturbation_baseline",
            "prediction_targets", "run_perturbation_baseline", "OBS_ROLE"]
 
-#: obs column of a predictions file: "test" (a test condition) or "reverse_candidate"
-OBS_ROLE = "role"
 
 log = logging.getLogger(__name__)
 
@@ -141,27 +140,6 @@ def perturbation_baseline(X, conditions: Sequence[str], *, method: str, train_co
                 pred = pred + effects[g]
         out[c] = pred
     return out
-
-
-def prediction_targets(split) -> tuple[list[str], list[str]]:
-    """What every perturbation method predicts: the split's test conditions (as spelled in the
-    data, ``ctrl`` excluded), then the reverse-perturbation candidates that perturb other gene
-    sets than those (canonical spelling).
-
-    Returns
-    -------
-    conditions, roles
-        Equal-length lists; roles are ``"test"`` or ``"reverse_candidate"``.
-    """
-    conditions = [c for c in split.test if c != CTRL]
-    seen = {condition_genes(c) for c in conditions}
-    roles = ["test"] * len(conditions)
-    for c in split.reverse_candidates:
-        if condition_genes(c) not in seen:
-            seen.add(condition_genes(c))
-            conditions.append(c)
-            roles.append("reverse_candidate")
-    return conditions, roles
 
 
 def run_perturbation_baseline(dataset, split, out, *, method: str, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..errors import CorruptFileError, InputError
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "VOCABULARY_NAME", "INFERENCE_NAME", "INFERENCE_FORMAT", "INFERENCE_VERSION",
+__all__ = ["parameter_counts", "WEIGHTS_NAME", "CONFIG_NAME", "VOCABULARY_NAME", "INFERENCE_NAME", "INFERENCE_FORMAT", "INFERENCE_VERSION",
            "load_state_dict_strict", "write_weights", "read_weights"]
 
 #: file names inside a model directory
@@ -77,3 +77,24 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CorruptFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
+    """Parameters per top-level module (``backbone``, ``embedding``, ``heads``, ...) of a model
+    directory, read from its safetensors header: no weights are loaded."""
+    import math
+
+    from safetensors import safe_open
+
+    weights = Path(model_dir) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise InputError(f"{weights}: no such file (expected the weights of a cellmamba model directory)")
+    counts: dict[str, int] = {}
+    try:
+        with safe_open(str(weights), framework="numpy") as fh:
+            for name in fh.keys():
+                part = name.split(".")[0]
+                counts[part] = counts.get(part, 0) + math.prod(fh.get_slice(name).get_shape())
+    except Exception as exc:  # safetensors raises its own types for damaged headers
+        raise CorruptFileError(f"{weights}: unreadable safetensors header ({type(exc).__name__}: {exc})") from exc
+    return counts

@@ -121,10 +121,10 @@ class CellModel(nn.Module):
     # ---- persistence ----
     def write_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors into an existing ``directory`` (not atomic)."""
-        directory = Path(directory)
-        import cellmamba
+        from .._version import __version__
 
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cellmamba_version": cellmamba.__version__,
+        directory = Path(directory)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cellmamba_version": __version__,
                 "config": self.config.to_dict()}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         write_weights(self, directory / WEIGHTS_NAME)

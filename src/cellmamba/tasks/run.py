@@ -51,12 +51,12 @@ def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: 
 
 
 def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, extra: dict) -> None:
-    from ..embedding import checkpoint_info
+    from ..models.checkpoint import parameter_counts
 
     # parameter counts from the weights file's header: no model is built or loaded for them
-    counts = checkpoint_info(model_dir)
-    info = provenance({"model": str(model_dir), "pretrained_params": counts["n_parameters"],
-                       "pretrained_params_backbone": counts["n_parameters_backbone"],
+    counts = parameter_counts(model_dir)
+    info = provenance({"model": str(model_dir), "pretrained_params": sum(counts.values()),
+                       "pretrained_params_backbone": counts.get("backbone", 0),
                        "n_genes_selected": genes_used, "config": dataclasses.asdict(config), **extra})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
@@ -111,7 +111,8 @@ def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config
     The split's ``train`` conditions are the training targets and ``val`` the validation
     targets; ``ctrl`` cells are only ever inputs (SC-MAMBA2 removes ctrl from both lists).
     """
-    from ..baselines.perturbation import OBS_ROLE, prediction_targets
+    from ..conditions import prediction_targets
+    from ..keys import OBS_ROLE
     from ..datasets.gears_split import read_split
     from ..io import write_profiles
     from .perturb import run_perturbation

@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..datasets import VAR_GENE_ID, VAR_GENE_NAME, counts_matrix, log_normalized, x_kind
+from ..datasets.selection import select_genes
 from ..errors import InputError
 from ..genes import looks_like_ensembl, map_symbols
-from ..keys import LAYER_COUNTS, OBS_BATCH, VAR_FEATURE_ID, VAR_FEATURE_NAME
+from ..keys import LAYER_COUNTS, VAR_FEATURE_ID, VAR_FEATURE_NAME
 from ..tokenize import BinnedConfig, RankConfig, TokenBatch, tokenize_binned, tokenize_rank
 from ..vocab import N_SPECIAL
 
@@ -148,45 +149,6 @@ def gene_weights(adata) -> np.ndarray:
     X = adata.layers[LAYER_COUNTS] if LAYER_COUNTS in adata.layers else adata.X
     X = abs(X) if sp.issparse(X) else np.abs(np.asarray(X))
     return np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
-
-
-def select_genes(adata, *, n_hvg: int | None = None, min_counts: int = 0, source: str = "dataset") -> np.ndarray:
-    """bool (n_vars,): the genes a protocol uses.
-
-    ``min_counts``: genes with fewer total counts dropped first (scGPT's
-    ``filter_gene_by_counts``; needs counts). ``n_hvg``: highly variable genes as scGPT selects
-    them: ``seurat_v3`` on counts when the dataset has counts, else ``cell_ranger`` on the
-    log-normalised values, with ``batch_key="batch"`` when obs has batches. None = all genes.
-    """
-    import anndata as ad
-    import scanpy as sc
-
-    keep = np.ones(adata.n_vars, dtype=bool)
-    has_counts = LAYER_COUNTS in adata.layers or x_kind(adata, source=source) == "counts"
-    if min_counts:
-        if not has_counts:
-            raise InputError(f"{source}: filter_gene_by_counts={min_counts} needs raw counts, which it lacks")
-        keep &= np.asarray(counts_matrix(adata, source=source).sum(axis=0)).ravel() >= min_counts
-    if n_hvg is None:
-        return keep
-    if n_hvg >= int(keep.sum()):
-        return keep
-    idx = np.flatnonzero(keep)
-    batch = adata.obs[OBS_BATCH].astype(str).to_numpy() if OBS_BATCH in adata.obs else None
-    batch_key = "batch" if batch is not None and len(set(batch)) > 1 else None
-    obs = pd.DataFrame({"batch": batch} if batch_key else {}, index=adata.obs_names.astype(str))
-    if has_counts:
-        X = sp.csr_matrix(counts_matrix(adata, source=source), dtype=np.float32)[:, idx]
-        tmp = ad.AnnData(X=X, obs=obs)
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat_v3", batch_key=batch_key)
-    else:
-        tmp = ad.AnnData(X=log_normalized(adata, source=source)[:, idx], obs=obs)
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="cell_ranger", batch_key=batch_key)
-    hvg = np.zeros(adata.n_vars, dtype=bool)
-    hvg[idx[tmp.var["highly_variable"].to_numpy()]] = True
-    log.info("%s: %d highly variable genes (%s)", source, int(hvg.sum()), "seurat_v3 on counts" if has_counts
-             else "cell_ranger on log-normalised values")
-    return hvg
 
 
 def _to_vocab_columns(X, index: np.ndarray, n_vocab: int) -> sp.csr_matrix:

@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path, sha256_file
 
