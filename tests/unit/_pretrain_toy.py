@@ -72,6 +72,15 @@ def settings(recipe: str, **changes) -> dict:
     return {**base, **changes}
 
 
+def workflow_settings(flat: dict) -> dict:
+    """The pretrain rule's params (what rules/common.smk's pretrain_settings gives and
+    PretrainConfig.from_workflow takes) for the PretrainConfig fields ``flat``: every field in the
+    ``models.<recipe>`` sub-tree, an empty ``pretrain`` one, the job named after the recipe."""
+    assert flat["match_backbone"] == flat["backbone"], "a Mamba job matches its own backbone"
+    model = {k: v for k, v in flat.items() if k not in ("recipe", "match_backbone")}
+    return {"model": model, "pretrain": {}, "name": flat["recipe"]}
+
+
 class _Named(dict):
     """Snakemake's named lists: ``x.name`` and ``x.get(name)``."""
 
@@ -79,13 +88,15 @@ class _Named(dict):
 
 
 def run_rule_script(out_dir: Path, corpus: Path, gene_stats: Path, run_settings: dict) -> None:
-    """workflow_scripts/pretrain.py as the pretrain rule runs it, with a stand-in ``snakemake``."""
+    """workflow_scripts/pretrain.py as the pretrain rule runs it, with a stand-in ``snakemake``;
+    ``run_settings`` are PretrainConfig fields (:func:`settings`)."""
     out_dir = Path(out_dir)
     smk = SimpleNamespace(
         scriptdir=str(REPO / "workflow_scripts"), log=[str(out_dir.parent / f"{out_dir.name}.log")],
         input=_Named(corpus=str(corpus), gene_stats=str(gene_stats)),
         output=SimpleNamespace(model=str(out_dir / "model"), metrics=str(out_dir / "metrics.csv")),
-        params=SimpleNamespace(settings=run_settings, triton_cache=str(out_dir.parent / ".triton_cache")),
+        params=SimpleNamespace(settings=workflow_settings(run_settings),
+                               triton_cache=str(out_dir.parent / ".triton_cache")),
         resources=_Named(gpu=0))
     runpy.run_path(str(REPO / "workflow_scripts" / "pretrain.py"), init_globals={"snakemake": smk})
 

@@ -48,7 +48,7 @@ def _snakemake(work: Path, **changes) -> subprocess.CompletedProcess:
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump({"corpus": str(work / "rank" / "manifest.json"),
                                       "gene_stats": str(work / "gene_stats.tsv"),
-                                      "settings": toy.settings("genemamba", **changes)}))
+                                      "settings": toy.workflow_settings(toy.settings("genemamba", **changes))}))
     return subprocess.run([sys.executable, "-m", "snakemake", f"{RUN}/model", "--cores", "1", "--configfile",
                            str(config)], cwd=work, env=_env(), capture_output=True, text=True, timeout=600)
 
