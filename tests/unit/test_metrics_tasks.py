@@ -145,6 +145,17 @@ def test_table_metric_order_is_each_tasks_own():
                                                                "label_transfer_2to1"]
 
 
+def test_table_metric_order_keeps_a_metric_family_together():
+    """The perturbation table's DE-gene metrics are named by the configured number of DE genes
+    (``pearson_delta_de50``); each sits with its family (``pearson_delta*`` before ``mse*``), by
+    name within it, and the counts come last."""
+    from cellmamba.metrics import metrics_frame
+
+    names = ["n_conditions", "mse_de50", "top1", "pearson_delta_de50", "mse", "pearson_delta"]
+    out = summarize([metrics_frame(dict.fromkeys(names, 0.5), task="perturbation", dataset="d", method="m", seed=0)])
+    assert list(out["metric"]) == ["pearson_delta", "pearson_delta_de50", "mse", "mse_de50", "top1", "n_conditions"]
+
+
 def test_de_gene_lists_without_published_ranking_reproduce_it():
     """Data without GEARS' uns ranking get the same top-20 DE genes recomputed (GEARS' get_DE_genes)."""
     from cellmamba.datasets import simulate_perturbation

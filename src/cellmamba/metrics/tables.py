@@ -18,10 +18,10 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path, read_json_object
-from .classification import ANNOTATION_METRICS, METRICS as _ANNOTATION
-from .foscttm import METRICS as _MULTIOMICS, MULTIOMICS_METRICS
-from .integration import INTEGRATION_METRICS, METRICS as _INTEGRATION
-from .perturbation import METRICS as _PERTURBATION, REVERSE_KS
+from .classification import METRICS as _ANNOTATION
+from .foscttm import METRICS as _MULTIOMICS
+from .integration import METRICS as _INTEGRATION
+from .perturbation import METRICS as _PERTURBATION
 from .rows import CORE_COLUMNS, DIRECTIONS, NOTE, metrics_frame, read_metrics, write_csv
 
 __all__ = ["CORE_COLUMNS", "NOTE", "higher_is_better", "metrics_frame", "write_csv", "read_metrics",
@@ -62,11 +62,19 @@ def higher_is_better(metric: str) -> bool | None:
     return None if direction == "unranked" else direction == "higher"
 
 
-def _metric_order() -> list[str]:
-    # multi-omics' own metrics lead its table; its nmi / ari keep integration's place after them
-    return [*ANNOTATION_METRICS, "foscttm", "omics_mixing_entropy", *INTEGRATION_METRICS, "pearson_delta",
-            "pearson_delta_de20", "mse", "mse_de20", *(f"top{k}" for k in REVERSE_KS), "n_conditions", "n_queries",
-            *MULTIOMICS_METRICS]
+#: each table's metric order: its task's declaration (a name's first matching entry; ``name*``
+#: entries place the family's names together, by name)
+TASK_METRICS = {"annotation": _ANNOTATION, "integration": _INTEGRATION, "perturbation": _PERTURBATION,
+                "reverse_perturbation": _PERTURBATION, "multiomics": _MULTIOMICS}
+
+
+def _order_in(declared: Mapping[str, str], metric: str) -> int:
+    """Position of ``metric`` in a module's ``METRICS`` (exact name, else its ``name*`` family);
+    past the end when the module does not declare it."""
+    for i, name in enumerate(declared):
+        if metric == name or (name.endswith("*") and metric.startswith(name[:-1])):
+            return i
+    return len(declared)
 
 
 def _flag_columns(frame: pd.DataFrame) -> list[str]:
@@ -120,10 +128,8 @@ def summarize(frames: Iterable[pd.DataFrame] | pd.DataFrame) -> pd.DataFrame:
 
     out = frame.groupby(keys, sort=False, dropna=False)[["value", NOTE]].apply(agg).reset_index()
     out["n_seeds"] = out["n_seeds"].astype(int)
-    order = {}
-    for m in _metric_order():  # first place wins (nmi / ari are integration's and multi-omics' metrics)
-        order.setdefault(m, len(order))
-    out["_order"] = out["metric"].map(lambda m: order.get(m, len(order)))
+    out["_order"] = [_order_in(TASK_METRICS.get(task, METRIC_DIRECTIONS), metric)
+                     for task, metric in zip(out["task"], out["metric"])]
     out = out.sort_values(["task", "dataset", "method", *flags, "_order", "metric"], kind="stable")
     return out.drop(columns="_order").reset_index(drop=True)
 
