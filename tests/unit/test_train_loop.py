@@ -5,6 +5,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,44 @@ def test_evaluate_leaves_rng_and_mode_untouched():
     torch.manual_seed(5)
     assert torch.equal(after_eval, torch.rand(4))
     assert model.training and set(result) == {"loss", "accuracy"}
+
+
+def _per_cell_objective(model, batch):
+    """Loss: the batch's mean of a per-cell value x; metric ``x2``: the mean of x**2."""
+    x = batch["x"].double()
+    return x.mean(), {"x2": float((x * x).mean())}
+
+
+def _value_batches(x, sizes):
+    ends = np.cumsum(sizes)
+    return [{"input_ids": torch.zeros(b - a, 3, dtype=torch.long), "x": torch.as_tensor(x[a:b])}
+            for a, b in zip(ends - sizes, ends)]
+
+
+def test_evaluate_means_over_cells_not_batches():
+    x = np.random.default_rng(0).normal(size=5)
+    result = evaluate(torch.nn.Linear(1, 1), _per_cell_objective, _value_batches(x, np.array([4, 1])))
+    # the mean over the 5 cells; a mean of the two batch means would count cell 5 as four cells
+    assert result["loss"] == pytest.approx(np.mean(x), rel=1e-12)
+    assert result["x2"] == pytest.approx(np.mean(x ** 2), rel=1e-12)
+    assert abs(np.mean(x) - (x[:4].mean() + x[4]) / 2) > 0.1  # the two differ on this draw
+
+
+def test_evaluate_over_ranks_is_the_mean_over_all_cells(monkeypatch):
+    import cellmamba.train.loop as loop
+    from cellmamba.train.distributed import DistEnv
+
+    x = np.random.default_rng(1).normal(size=9)
+    shares = (_value_batches(x[:5], np.array([4, 1])), _value_batches(x[5:], np.array([3, 1])))  # 2 and 2 batches
+    env = DistEnv(rank=0, world_size=2, backend="gloo")
+    sent = []
+    monkeypatch.setattr(loop, "all_reduce_mean", lambda vec, env: (sent.append(vec) or vec).clone())
+    evaluate(torch.nn.Linear(1, 1), _per_cell_objective, shares[1], env=env)  # what rank 1 contributes
+    other = sent[0]
+    monkeypatch.setattr(loop, "all_reduce_mean", lambda vec, env: (vec + other) / 2)
+    result = evaluate(torch.nn.Linear(1, 1), _per_cell_objective, shares[0], env=env)
+    assert result["loss"] == pytest.approx(np.mean(x), rel=1e-12)
+    assert result["x2"] == pytest.approx(np.mean(x ** 2), rel=1e-12)
 
 
 def test_precision_and_config_validation():

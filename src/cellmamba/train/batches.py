@@ -26,13 +26,15 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def batch_counts(batch: Mapping[str, Any]) -> tuple[int, int]:
-    """(rows, tokens) of a batch: tokens = attention_mask.sum() when present, else the numel of
-    input_ids (or of the first 2-d tensor)."""
+    """(rows, tokens) of a batch: rows (cells) = the leading dimension of input_ids, else of
+    attention_mask, else of the first tensor with one (0 when the batch holds no tensor); tokens =
+    attention_mask.sum() when present, else the numel of input_ids (or of the first 2-d tensor)."""
     rows, tokens = 0, 0
     mask = batch.get("attention_mask")
     first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim >= 1), None)
-    if first is not None:
-        rows = int(first.shape[0])
+    lead = next((v for v in (batch.get("input_ids"), mask) if torch.is_tensor(v) and v.ndim >= 1), first)
+    if lead is not None:
+        rows = int(lead.shape[0])
     if torch.is_tensor(mask):
         tokens = int(mask.sum())
     elif torch.is_tensor(batch.get("input_ids")):

@@ -175,7 +175,19 @@ def _rng_fork(device: torch.device):
 def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str, Any]], *,
              device: torch.device | str | None = None, precision: str = "auto", max_batches: int | None = None,
              env: DistEnv | None = None) -> dict[str, float]:
-    """Mean loss and metrics of ``objective`` over ``data`` (no gradients, eval mode, RNG untouched).
+    """Mean loss and metrics of ``objective`` over the cells of ``data`` (no gradients, eval mode,
+    RNG untouched).
+
+    Each batch's loss and metrics are weighted by its number of cells (the leading dimension of
+    its ``input_ids``: :func:`~cellmamba.train.batches.batch_counts`), so a smaller last batch
+    counts as many cells as it holds, not as a full batch. For a per-cell mean (a classifier's
+    cross-entropy and accuracy, an MSE over the same number of positions in every cell) the
+    result is the mean over all cells. For a mean over a varying number of tokens (masked-value
+    MSE, masked-gene cross-entropy) it is the cell-weighted mean of the batches' token means,
+    which equals the token mean over all cells only where every cell has as many such tokens; a
+    per-batch count (``n_masked``, ``n_targets``) comes out as the cell-weighted mean count per
+    batch. A loader that repeats cells (wrap-padding) counts them twice; the fine-tuning
+    validation loaders repeat none (:func:`cellmamba.tasks.finetune.train_valid_loaders`).
 
     Parameters
     ----------
@@ -183,18 +195,20 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
         Evaluated in eval mode; its training mode is restored afterwards. Pass the raw module
         (not DDP) when ranks may see different numbers of batches.
     objective
-        ``objective(model, batch) -> (loss, metrics)``.
+        ``objective(model, batch) -> (loss, metrics)``, ``loss`` a mean over the batch.
     data
-        Iterable of dict batches (this rank's share).
+        Iterable of dict batches (this rank's share), each holding a tensor whose leading
+        dimension is its cells.
     max_batches
         Stop after this many batches per rank.
     env
-        When distributed, the means are averaged over ranks, weighted by their batch counts.
+        When distributed, the cell-weighted sums and the cell counts are summed over ranks: the
+        result is the mean over every rank's cells (ranks weighted by their cell counts).
 
     Returns
     -------
     dict
-        ``{"loss": ..., <metric>: ...}``; means over batches. The global RNG states are restored
+        ``{"loss": ..., <metric>: ...}``; means over cells. The global RNG states are restored
         afterwards, so evaluating does not change the training that follows.
     """
     if device is None:
@@ -202,32 +216,37 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
     device = torch.device(device)
     prec = resolve_precision(precision, device)
     was_training = model.training
-    sums: dict[str, float] = {}
-    count = 0
+    sums: dict[str, float] = {}  # over batches: the batch's mean x its number of cells
+    n_batches, n_cells = 0, 0
     with _rng_fork(device), torch.no_grad():
         model.eval()
         try:
             for i, batch in enumerate(data):
                 if max_batches is not None and i >= max_batches:
                     break
+                batch = to_device(batch, device)
+                cells = batch_counts(batch)[0]
                 with autocast(device, prec):
-                    loss, metrics = _call_objective(objective, model, to_device(batch, device))
-                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                    loss, metrics = _call_objective(objective, model, batch)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss) * cells
                 for k, v in metrics.items():
                     if k != "loss":
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
+                        sums[k] = sums.get(k, 0.0) + float(v) * cells
+                n_batches += 1
+                n_cells += cells
         finally:
             model.train(was_training)
     keys = sorted(sums)
     if env is not None and env.distributed:
-        vec = torch.tensor([count] + [sums[k] for k in keys], dtype=torch.float64)
+        vec = torch.tensor([n_batches, n_cells] + [sums[k] for k in keys], dtype=torch.float64)
         total = all_reduce_mean(vec, env) * env.world_size
-        count, values = int(round(float(total[0]))), total[1:].tolist()
-        sums = dict(zip(keys, values))
-    if count == 0:
+        n_batches, n_cells = int(round(float(total[0]))), int(round(float(total[1])))
+        sums = dict(zip(keys, total[2:].tolist()))
+    if n_batches == 0:
         raise InputError("evaluate: the evaluation data yielded no batches")
-    return {k: sums[k] / count for k in keys}
+    if n_cells == 0:
+        raise InputError("evaluate: the evaluation batches hold no cells (no tensor with a leading batch dimension)")
+    return {k: sums[k] / n_cells for k in keys}
 
 
 # ---------------------------------------------------------------- resume
