@@ -8,6 +8,9 @@ with open(EVAL["registry"]) as _fh:
     REGISTRY = yaml.safe_load(_fh)
 validate(REGISTRY, "../config/datasets.schema.yaml")
 MODEL_NAMES = [f"{r}{s}" for r in ("genemamba", "scmamba2") for s in ("", "_transformer")]
+#: the no-pretraining control of a fine-tuned model: its architecture, random init, the same fine-tuning
+SCRATCH = "_scratch"
+FINETUNE_METHODS = MODEL_NAMES + [m + SCRATCH for m in MODEL_NAMES]
 ANNOTATION_BASELINES = ["logreg", "knn_pca"]
 INTEGRATION_BASELINES = ["pca", "harmony", "scvi"]
 PERTURBATION_BASELINES = ["no_change", "train_mean", "additive"]
@@ -82,10 +85,23 @@ def gene_protocol(wildcards):
     return {"n_hvg": protocol.get("n_hvg"), "min_counts": protocol.get("filter_gene_by_counts") or 0}
 
 
+def finetuned_methods():
+    """evaluation.models, each followed by its <model>_scratch control where
+    evaluation.scratch_controls is on: the methods of the fine-tuning tasks' tables."""
+    models = list(EVAL["models"])
+    return [n for m in models for n in ([m, m + SCRATCH] if EVAL["scratch_controls"] else [m])]
+
+
+def pretrained_of(method):
+    """The pretrained model a fine-tuning method starts from (a scratch control: the one whose
+    architecture it takes; its weights are not read)."""
+    return method.removesuffix(SCRATCH)
+
+
 def finetune_inputs(wildcards):
     return {"dataset": f"results/datasets/{wildcards.dataset}.h5ad",
-            "model": f"results/pretrain/{wildcards.method}/model", "vocabulary": "results/qc/gene_stats.tsv",
-            "aliases": RESOURCES["aliases"]}
+            "model": f"results/pretrain/{pretrained_of(wildcards.method)}/model",
+            "vocabulary": "results/qc/gene_stats.tsv", "aliases": RESOURCES["aliases"]}
 
 
 def gene_overlap_settings():
@@ -96,7 +112,8 @@ def gene_overlap_settings():
 def finetune_settings(task):
     def settings(wildcards):
         finetune = EVAL[task]["finetune"]
-        return {**finetune, "seed": int(wildcards.seed), "backend": run_backend(finetune)}
+        init = "scratch" if wildcards.method.endswith(SCRATCH) else "pretrained"
+        return {**finetune, "seed": int(wildcards.seed), "backend": run_backend(finetune), "init": init}
     return settings
 
 
@@ -111,7 +128,7 @@ def score_train(task):
     """Named input of a score rule: the run's train/ directory (its run.json holds the parameter
     counts the tables print) for pretrained models and towers; nothing for baselines."""
     def inputs(wildcards):
-        if wildcards.method not in MODEL_NAMES + MULTIOMICS_METHODS:
+        if wildcards.method not in FINETUNE_METHODS + MULTIOMICS_METHODS:
             return {}
         variant = f"{wildcards.variant}/" if hasattr(wildcards, "variant") else ""
         return {"train": f"results/{task}/{wildcards.dataset}/{variant}{wildcards.method}/seed{wildcards.seed}/train"}
@@ -125,13 +142,13 @@ def score_extra(wildcards):
 
 
 def annotation_runs():
-    methods = list(EVAL["annotation"]["baselines"]) + list(EVAL["models"])
+    methods = list(EVAL["annotation"]["baselines"]) + finetuned_methods()
     return expand("results/annotation/{dataset}/{method}/seed{seed}/metrics.csv",
                   dataset=task_datasets("annotation"), method=methods, seed=EVAL["seeds"])
 
 
 def integration_runs():
-    methods = list(EVAL["integration"]["baselines"]) + list(EVAL["models"])
+    methods = list(EVAL["integration"]["baselines"]) + finetuned_methods()
     return [f"results/integration/{d}/{v}/{m}/seed{s}/metrics.csv" for d in task_datasets("integration")
             for v in variants(d) for m in methods for s in EVAL["seeds"]]
 
@@ -151,7 +168,7 @@ def perturbation_inputs(wildcards):
 
 
 def perturbation_runs():
-    methods = list(EVAL["perturbation"]["baselines"]) + list(EVAL["models"])
+    methods = list(EVAL["perturbation"]["baselines"]) + finetuned_methods()
     return expand("results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
                   dataset=task_datasets("perturbation"), method=methods, seed=EVAL["seeds"])
 

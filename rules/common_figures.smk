@@ -49,7 +49,7 @@ def umap_inputs(wildcards):
     """The first seed's embedding of every method of one dataset (x variant)."""
     d, s = wildcards.dataset, _first_seed()
     if wildcards.task == "integration":
-        methods = list(EVAL["integration"]["baselines"]) + list(EVAL["models"])
+        methods = list(EVAL["integration"]["baselines"]) + finetuned_methods()
         return [f"results/integration/{d}/{wildcards.variant}/{m}/seed{s}/embedding.h5ad" for m in methods]
     methods = list(EVAL["multiomics"]["baselines"]) + list(EVAL["multiomics"]["methods"])
     return [f"results/multiomics/{d}/{m}/seed{s}/embedding.h5ad" for m in methods]
@@ -57,12 +57,12 @@ def umap_inputs(wildcards):
 
 def perturbation_scatter_inputs(wildcards):
     d, s = wildcards.dataset, _first_seed()
-    methods = list(EVAL["perturbation"]["baselines"]) + list(EVAL["models"])
+    methods = list(EVAL["perturbation"]["baselines"]) + finetuned_methods()
     return {"deltas": [f"results/perturbation/{d}/{m}/seed{s}/deltas.h5ad" for m in methods]}
 
 
 def confusion_inputs(wildcards):
-    methods = list(EVAL["annotation"]["baselines"]) + list(EVAL["models"])
+    methods = list(EVAL["annotation"]["baselines"]) + finetuned_methods()
     return [f"results/annotation/{wildcards.dataset}/{m}/seed{_first_seed()}/confusion.csv" for m in methods]
 
 

@@ -10,7 +10,7 @@ rule finetune_annotation:
         predictions="results/annotation/{dataset}/{method}/seed{seed}/predictions.csv",
         train=directory("results/annotation/{dataset}/{method}/seed{seed}/train"),
     wildcard_constraints:
-        method="|".join(MODEL_NAMES),
+        method="|".join(FINETUNE_METHODS),
     params:
         settings=finetune_settings("annotation"),
         gene_overlap=gene_overlap_settings(),
@@ -35,7 +35,7 @@ rule finetune_integration:
         embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
         train=directory("results/integration/{dataset}/{variant}/{method}/seed{seed}/train"),
     wildcard_constraints:
-        method="|".join(MODEL_NAMES),
+        method="|".join(FINETUNE_METHODS),
     params:
         settings=finetune_settings("integration"),
         gene_overlap=gene_overlap_settings(),
@@ -62,7 +62,7 @@ rule finetune_perturbation:
         predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
         train=directory("results/perturbation/{dataset}/{method}/seed{seed}/train"),
     wildcard_constraints:
-        method="|".join(MODEL_NAMES),
+        method="|".join(FINETUNE_METHODS),
     params:
         settings=finetune_settings("perturbation"),
         gene_overlap=gene_overlap_settings(),

@@ -148,8 +148,8 @@ def test_each_schema_sub_tree_mirrors_its_dataclass():
     schema = _load("schema.yaml")
     ev = schema["properties"]["evaluation"]["properties"]
     for task in ("annotation", "integration"):
-        _mirror(_schema_defaults(ev[task]["properties"]["finetune"], schema), FinetuneConfig, from_rule=("seed",))
-    _mirror(_schema_defaults(ev["perturbation"]["properties"]["finetune"], schema), PerturbConfig, from_rule=("seed",))
+        _mirror(_schema_defaults(ev[task]["properties"]["finetune"], schema), FinetuneConfig, from_rule=("seed", "init"))
+    _mirror(_schema_defaults(ev["perturbation"]["properties"]["finetune"], schema), PerturbConfig, from_rule=("seed", "init"))
     _mirror(_schema_defaults(ev["multiomics"]["properties"]["train"], schema), MultiomicsConfig,
             from_rule=("arch", "d_model", "n_layers", "d_state", "merge", "merge_every", "patch_size", "seed"))
     # a pretraining job reads models.<recipe> and pretrain whole (PretrainConfig.from_workflow)

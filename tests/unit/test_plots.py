@@ -35,6 +35,18 @@ def test_method_colors_are_fixed_and_grouped_by_family():
         ["pca", "genemamba", "genemamba_transformer", "scmamba2", "scmamba2_transformer"]
 
 
+def test_a_scratch_control_sits_beside_its_model_in_its_colour_made_lighter():
+    given = ["genemamba_transformer_scratch", "scmamba2_scratch", "logreg", "genemamba_scratch", "genemamba",
+             "genemamba_transformer", "scmamba2"]
+    assert plots.method_order(given) == ["logreg", "genemamba", "genemamba_scratch", "genemamba_transformer",
+                                         "genemamba_transformer_scratch", "scmamba2", "scmamba2_scratch"]
+    assert plots.method_order(["scmamba2_scratch", "pca"]) == ["pca", "scmamba2_scratch"]  # a control alone
+    assert plots.theme.method_kind("genemamba_transformer_scratch") == "transformer"
+    # "#0072B2" halfway to white, channel by channel, halves up: 127.5 -> 128, 184.5 -> 185, 216.5 -> 217
+    assert plots.method_color("scmamba2") == "#0072B2"
+    assert plots.method_color("scmamba2_scratch") == "#80B9D9"
+
+
 # --- 1. metric bars -------------------------------------------------------------------------
 def _runs(tmp_path, task, values, *, extra=None):
     paths = []

@@ -151,6 +151,33 @@ def test_load_for_finetuning_keeps_backbone_weights_and_adds_fresh_heads(tmp_pat
         load_for_finetuning(path, {}, keep_heads=("gene",), backend="torch")
 
 
+def test_a_scratch_control_is_the_architecture_from_random_init_with_the_same_new_heads(tmp_path):
+    """init="scratch": no saved weight is used; the embedding and backbone are what the seed draws
+    for a fresh model of the saved config, and the new heads are those of the pretrained run."""
+    from cellmamba._util import seed_all
+    from cellmamba.models import HeadConfig
+
+    model, path = _pretrained(tmp_path)
+    heads = {"classifier": HeadConfig(kind="classifier", n_out=3)}
+    tuned = load_for_finetuning(path, heads, backend="torch", seed=4).state_dict()
+    scratch = load_for_finetuning(path, heads, backend="torch", seed=4, init="scratch").state_dict()
+    assert set(scratch) == set(tuned)
+    saved = model.state_dict()
+    seed_all(4)
+    fresh = CellModel(model.config).state_dict()  # the same draws: no other RNG use in between
+    body = [k for k in saved if not k.startswith("heads.")]
+    for k in body:
+        assert torch.equal(scratch[k], fresh[k]), k
+    drawn = [k for k in body if not torch.equal(fresh[k], saved[k])]  # not a constant init (norms, Mamba's A, D)
+    assert "embed.gene.weight" in drawn and len(drawn) > len(body) / 2
+    for k in (k for k in tuned if k.startswith("heads.classifier")):
+        assert torch.equal(scratch[k], tuned[k]), k
+    with pytest.raises(InputError, match="init must be one of"):
+        load_for_finetuning(path, heads, backend="torch", init="random")
+    with pytest.raises(InputError, match="init must be one of"):
+        FinetuneConfig(init="none")
+
+
 def _typed_cells(n=240, seed=0):
     """Three cell types, each expressing its own block of genes highly; two batches."""
     rng = np.random.default_rng(seed)

@@ -106,6 +106,23 @@ def test_pretrained_weights_are_loaded_exactly(tmp_path, kind):
     assert torch.equal(again.head.mlp[0].weight, model.head.mlp[0].weight)
 
 
+def test_a_scratch_control_draws_the_gene_embedding_and_backbone_and_keeps_the_new_modules(tmp_path):
+    _, path = _saved(tmp_path, "bimamba_mamba2", "rank")
+    saved = read_weights(path / "model.safetensors")
+    pretrained = PerturbationModel.from_pretrained(path, backend="torch", seed=3).state_dict()
+    before = torch.get_rng_state()
+    scratch = PerturbationModel.from_pretrained(path, backend="torch", seed=3, init="scratch").state_dict()
+    assert torch.equal(torch.get_rng_state(), before)  # drawn from the seed, the global stream untouched
+    assert not torch.equal(scratch["gene.weight"], saved["embed.gene.weight"])
+    body = [k for k in scratch if k.startswith("backbone.")]
+    drawn = [k for k in body if not torch.equal(scratch[k], saved[k])]  # all but constant inits (norms, A, D)
+    assert len(drawn) > len(body) / 2
+    again = PerturbationModel.from_pretrained(path, backend="torch", seed=3, init="scratch").state_dict()
+    assert all(torch.equal(again[k], v) for k, v in scratch.items())
+    for k in (k for k in scratch if k.split(".")[0] in ("value_encoder", "flag", "head")):
+        assert torch.equal(scratch[k], pretrained[k]), k
+
+
 def test_patch_model_and_bad_config_are_refused(tmp_path):
     _, path = _saved(tmp_path, "mamba2", "patch")
     with pytest.raises(InputError, match="gene tokens"):

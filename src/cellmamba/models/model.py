@@ -65,6 +65,17 @@ class CellModelConfig:
         )
 
 
+#: where a fine-tuned model's embedding and backbone start: the pretrained weights, or the same
+#: architecture randomly initialised (the ``<model>_scratch`` control of every task table)
+INITS = ("pretrained", "scratch")
+
+
+def check_init(init, *, where: str) -> None:
+    """An InputError naming ``where`` unless ``init`` is one of :data:`INITS`."""
+    if init not in INITS:
+        raise InputError(f"{where}: init must be one of {INITS}, got {init!r}")
+
+
 def read_model_config(directory: str | os.PathLike) -> CellModelConfig:
     """The :class:`CellModelConfig` of a saved model directory (its config.json), without
     building or loading the model."""
@@ -149,12 +160,20 @@ class CellModel(nn.Module):
             on a CPU); weights are the same whatever the backend.
         """
         directory = Path(directory)
+        model = cls.scratch_like(directory, backend=backend)
+        load_state_dict_strict(model, read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
+        return model
+
+    @classmethod
+    def scratch_like(cls, directory: str | os.PathLike, *, backend: str | None = None) -> "CellModel":
+        """The architecture of a model saved by :meth:`save_pretrained`, randomly initialised from
+        torch's global generator: the weights file is not read. The no-pretraining control of
+        fine-tuning (``<model>_scratch``); ``backend`` as :meth:`from_pretrained`."""
+        directory = Path(directory)
         config = read_model_config(directory)
         if backend is not None:
             config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, backend=backend))
         try:
-            model = cls(config)
+            return cls(config)
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(f"{directory}: {exc} (or pass backend='torch' to from_pretrained)") from exc
-        load_state_dict_strict(model, read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
-        return model

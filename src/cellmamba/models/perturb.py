@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..vocab import PAD_ID
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict, read_weights
 from .heads import ValueRegressionHead
-from .model import CellModel, CellModelConfig
+from .model import CellModel, CellModelConfig, check_init
 
 __all__ = ["ContinuousValueEncoder", "PerturbationModelConfig", "PerturbationModel"]
 
@@ -92,11 +92,23 @@ class PerturbationModel(nn.Module):
             self.head = ValueRegressionHead(d)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, *, backend: str = "auto", seed: int = 0) -> "PerturbationModel":
-        """The gene embedding and backbone of ``model_dir`` (loaded strictly) with new modules."""
-        pretrained = CellModel.from_pretrained(model_dir, backend=backend)
+    def from_pretrained(cls, model_dir: str | os.PathLike, *, backend: str = "auto", seed: int = 0,
+                        init: str = "pretrained") -> "PerturbationModel":
+        """The gene embedding and backbone of ``model_dir`` (loaded strictly) with new modules.
+
+        ``init="scratch"``: the same architecture with a randomly initialised gene embedding and
+        backbone (from ``seed``; the weights file is not read), the no-pretraining control; the
+        new modules are the same as with ``init="pretrained"``."""
+        check_init(init, where="PerturbationModel.from_pretrained")
+        if init == "scratch":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                pretrained = CellModel.scratch_like(model_dir, backend=backend)
+        else:
+            pretrained = CellModel.from_pretrained(model_dir, backend=backend)
         model = cls(pretrained, seed=seed, source=str(model_dir))
-        log.info("perturbation model from %s (%s backbone, %s tokens), %d parameters", model_dir,
+        log.info("perturbation model from %s%s (%s backbone, %s tokens), %d parameters", model_dir,
+                 f" (its architecture, random init from seed {seed})" if init == "scratch" else "",
                  pretrained.config.backbone.arch, pretrained.config.embedding.kind,
                  sum(p.numel() for p in model.parameters()))
         return model

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .theme import finish_figure, is_true, method_color, method_order, save_figure, style
+from .theme import SCRATCH, finish_figure, is_scratch, is_true, method_color, method_order, save_figure, style
 
 __all__ = ["metric_bars", "TASK_METRICS"]
 
@@ -94,8 +94,12 @@ def metric_bars(metric_csvs: Sequence[str | os.PathLike], out: str | os.PathLike
                 block = data[(data["dataset"] == dataset) & (data["panel"] == panel) & (data["metric"] == metric)]
                 y = np.arange(len(block))[::-1]
                 colors = [method_color(m) for m in block["method"]]
-                ax.barh(y, block["mean"].fillna(0), xerr=block["sd"].fillna(0), color=colors, height=0.7,
-                        error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
+                bars = ax.barh(y, block["mean"].fillna(0), xerr=block["sd"].fillna(0), color=colors, height=0.7,
+                               error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
+                for bar, m in zip(bars, block["method"]):  # scratch controls: their model's colour, lighter, hatched
+                    if is_scratch(m):
+                        bar.set_hatch("///")
+                        bar.set_edgecolor(method_color(m.removesuffix(SCRATCH)))
                 for yy, vals in zip(y, block["values"]):
                     jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
                     ax.scatter(vals, yy + np.asarray(jitter), s=12, color="white", edgecolor="black", lw=0.7,

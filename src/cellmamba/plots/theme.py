@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path
 
-__all__ = ["style", "method_color", "method_order", "save_figure", "method_kind", "title_color", "finish_figure",
+__all__ = ["SCRATCH", "is_scratch", "style", "method_color", "method_order", "save_figure", "method_kind", "title_color", "finish_figure",
            "is_true", "method_of_path", "files_by_method"]
 
 
@@ -38,8 +38,18 @@ _FONT = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.lab
 _DPI = 150
 
 
+#: suffix of a fine-tuned model's no-pretraining control (same architecture, random init)
+SCRATCH = "_scratch"
+
+
+def is_scratch(method: str) -> bool:
+    return method.endswith(SCRATCH)
+
+
 def method_kind(method: str) -> str:
-    """``baseline``, ``mamba`` or ``transformer`` (unknown names: by their spelling, else baseline)."""
+    """``baseline``, ``mamba`` or ``transformer`` (unknown names: by their spelling, else baseline);
+    a ``<model>_scratch`` control is its model's kind."""
+    method = method.removesuffix(SCRATCH)
     if method in _BASELINE:
         return "baseline"
     if method in _TRANSFORMER or method.endswith("transformer"):
@@ -51,7 +61,11 @@ def method_kind(method: str) -> str:
 
 def method_color(method: str) -> str:
     """The colour of ``method`` in every figure (hex): grey for baselines, blue / green for Mamba
-    models, orange / pink for Transformers; unknown names get a stable shade of their family."""
+    models, orange / pink for Transformers; unknown names get a stable shade of their family; a
+    ``<model>_scratch`` control its model's colour halfway to white."""
+    if is_scratch(method):
+        rgb = np.array([int(method_color(method.removesuffix(SCRATCH))[i:i + 2], 16) for i in (1, 3, 5)])
+        return "#" + "".join(f"{v:02X}" for v in (rgb + 256) // 2)  # the mean with white, halves rounded up
     for table in (_BASELINE, _MAMBA, _TRANSFORMER):
         if method in table:
             return table[method]
@@ -63,11 +77,14 @@ def method_color(method: str) -> str:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Baselines first, then each Mamba model followed by its Transformer peer (input order kept)."""
+    """Baselines first, then each Mamba model followed by its Transformer peer (input order kept);
+    a ``<model>_scratch`` control right after its model."""
     methods = list(dict.fromkeys(methods))
-    base = [m for m in methods if method_kind(m) == "baseline"]
-    mamba = [m for m in methods if method_kind(m) == "mamba"]
-    trans = [m for m in methods if method_kind(m) == "transformer"]
+    scratch = [m for m in methods if is_scratch(m)]
+    named = list(dict.fromkeys([m for m in methods if not is_scratch(m)] + [m.removesuffix(SCRATCH) for m in scratch]))
+    base = [m for m in named if method_kind(m) == "baseline"]
+    mamba = [m for m in named if method_kind(m) == "mamba"]
+    trans = [m for m in named if method_kind(m) == "transformer"]
     out = list(base)
     for m in mamba:
         out.append(m)
@@ -75,7 +92,9 @@ def method_order(methods: Iterable[str]) -> list[str]:
         if peer in trans:
             out.append(peer)
             trans.remove(peer)
-    return out + trans
+    out += trans
+    given = set(methods)
+    return [n for m in out for n in (m, m + SCRATCH) if n in given]
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ def run_annotation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFrame
     pooling = resolve_pooling(config, tokenizer)
     model = load_for_finetuning(model_dir, {"classifier": HeadConfig(kind="classifier", n_out=len(classes),
                                                                      pooling=pooling, dropout=config.dropout)},
-                                backend=config.backend, seed=config.seed)
+                                backend=config.backend, seed=config.seed, init=config.init)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
                               n_bins=model.config.embedding.n_bins, source="annotation dataset", aliases=aliases)
     train_pos, valid_pos = split_train_valid(codes_ref, config.valid_fraction, config.seed)

@@ -22,15 +22,16 @@ from torch.utils.data import DataLoader
 from .._util import seed_all
 from ..errors import InputError
 from ..models import BackboneOutput, CellModel, HeadConfig
-from ..models.checkpoint import load_state_dict_strict, read_weights
+from ..models.checkpoint import WEIGHTS_NAME, load_state_dict_strict, read_weights
 from ..models.heads import pool_cells
+from ..models.model import INITS, check_init
 from ..train.config import OptimConfig
 from ..train.data import DataConfig, build_dataloader
 from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
                                   MaskedValueCollator)
 from .tokens import DatasetTokens, TokenCells
 
-__all__ = ["FinetuneConfig", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
+__all__ = ["FinetuneConfig", "INITS", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
            "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells",
            "split_train_valid", "train_valid_loaders", "pick_device"]
 
@@ -55,9 +56,11 @@ class FinetuneConfig(OptimConfig):
     include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
     adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)
     embed_batch_size: int = 64        # cells per forward pass when embedding / predicting
+    init: str = "pretrained"          # "pretrained" weights, or "scratch": the same architecture from random init (the control)
 
     def __post_init__(self):
         super().__post_init__()
+        check_init(self.init, where="FinetuneConfig")
 
         def need(ok, what):
             if not ok:
@@ -110,10 +113,17 @@ def resolve_pooling(config: FinetuneConfig, tokenizer: str) -> str:
 
 
 def load_for_finetuning(model_dir: str | os.PathLike, heads: Mapping[str, HeadConfig], *,
-                        keep_heads: tuple[str, ...] = (), backend: str = "auto", seed: int = 0) -> CellModel:
+                        keep_heads: tuple[str, ...] = (), backend: str = "auto", seed: int = 0,
+                        init: str = "pretrained") -> CellModel:
     """The pretrained embedding + backbone of ``model_dir`` (loaded strictly) with ``heads``:
-    new, freshly initialised heads, plus the pretrained heads named in ``keep_heads``."""
-    pretrained = CellModel.from_pretrained(model_dir, backend=backend)
+    new, freshly initialised heads, plus the pretrained heads named in ``keep_heads``.
+
+    ``init="scratch"``: the same architecture and heads with every weight from the seeded
+    initialisation instead (the weights file is not read). The new heads' weights are the same
+    as with ``init="pretrained"`` and the same seed, so the two runs differ only in the
+    pretrained weights."""
+    check_init(init, where="load_for_finetuning")
+    pretrained = CellModel.scratch_like(model_dir, backend=backend)
     missing = [h for h in keep_heads if h not in pretrained.config.heads]
     if missing:
         raise InputError(f"{model_dir}: has no head(s) {missing} to keep (it has {sorted(pretrained.config.heads)})")
@@ -124,11 +134,16 @@ def load_for_finetuning(model_dir: str | os.PathLike, heads: Mapping[str, HeadCo
     new_heads.update(heads)
     seed_all(seed)
     model = CellModel(dataclasses.replace(pretrained.config, heads=new_heads))
-    state = {k: v for k, v in read_weights(Path(model_dir) / "model.safetensors").items()
+    n = sum(p.numel() for p in model.parameters())
+    if init == "scratch":
+        log.info("the architecture of %s (%s backbone, %s tokens, %d parameters) from random init (seed %d, "
+                 "no pretrained weights) with heads %s", model_dir, model.config.backbone.arch,
+                 model.config.embedding.kind, n, seed, sorted(new_heads))
+        return model
+    state = {k: v for k, v in read_weights(Path(model_dir) / WEIGHTS_NAME).items()
              if not k.startswith("heads.") or k.split(".")[1] in keep_heads}
     fresh = {k: v for k, v in model.state_dict().items() if k.startswith("heads.") and k.split(".")[1] in heads}
     load_state_dict_strict(model, {**state, **fresh}, source=str(model_dir))
-    n = sum(p.numel() for p in model.parameters())
     log.info("loaded %s (%s backbone, %s tokens, %d parameters) with heads %s", model_dir,
              model.config.backbone.arch, model.config.embedding.kind, n, sorted(new_heads))
     return model

@@ -62,7 +62,8 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
     pooling = resolve_pooling(config, tokenizer)
     heads = {"batch": HeadConfig(kind="classifier", n_out=max(len(names), 2), pooling="cls",
                                  hidden=saved.backbone.d_model)}
-    model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed)
+    model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed,
+                                init=config.init)
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
                               n_bins=model.config.embedding.n_bins, source="integration dataset", aliases=aliases)
     ssl = MaskedValueObjective() if tokenizer == "binned" else MaskedGeneObjective()

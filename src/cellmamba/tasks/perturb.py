@@ -62,6 +62,7 @@ from .._util import seed_all
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import OBS_CONDITION, UNS, UNS_X_KIND
+from ..models.model import check_init
 from ..models.perturb import ContinuousValueEncoder, PerturbationModel, PerturbationModelConfig
 from ..train import train
 from ..train.config import OptimConfig
@@ -93,9 +94,11 @@ class PerturbConfig(OptimConfig):
     pool_size: int = 100              # control cells averaged per predicted condition (scGPT reverse perturbation: 30)
     embed_batch_size: int = 64        # sequences per forward pass when predicting
     keep_best: bool = True            # predict with the epoch of lowest validation loss (scGPT's best_model)
+    init: str = "pretrained"          # "pretrained" weights, or "scratch": the same architecture from random init (the control)
 
     def __post_init__(self):
         super().__post_init__()
+        check_init(self.init, where="PerturbConfig")
         for name, low in (("max_len", 2), ("pool_size", 1), ("embed_batch_size", 1)):
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
@@ -411,7 +414,7 @@ def run_perturbation(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFra
     Xt = X[:, cols]
 
     device = pick_device(device)
-    model = PerturbationModel.from_pretrained(model_dir, backend=config.backend, seed=config.seed)
+    model = PerturbationModel.from_pretrained(model_dir, backend=config.backend, seed=config.seed, init=config.init)
     if int(gene_ids.max()) >= model.vocab_size:
         raise InputError(f"{model_dir}: the vocabulary table has more genes than the model's vocab_size "
                          f"{model.vocab_size} (is it the table the model was pretrained with?)")

@@ -50,6 +50,12 @@ def _prepare(dataset: str | os.PathLike, vocabulary: str | os.PathLike, config: 
     return adata, vocab, mask, dataclasses.replace(config, max_len=max_len)
 
 
+def _method_name(model_dir, config) -> str:
+    """The table's name of a run: the pretrained model's (its directory's parent), with
+    ``_scratch`` for the randomly initialised control."""
+    return Path(model_dir).parent.name + ("_scratch" if config.init == "scratch" else "")
+
+
 def _run_info(path: Path, model_dir, config: FinetuneConfig, genes_used: int, extra: dict) -> None:
     from ..models.checkpoint import parameter_counts
 
@@ -98,7 +104,7 @@ def finetune_integration_files(dataset, model_dir, vocabulary, *, config: Finetu
     with atomic_path(train_dir) as tmp:
         emb = run_integration(adata, model_dir, vocab, config=config, out_dir=tmp, genes=mask, aliases=aliases)
         _run_info(tmp / "run.json", model_dir, config, int(mask.sum()), {"dataset": str(dataset)})
-    write_embedding(adata, emb, embedding, info={"method": Path(model_dir).parent.name, "seed": config.seed,
+    write_embedding(adata, emb, embedding, info={"method": _method_name(model_dir, config), "seed": config.seed,
                                                  "n_genes_selected": int(mask.sum()), "genes": genes or {}})
 
 
@@ -130,7 +136,7 @@ def finetune_perturbation_files(dataset, model_dir, vocabulary, *, split, config
                   {"dataset": str(dataset), "split": str(split), "n_genes_unmapped": result.n_genes_unmapped,
                    "unflagged": result.unflagged})
     frame = result.predictions.loc[conditions]
-    info = {"method": Path(model_dir).parent.name, "seed": config.seed, "n_genes_used": result.n_genes_used,
+    info = {"method": _method_name(model_dir, config), "seed": config.seed, "n_genes_used": result.n_genes_used,
             "n_genes_unmapped": result.n_genes_unmapped, "unflagged": result.unflagged}
     write_profiles(frame, predictions, obs=pd.DataFrame({OBS_ROLE: roles}, index=frame.index), info=info)
 
