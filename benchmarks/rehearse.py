@@ -13,6 +13,8 @@ Two steps, so the settings come from the rules themselves and the GPU machine ne
 
 Job kinds (one row each): pretrain/<model>; finetune_annotation/<model>;
 finetune_integration/<variant>/<model>; finetune_perturbation/<model>; train_multiomics/<dataset>/<method>.
+A ``<model>_scratch`` control runs its model's job from random init (the same shapes and cost): it
+is counted in its model's ``jobs_in_dag`` and not rehearsed again.
 Fine-tuning starts from the model the pretrain row of the same model exported (a real model
 directory with its vocabulary), as the rules do.
 
@@ -136,19 +138,22 @@ def make_plan(configfiles, *, snakefile: Path = REPO / "Snakefile", workdir: Pat
                               chunk_cells=config["tokenize"]["chunk_cells"]),
                 gene_sets=list(config["pretrain"]["gene_sets"]), target_sum=config["gene_stats"]["target_sum"])
         n_seeds = len(ev["seeds"])
+        # a <model>_scratch control is its model's job from random init: the same shapes, the same
+        # cost, so it is counted in its model's kind rather than rehearsed again
+        runs = 2 if ev["scratch_controls"] else 1
         for task, rule in (("annotation", "finetune_annotation"), ("perturbation", "finetune_perturbation")):
             datasets = list(g["task_datasets"](task))
             if not datasets:
                 continue
             for method in ev["models"]:
                 add(rule, f"{rule}/{method}", {"dataset": datasets[0], "method": method, "seed": str(seed)},
-                    datasets=datasets, jobs_in_dag=len(datasets) * n_seeds)
+                    datasets=datasets, jobs_in_dag=len(datasets) * n_seeds * runs)
         for dataset in g["task_datasets"]("integration"):
             for variant in g["variants"](dataset):
                 for method in ev["models"]:
                     add("finetune_integration", f"finetune_integration/{variant}/{method}",
                         {"dataset": dataset, "variant": variant, "method": method, "seed": str(seed)},
-                        datasets=[dataset], jobs_in_dag=n_seeds)
+                        datasets=[dataset], jobs_in_dag=n_seeds * runs)
         for dataset in g["task_datasets"]("multiomics"):
             for method in ev["multiomics"]["methods"]:
                 add("train_multiomics", f"train_multiomics/{dataset}/{method}",

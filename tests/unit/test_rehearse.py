@@ -68,7 +68,7 @@ def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
         assert s["backbone"] == ("transformer" if model.endswith("_transformer") else paper["models"][recipe]["backbone"])
     ann = jobs["finetune_annotation/scmamba2"]
     assert ann["params"]["settings"] == {**paper["evaluation"]["annotation"]["finetune"], "seed": 0,
-                                         "backend": paper["backend"]}
+                                         "backend": paper["backend"], "init": "pretrained"}
     assert ann["datasets"] == paper["evaluation"]["annotation"]["datasets"]
     assert jobs["finetune_integration/protocol/genemamba"]["params"]["genes"]["n_hvg"] == 1200
     assert jobs["finetune_integration/all_genes/genemamba"]["params"]["genes"] == {"n_hvg": None, "min_counts": 0}
