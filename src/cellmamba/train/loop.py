@@ -103,7 +103,10 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
                device: torch.device | str | None = None) -> dict[str, float]:
     """One optimizer update over ``len(batches)`` micro-batches (gradient accumulation).
 
-    Sets the learning rate to ``lr_at(step, config)``; each micro-batch's loss is divided by the
+    Sets the learning rate to ``lr_at(step, config)`` and, for an objective with a ``set_step``
+    method (a schedule inside the objective, e.g. the adversarial reversal weight), calls
+    ``objective.set_step(step, config.max_steps)``: the schedule follows the optimizer step, so a
+    resumed run continues it where it stopped. Each micro-batch's loss is divided by the
     number of micro-batches before backward (so k micro-batches of b rows equal one batch of k*b
     rows for a mean loss); under DDP gradients are synchronised on the last micro-batch only;
     then the global gradient norm is clipped to ``config.grad_clip`` and AdamW steps. A
@@ -132,6 +135,8 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     precision = resolve_precision(config.precision, device)
     lr = lr_at(step, config)
     set_lr(optimizer, lr)
+    if hasattr(objective, "set_step"):
+        objective.set_step(step, config.max_steps)
     model.train()
     ddp = _find_ddp(model)
     n = len(batches)

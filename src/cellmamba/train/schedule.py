@@ -59,27 +59,46 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     torch norm layer), and every 0-d/1-d parameter. Decayed: the rest (weight matrices,
     embeddings). Shared parameters are counted once.
 
+    A parameter with an ``_lr_scale`` attribute other than 1 (e.g. a fresh adversarial head
+    that must learn faster than the encoder it judges) goes to a group of its own per scale,
+    after the two, with ``"lr_scale"``: :func:`set_lr` gives that group ``lr * lr_scale``.
+
     Returns
     -------
     list of dict
         ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]``,
-        in ``model.named_parameters()`` order (the order fixes optimizer-state indices in checkpoints).
+        then, only where parameters are scaled, ``{"params", "weight_decay", "lr_scale"}`` groups
+        (decayed, then not, per scale in first-seen order); parameters in
+        ``model.named_parameters()`` order within each (the order fixes optimizer-state indices
+        in checkpoints).
     """
     no_decay_ids: set[int] = set()
     for module in model.modules():
         if _is_norm(module):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
+    groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
+    seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if (getattr(p, "_no_weight_decay", False) or name.endswith("bias") or id(p) in no_decay_ids
-                or p.ndim < 2):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = float(getattr(p, "_lr_scale", 1.0))
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"parameter {name}: _lr_scale must be a finite number > 0, got {scale!r}")
+        decayed = not (getattr(p, "_no_weight_decay", False) or name.endswith("bias") or id(p) in no_decay_ids
+                       or p.ndim < 2)
+        groups.setdefault((scale, True), [])
+        groups.setdefault((scale, False), [])
+        groups[(scale, decayed)].append(p)
+    out = []
+    for (scale, decayed), params in groups.items():
+        if scale != 1.0 and not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if scale != 1.0:
+            group["lr_scale"] = scale
+        out.append(group)
+    return out
 
 
 def build_optimizer(model: nn.Module, config: "TrainConfig") -> torch.optim.AdamW:
@@ -87,11 +106,13 @@ def build_optimizer(model: nn.Module, config: "TrainConfig") -> torch.optim.Adam
     groups = param_groups(model, config.weight_decay)
     if not any(g["params"] for g in groups):
         raise InputError(f"{type(model).__name__} has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr_at(0, config), betas=tuple(config.betas), eps=config.eps,
-                             weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr_at(0, config), betas=tuple(config.betas), eps=config.eps,
+                                  weight_decay=config.weight_decay)
+    set_lr(optimizer, lr_at(0, config))
+    return optimizer
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group: ``lr``, times the group's ``lr_scale`` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
