@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, M
 from .tokens import DatasetTokens, TokenCells
 
 __all__ = ["FinetuneConfig", "INITS", "load_for_finetuning", "model_tokenizer", "collator_for", "train_loader",
-           "ClassificationObjective", "AdversarialObjective", "grad_reverse", "embed_cells",
+           "ClassificationObjective", "AdversarialObjective", "ADVERSARIAL_SCHEDULES", "reversal_weight",
+           "standardize_cells", "grad_reverse", "embed_cells",
            "split_train_valid", "train_valid_loaders", "pick_device"]
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,9 @@ class FinetuneConfig(OptimConfig):
     keep_best: bool = True            # validation every epoch, the epoch of lowest validation loss is kept (scGPT)
     mask_ratio: float = 0.4           # integration: masked values / genes (scGPT integration: 0.4)
     include_zeros: bool = True        # integration, binned: every selected unexpressed gene is a token (scGPT include_zero_gene=True)
-    adversarial_weight: float = 1.0   # integration: weight of the gradient-reversed batch discriminator loss (0 = off)
+    adversarial_weight: float = 1.0   # integration: peak weight of the discriminator's gradient reversed into the encoder (0 = reversal off)
+    adversarial_schedule: str = "dann"  # integration: reversal weight over training, "dann" (0 -> weight, Ganin 2016) | "constant"
+    adversarial_lr_scale: float = 100.0  # integration: the batch discriminator's learning rate / lr (it must outpace the encoder it judges)
     embed_batch_size: int = 64        # cells per forward pass when embedding / predicting
     init: str = "pretrained"          # "pretrained" weights, or "scratch": the same architecture from random init (the control)
 
@@ -71,6 +75,9 @@ class FinetuneConfig(OptimConfig):
         need(0 <= self.valid_fraction < 1, f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
         need(0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
         need(self.adversarial_weight >= 0, f"adversarial_weight must be >= 0, got {self.adversarial_weight!r}")
+        need(self.adversarial_lr_scale > 0, f"adversarial_lr_scale must be > 0, got {self.adversarial_lr_scale!r}")
+        need(self.adversarial_schedule in ADVERSARIAL_SCHEDULES,
+             f"adversarial_schedule must be one of {ADVERSARIAL_SCHEDULES}, got {self.adversarial_schedule!r}")
 
 
 def pick_device(device=None) -> torch.device:
@@ -236,32 +243,94 @@ class ClassificationObjective:
         return loss, {"accuracy": float((logits.argmax(-1) == y).float().mean())}
 
 
-class AdversarialObjective:
-    """The recipe's self-supervised loss + a batch discriminator behind gradient reversal.
+#: schedules of the reversal weight over training progress p (optimizer step / steps), see :func:`reversal_weight`
+ADVERSARIAL_SCHEDULES = ("constant", "dann")
 
-    ``loss = ssl(model, batch) + CE(heads["batch"](grad_reverse(embedding, w)), batch)``: the
-    discriminator learns to tell batches apart while the reversed gradient pushes the cell
-    embedding to hide them (scGPT's DAR / SC-MAMBA2's adversarial batch correction). The
-    discriminator term is added at full weight to the loss; ``w`` scales only the gradient
-    reaching the encoder. One forward pass serves both terms.
+
+def reversal_weight(progress: float, weight: float, schedule: str = "dann") -> float:
+    """The weight of the gradient reversed into the encoder at training ``progress`` p in [0, 1].
+
+    "constant": ``weight`` from the first step. "dann": ``weight * (2 / (1 + exp(-10 p)) - 1)``
+    (Ganin et al. 2016, section 5.2.2): 0 at the first step, half of ``weight`` at p = 0.11,
+    ``weight`` (to 1e-4) from p = 1, so the discriminator learns the batches before the encoder
+    is pushed to hide them.
+    """
+    if schedule not in ADVERSARIAL_SCHEDULES:
+        raise InputError(f"adversarial schedule must be one of {ADVERSARIAL_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return float(weight)
+    p = min(max(float(progress), 0.0), 1.0)
+    return float(weight) * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+def standardize_cells(emb: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each dimension of ``emb`` (B, d) centred and scaled over the batch's cells: (B, d).
+
+    The statistics are the batch's own (as a batch norm in training mode, without running
+    statistics or affine parameters) and gradients flow through them. A final-norm cell
+    embedding shares a large component across cells (its spread between cells is ~0.1 of its
+    size at initialisation), which a discriminator trained at a fine-tuning learning rate does
+    not learn past; standardised, the differences between cells are what it reads.
+    """
+    x = emb.float()
+    mean = x.mean(0, keepdim=True)
+    var = x.var(0, unbiased=False, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class AdversarialObjective:
+    """The recipe's self-supervised loss + a batch discriminator behind gradient reversal (DANN).
+
+    ``loss = ssl(model, batch) + CE(heads["batch"](standardize(grad_reverse(embedding, lambda))), batch)``:
+    the discriminator minimises its cross-entropy as any classifier (its own parameters get the
+    plain gradient); only the gradient flowing from it into the encoder is reversed and scaled
+    by ``lambda`` (scGPT's DAR / SC-MAMBA2's adversarial batch correction). One forward pass
+    serves both terms. ``lambda`` follows ``schedule`` (:func:`reversal_weight`) from 0 to
+    ``weight`` over training; the loop reports the step through :meth:`set_step`.
+
+    ``weight=0`` turns the reversal off but still trains the discriminator: the encoder is then
+    trained by the self-supervised loss alone and ``adv_loss`` measures how much batch
+    information its embedding holds (below ln(n_batches): the batches are told apart).
+    The discriminator reads the embedding standardised over the batch's cells
+    (:func:`standardize_cells`).
+
+    Evaluation (``model.training`` False): the returned loss is the self-supervised term only,
+    so ``keep_best`` chooses the epoch by the recipe's objective and never rewards one in which
+    the discriminator wins; ``adv_loss`` and ``batch_acc`` are still reported.
+
+    Metrics: ``ssl_loss``, the recipe's, ``adv_loss``, ``batch_acc``, ``adv_lambda`` (the
+    reversal weight of the step).
     """
 
-    def __init__(self, ssl, batches: np.ndarray, *, weight: float, pooling: str):
-        self.ssl, self.weight, self.pooling = ssl, float(weight), pooling
+    def __init__(self, ssl, batches: np.ndarray, *, weight: float, pooling: str, schedule: str = "dann"):
+        if schedule not in ADVERSARIAL_SCHEDULES:
+            raise InputError(f"AdversarialObjective: schedule must be one of {ADVERSARIAL_SCHEDULES}, got {schedule!r}")
+        if not weight >= 0:
+            raise InputError(f"AdversarialObjective: weight must be >= 0, got {weight!r}")
+        self.ssl, self.weight, self.pooling, self.schedule = ssl, float(weight), pooling, schedule
         self.batches = torch.as_tensor(np.asarray(batches, dtype=np.int64))
+        self.progress = 0.0
+
+    def set_step(self, step: int, max_steps: int) -> None:
+        """Called by the training loop before optimizer step ``step`` (0-based) of ``max_steps``."""
+        self.progress = step / max(max_steps - 1, 1)
+
+    @property
+    def reversal(self) -> float:
+        """The weight of the reversed gradient at the current step."""
+        return reversal_weight(self.progress, self.weight, self.schedule)
 
     def __call__(self, model, batch):
         out = _model_forward(model, batch)
-        loss, metrics = self.ssl.loss_from_output(model, out, batch)
-        metrics = {"ssl_loss": float(loss.detach()), **metrics}
-        if self.weight > 0:
-            emb = pool_cells(out, self.pooling)
-            logits = model.heads["batch"](_pooled_output(grad_reverse(emb, self.weight))).float()
-            y = self.batches.to(logits.device)[batch["cell_index"]]
-            adv = F.cross_entropy(logits, y)
-            loss = loss + adv
-            metrics.update(adv_loss=float(adv.detach()), batch_acc=float((logits.argmax(-1) == y).float().mean()))
-        return loss, metrics
+        ssl, metrics = self.ssl.loss_from_output(model, out, batch)
+        lam = self.reversal
+        emb = standardize_cells(grad_reverse(pool_cells(out, self.pooling), lam))
+        logits = model.heads["batch"](_pooled_output(emb)).float()
+        y = self.batches.to(logits.device)[batch["cell_index"]]
+        adv = F.cross_entropy(logits, y)
+        metrics = {"ssl_loss": float(ssl.detach()), **metrics, "adv_loss": float(adv.detach()),
+                   "batch_acc": float((logits.argmax(-1) == y).float().mean()), "adv_lambda": lam}
+        return (ssl + adv if model.training else ssl), metrics
 
 
 def _pooled_output(emb: torch.Tensor) -> BackboneOutput:

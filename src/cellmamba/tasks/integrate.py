@@ -3,7 +3,15 @@ values for binned models, masked genes for rank models) plus an adversarial batc
 discriminator behind gradient reversal, then cell embeddings of ALL cells (scGPT / SC-MAMBA2:
 scib runs on the whole dataset; there is no query split). As scGPT's tutorial, a seeded random
 ``valid_fraction`` of the cells is held out of training and validates every epoch; with
-``keep_best`` the epoch of lowest validation loss embeds the cells.
+``keep_best`` the epoch of lowest validation loss (of the masked objective: see
+:class:`~cellmamba.tasks.finetune.AdversarialObjective`) embeds the cells.
+
+The adversary (``adversarial_*`` of :class:`~cellmamba.tasks.FinetuneConfig`): the reversal
+weight rises from 0 to ``adversarial_weight`` (``adversarial_schedule``, DANN's by default) and
+the discriminator, a fresh head, learns at ``adversarial_lr_scale`` times ``lr`` in an AdamW
+group of its own. Without both it stayed at chance (ln(n_batches)) while a linear probe still
+read the batch from the embeddings: a discriminator that learns no faster than the encoder
+moves is fooled without the batch being removed (benchmarks/README.md, "Adversarial batch term").
 """
 from __future__ import annotations
 
@@ -64,17 +72,20 @@ def run_integration(adata, model_dir: str | os.PathLike, vocabulary: pd.DataFram
                                  hidden=saved.backbone.d_model)}
     model = load_for_finetuning(model_dir, heads, keep_heads=keep, backend=config.backend, seed=config.seed,
                                 init=config.init)
+    for p in model.heads["batch"].parameters():  # its own AdamW group (cellmamba.train.schedule.param_groups)
+        p._lr_scale = config.adversarial_lr_scale
     tokens = tokenize_dataset(adata, vocabulary, tokenizer=tokenizer, max_len=config.max_len, genes=genes,
                               n_bins=model.config.embedding.n_bins, source="integration dataset", aliases=aliases)
     ssl = MaskedValueObjective() if tokenizer == "binned" else MaskedGeneObjective()
     objective = AdversarialObjective(ssl, batches, weight=config.adversarial_weight if len(names) > 1 else 0.0,
-                                     pooling=pooling)
+                                     pooling=pooling, schedule=config.adversarial_schedule)
     masked = collator_for(tokens, mask_ratio=config.mask_ratio, include_zeros=config.include_zeros, seed=config.seed)
     data = TokenCells(tokens)
     train_cells, valid_cells = split_train_valid(batches, config.valid_fraction, config.seed)
     loader, valid, tcfg = train_valid_loaders(tokens, train_cells, valid_cells, masked, config)
-    log.info("integration: %d cells (%d train / %d valid), %d batches, %s objective + adversarial (weight %g), %d steps",
-             len(data), len(train_cells), len(valid_cells), len(names), type(ssl).__name__, config.adversarial_weight,
+    log.info("integration: %d cells (%d train / %d valid), %d batches, %s objective + adversarial (weight %g, %s "
+             "schedule, discriminator lr x%g), %d steps", len(data), len(train_cells), len(valid_cells), len(names),
+             type(ssl).__name__, config.adversarial_weight, config.adversarial_schedule, config.adversarial_lr_scale,
              tcfg.max_steps)
     train(model, objective, loader, tcfg, out_dir=Path(out_dir), eval_data=valid, device=device)
     plain = collator_for(tokens, mask_ratio=0.0, include_zeros=config.include_zeros, seed=config.seed)
