@@ -185,8 +185,8 @@ def test_with_the_reversal_off_the_discriminator_learns_and_on_the_embedding_los
     (off, probe_off, _), (on, probe_on, types_on) = runs[0.0], runs[1.0]
     chance = math.log(3)
     assert (off.adv_lambda == 0).all() and on.adv_lambda.iloc[0] < 0.5 < 0.99 < on.adv_lambda.iloc[-1]
-    assert off.adv_loss.head(3).mean() > chance - 0.1  # it starts from chance ...
-    assert off.adv_loss.tail(3).mean() < chance - 0.15, off.adv_loss.tolist()  # ... and learns the batches
+    # it learns the batches: its loss falls, well below chance
+    assert off.adv_loss.tail(3).mean() < min(chance - 0.15, off.adv_loss.head(3).mean() - 0.1), off.adv_loss.tolist()
     assert on.adv_loss.tail(3).mean() > off.adv_loss.tail(3).mean() + 0.1
     assert probe_off > 0.8  # the batch effect is strong in the embedding the encoder makes unopposed
     assert probe_on < probe_off - 0.05, (probe_off, probe_on)
