@@ -96,7 +96,7 @@ def test_evaluation_returns_the_self_supervised_loss_alone():
     assert float(train_loss.detach()) == pytest.approx(m["ssl_loss"] + m["adv_loss"], rel=1e-6)
     model.eval()
     eval_loss, m = objective(model, batch)
-    assert float(eval_loss) == pytest.approx(m["ssl_loss"], rel=1e-6) and m["adv_loss"] > 0
+    assert float(eval_loss.detach()) == pytest.approx(m["ssl_loss"], rel=1e-6) and m["adv_loss"] > 0
 
 
 def test_reversal_weight_schedules_match_hand_computed_values():
