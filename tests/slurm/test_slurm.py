@@ -51,9 +51,10 @@ FAIL_TIMEOUT_S = 120      # the failing one-rule workflow
 MAX_STEPS = 4             # pretraining steps of each demo model (the demo config has 20)
 GPU_RULES = {"pretrain": 1, "finetune_annotation": 1, "finetune_integration": 1, "finetune_perturbation": 1,
              "train_multiomics": 1}
-# the evaluation part of the demo, cut to one model, one baseline per task and one variant, so
-# every evaluation rule runs once or twice (the full set is the plain demo test's job)
-EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False,
+# the evaluation part of the demo, cut to one model, one baseline per task, one variant and no
+# scratch controls (the same rules again), so every evaluation rule runs once or twice (the full
+# set is the plain demo test's job)
+EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False, "scratch_controls": False,
                   "annotation": {"baselines": ["logreg"], "finetune": {"epochs": 1}},
                   "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}},
                   "perturbation": {"baselines": ["additive"], "finetune": {"epochs": 1}},
