@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -165,14 +166,18 @@ class CellModel(nn.Module):
         return model
 
     @classmethod
-    def scratch_like(cls, directory: str | os.PathLike, *, backend: str | None = None) -> "CellModel":
+    def scratch_like(cls, directory: str | os.PathLike, *, backend: str | None = None,
+                     heads: Mapping[str, HeadConfig] | None = None) -> "CellModel":
         """The architecture of a model saved by :meth:`save_pretrained`, randomly initialised from
         torch's global generator: the weights file is not read. The no-pretraining control of
-        fine-tuning (``<model>_scratch``); ``backend`` as :meth:`from_pretrained`."""
+        fine-tuning (``<model>_scratch``); ``backend`` as :meth:`from_pretrained`; ``heads``, where
+        given, replace the saved config's heads."""
         directory = Path(directory)
         config = read_model_config(directory)
         if backend is not None:
             config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, backend=backend))
+        if heads is not None:
+            config = dataclasses.replace(config, heads=dict(heads))
         try:
             return cls(config)
         except BackendUnavailableError as exc:

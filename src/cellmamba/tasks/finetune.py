@@ -6,7 +6,6 @@ CUDA, checkpoints and automatic resume, metrics.csv, DDP under torchrun.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from ..errors import InputError
 from ..models import BackboneOutput, CellModel, HeadConfig
 from ..models.checkpoint import WEIGHTS_NAME, load_state_dict_strict, read_weights
 from ..models.heads import pool_cells
-from ..models.model import INITS, check_init
+from ..models.model import INITS, check_init, read_model_config
 from ..train.config import OptimConfig
 from ..train.data import DataConfig, build_dataloader
 from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
@@ -130,17 +129,17 @@ def load_for_finetuning(model_dir: str | os.PathLike, heads: Mapping[str, HeadCo
     as with ``init="pretrained"`` and the same seed, so the two runs differ only in the
     pretrained weights."""
     check_init(init, where="load_for_finetuning")
-    pretrained = CellModel.scratch_like(model_dir, backend=backend)
-    missing = [h for h in keep_heads if h not in pretrained.config.heads]
+    saved = read_model_config(model_dir).heads  # the config alone: the model is built once, below
+    missing = [h for h in keep_heads if h not in saved]
     if missing:
-        raise InputError(f"{model_dir}: has no head(s) {missing} to keep (it has {sorted(pretrained.config.heads)})")
-    new_heads = {name: pretrained.config.heads[name] for name in keep_heads}
+        raise InputError(f"{model_dir}: has no head(s) {missing} to keep (it has {sorted(saved)})")
+    new_heads = {name: saved[name] for name in keep_heads}
     clash = sorted(set(new_heads) & set(heads))
     if clash:
         raise InputError(f"load_for_finetuning: head name(s) {clash} are both kept and new")
     new_heads.update(heads)
     seed_all(seed)
-    model = CellModel(dataclasses.replace(pretrained.config, heads=new_heads))
+    model = CellModel.scratch_like(model_dir, backend=backend, heads=new_heads)
     n = sum(p.numel() for p in model.parameters())
     if init == "scratch":
         log.info("the architecture of %s (%s backbone, %s tokens, %d parameters) from random init (seed %d, "
