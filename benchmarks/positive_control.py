@@ -74,6 +74,7 @@ log = logging.getLogger("positive_control")
 #: fixed seeds: the design (programs, types), the corpus, the labelled set and its split
 DESIGN_SEED, CORPUS_SEED, LABELLED_SEED = 0, 1, 2
 RECIPES = ("genemamba", "scmamba2")
+READOUTS = ("probe", "finetune")
 
 #: the two sizes; every field can be overridden by the flag of the same name
 PRESETS = {
@@ -348,6 +349,25 @@ def code_revision() -> str:
         return ""
 
 
+def probe_rows(recipe: str, model_dir: Path, labelled, vocabulary, p: argparse.Namespace, runs: list, settings: dict,
+               add) -> None:
+    """The ``probe`` rows of one recipe: both arms' frozen embeddings of the labelled cells into
+    :func:`linear_probe`, for each (fraction, seed) of ``runs``; ``add`` records a row."""
+    # frozen embeddings: the pretrained ones once, the random init's per seed (it is the seed's)
+    t1 = time.perf_counter()
+    emb = embeddings(model_dir, labelled, vocabulary, p, init="pretrained", seed=0)
+    frozen = {("pretrained", s): emb for s in p.seeds}
+    frozen.update({("scratch", s): embeddings(model_dir, labelled, vocabulary, p, init="scratch", seed=s)
+                   for s in p.seeds})
+    embed_s = (time.perf_counter() - t1) / (1 + len(p.seeds))
+    for (fraction, seed), init in itertools.product(runs, ("pretrained", "scratch")):
+        keep = labelled_positions(labelled, fraction, seed)
+        t1 = time.perf_counter()
+        pred = predictions(labelled[keep], linear_probe(frozen[init, seed][keep], labelled[keep], seed))
+        add({"recipe": recipe, "init": init, "readout": "probe", "label_fraction": fraction, "seed": seed,
+             **score(pred), **settings}, time.perf_counter() - t1 + embed_s)
+
+
 def run(p: argparse.Namespace, work: Path) -> pd.DataFrame:
     """Simulate, tokenize, pretrain each recipe; for every fraction x seed fine-tune both arms,
     probe both arms' frozen embeddings and fit logreg on the genes. ``p.out`` is rewritten
@@ -401,20 +421,9 @@ def run(p: argparse.Namespace, work: Path) -> pd.DataFrame:
         settings = {"d_model": p.d_model, "n_layers": p.n_layers, "context_length": p.context_length,
                     "corpus_cells": p.corpus_cells, "pretrain_steps": p.pretrain_steps,
                     "pretrain_batch": p.pretrain_batch, **{k: v for k, v in pre.items() if k != "model_dir"}}
-        # frozen embeddings: the pretrained ones once, the random init's per seed (it is the seed's)
-        t1 = time.perf_counter()
-        emb = embeddings(pre["model_dir"], labelled, vocabulary, p, init="pretrained", seed=0)
-        frozen = {("pretrained", s): emb for s in p.seeds}
-        frozen.update({("scratch", s): embeddings(pre["model_dir"], labelled, vocabulary, p, init="scratch", seed=s)
-                       for s in p.seeds})
-        embed_s = (time.perf_counter() - t1) / (1 + len(p.seeds))
-        for (fraction, seed), init in itertools.product(runs, ("pretrained", "scratch")):
-            keep = labelled_positions(labelled, fraction, seed)
-            t1 = time.perf_counter()
-            pred = predictions(labelled[keep], linear_probe(frozen[init, seed][keep], labelled[keep], seed))
-            add({"recipe": recipe, "init": init, "readout": "probe", "label_fraction": fraction, "seed": seed,
-                 **score(pred), **settings}, time.perf_counter() - t1 + embed_s)
-        for fraction, seed in runs:
+        if "probe" in p.readouts:
+            probe_rows(recipe, pre["model_dir"], labelled, vocabulary, p, runs, settings, add)
+        for fraction, seed in runs if "finetune" in p.readouts else ():
             subset = labelled[labelled_positions(labelled, fraction, seed)].copy()
             n_labelled = int((subset.obs[OBS_SPLIT] == "reference").sum())
             for init in ("pretrained", "scratch"):
@@ -451,6 +460,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0],
                     help="fractions of the reference cells that keep their labels")
+    ap.add_argument("--readouts", nargs="+", choices=READOUTS, default=list(READOUTS),
+                    help="which readouts of each recipe to run (default both)")
     ap.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (subsample, head init, data order)")
     ap.add_argument("--out", type=Path, required=True, help="CSV; the plot goes beside it (.png)")
     ap.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
