@@ -337,7 +337,11 @@ def device_name(device: str) -> str:
 
 
 def code_revision() -> str:
-    """The checkout's short commit, ``-dirty`` with uncommitted changes to tracked files; "" without git."""
+    """$CELLMAMBA_CODE where set (a copy of the tree whose git metadata is not its own, e.g. on a
+    lent GPU machine), else the checkout's short commit, ``-dirty`` with uncommitted changes to
+    tracked files; "" without git."""
+    if os.environ.get("CELLMAMBA_CODE"):
+        return os.environ["CELLMAMBA_CODE"]
     try:
         git = ["git", "-C", str(REPO)]
         head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
