@@ -148,6 +148,44 @@ def test_a_parameter_lr_scale_gets_its_own_group_and_learning_rate():
         param_groups(model, 0.1)
 
 
+class _Quadratic(nn.Module):
+    """Two parameters whose gradients are set by hand: loss = a . w + b . v, so dloss/dw = a."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3))
+        self.v = nn.Parameter(torch.zeros(2))
+
+
+def test_each_lr_scale_group_is_clipped_on_its_own():
+    """An encoder gradient of norm 1,000 is clipped to 1 without shrinking the scaled head's
+    gradient of norm 0.5 (one global clip would scale both by 1/1000). SGD, so the update is lr
+    times the clipped gradient, compared with values computed by hand."""
+    model = _Quadratic()
+    model.v._lr_scale = 100.0
+    a = torch.tensor([600.0, 0.0, 800.0])  # norm 1000
+    b = torch.tensor([0.3, 0.4])           # norm 0.5
+    opt = torch.optim.SGD(param_groups(model, 0.0), lr=0.0)
+    config = TrainConfig(lr=1e-2, warmup_steps=0, max_steps=1, grad_clip=1.0)
+
+    def objective(m, batch):
+        return (a * m.w).sum() + (b * m.v).sum(), {}
+
+    out = train_step(model, objective, [{"x": torch.zeros(1)}], optimizer=opt, config=config, step=0, device="cpu")
+    assert out["grad_norm"] == pytest.approx(math.hypot(1000.0, 0.5))
+    assert out["grad_norm_lr_x100"] == pytest.approx(0.5)
+    assert model.w.detach().numpy() == pytest.approx([-0.006, 0.0, -0.008])    # -1e-2 * a / 1000
+    assert model.v.detach().numpy() == pytest.approx([-0.3, -0.4])             # -1e-2 * 100 * b, not clipped
+    # without a scaled group the clip is the global one, as before
+    plain = _Quadratic()
+    opt = torch.optim.SGD(param_groups(plain, 0.0), lr=0.0)
+    out = train_step(plain, objective, [{"x": torch.zeros(1)}], optimizer=opt, config=config, step=0, device="cpu")
+    scale = 1.0 / math.hypot(1000.0, 0.5)
+    assert plain.w.detach().numpy() == pytest.approx((-1e-2 * scale * a).numpy())
+    assert plain.v.detach().numpy() == pytest.approx((-1e-2 * scale * b).numpy())
+    assert not any(k.startswith("grad_norm_lr_x") for k in out)
+
+
 def test_standardize_cells_centres_and_scales_each_dimension():
     x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
     z = standardize_cells(x)
