@@ -10,8 +10,8 @@ from cellmamba.metrics.tables import METRIC_DIRECTIONS, _compose, higher_is_bett
 def test_composed_directions_equal_the_former_hard_coded_table():
     assert METRIC_DIRECTIONS == {
         "accuracy": "higher", "precision_macro": "higher", "recall_macro": "higher", "f1_macro": "higher",
-        "f1_micro": "higher", "n_classes_macro": "unranked", "n_query_only_classes": "unranked",
-        "query_only_cell_fraction": "unranked",
+        "f1_micro": "higher", "f1_macro_union": "unranked", "n_classes_macro": "unranked",
+        "n_query_only_classes": "unranked", "query_only_cell_fraction": "unranked",
         "foscttm": "lower", "omics_mixing_entropy": "higher", "nmi": "higher", "ari": "higher",
         "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher",
         "avg_bio": "higher", "avg_batch": "higher", "asw_cell": "higher", "isolated_label_f1": "higher",
@@ -23,8 +23,8 @@ def test_composed_directions_equal_the_former_hard_coded_table():
     # the former LOWER_IS_BETTER = ("foscttm", "mse") (prefix rule) and NOT_RANKED list, value for value
     expected = {
         "accuracy": True, "precision_macro": True, "recall_macro": True, "f1_macro": True, "f1_micro": True,
-        "n_classes_macro": None, "n_query_only_classes": None, "query_only_cell_fraction": None,
-        "foscttm": False, "omics_mixing_entropy": True, "nmi": True, "ari": True, "label_transfer": True,
+        "f1_macro_union": None, "n_classes_macro": None, "n_query_only_classes": None,
+        "query_only_cell_fraction": None, "foscttm": False, "omics_mixing_entropy": True, "nmi": True, "ari": True, "label_transfer": True,
         "label_transfer_1to2": True, "label_transfer_2to1": True, "avg_bio": True, "avg_batch": True,
         "asw_cell": True, "isolated_label_f1": True, "isolated_label_asw": True, "asw_batch": True,
         "graph_connectivity": True, "pcr": True, "ilisi": True, "clisi": True, "kbet": True,
@@ -35,7 +35,7 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "n_conditions": None, "n_queries": None, "n_candidates": None, "unknown_metric": True}
     assert {m: higher_is_better(m) for m in expected} == expected
     assert tables.LOWER_IS_BETTER == ("foscttm", "mse")
-    assert tables.NOT_RANKED == ("n_classes_macro", "n_query_only_classes", "query_only_cell_fraction",
+    assert tables.NOT_RANKED == ("f1_macro_union", "n_classes_macro", "n_query_only_classes", "query_only_cell_fraction",
                                  "n_conditions", "n_queries", "n_candidates")
     summary = summarize([metrics_frame({"accuracy": 0.5}, task="annotation", dataset="d", method="m", seed=0)])
     assert ("best value per column in **bold** (lower is better for foscttm, mse; higher for the others)."

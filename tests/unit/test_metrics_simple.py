@@ -28,10 +28,27 @@ def test_score_annotation_hand_computed(reference):
     assert s["recall_macro"] == pytest.approx((0.5 + 1 + 0) / 3)
     assert s["f1_macro"] == pytest.approx((0.5 + 0.8 + 0) / 3)
     assert s["f1_micro"] == pytest.approx(3 / 5)
-    # macro set = union of query truth and predictions: a, b, c (reference-only d left out)
-    assert s["n_classes_macro"] == 3
+    # macro set = the query's true classes: a, b, c (reference-only d left out); here it is also the union
+    assert s["n_classes_macro"] == 3 and s["f1_macro_union"] == pytest.approx(s["f1_macro"])
     assert s["n_query_only_classes"] == 1 and s["query_only_cell_fraction"] == pytest.approx(1 / 5)
     assert "c" in s.notes["n_query_only_classes"]
+
+
+def test_macro_averages_keep_the_query_classes_whatever_a_method_predicts():
+    """Predicting a class the query lacks (d) adds no term to the macro averages; scGPT's union
+    average (f1_macro_union) gains a zero term and a fourth class. By hand, predictions a b b b d:
+    a: TP1 FP0 FN1 -> P 1 R .5 F1 2/3 ; b: TP2 FP1 FN0 -> P 2/3 R 1 F1 .8 ; c: 0 ; d: 0 (union only)."""
+    s = score_annotation(Y_TRUE, ["a", "b", "b", "b", "d"], reference_labels=["a", "b", "d"])
+    assert s["n_classes_macro"] == 3
+    assert s["precision_macro"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert s["recall_macro"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert s["f1_macro"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert s["f1_macro_union"] == pytest.approx((2 / 3 + 0.8 + 0 + 0) / 4)
+    assert s["accuracy"] == pytest.approx(3 / 5) and s["f1_micro"] == pytest.approx(3 / 5)
+    # two methods on the same query: the same class set, whatever each predicts
+    other = score_annotation(Y_TRUE, ["a"] * 5, reference_labels=["a", "b", "d"])
+    assert other["n_classes_macro"] == s["n_classes_macro"]
+    assert other["f1_macro"] == pytest.approx((2 * 0.4 / 1.4 + 0 + 0) / 3)  # a: P .4 R 1
 
 
 def test_query_only_classes_and_confusion():
