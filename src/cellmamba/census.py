@@ -45,6 +45,20 @@ _VAR_COLUMNS = [VAR_FEATURE_ID, VAR_FEATURE_NAME, VAR_FEATURE_LENGTH]
 _H5_CHUNK = 1 << 18  # elements per HDF5 chunk of the shard's X arrays (1-2 MB)
 
 
+#: the assay labels the public Census holds (``obs["assay"]``): the inclusion list of the Census
+#: schema 2.0 (cellxgene-census docs/cellxgene_census_schema.md, "Assays"), which the pinned
+#: 2024-07-01 release follows. A label of ``census.assays`` must be one of these when reading the
+#: public Census, so a typo fails at config time instead of selecting nothing.
+CENSUS_ASSAYS = (
+    "10x 3' transcription profiling", "10x 3' v1", "10x 3' v2", "10x 3' v3", "10x 5' transcription profiling",
+    "10x 5' v1", "10x 5' v2", "BD Rhapsody Targeted mRNA", "BD Rhapsody Whole Transcriptome Analysis", "CEL-seq2",
+    "DroNc-seq", "Drop-seq", "GEXSCOPE technology", "inDrop", "MARS-seq", "microwell-seq", "sci-RNA-seq", "Seq-Well",
+    "Seq-Well S3", "Smart-seq", "Smart-seq v4", "Smart-seq2", "STRT-seq", "TruDrop")
+#: of those, the full-length read-count assays: the Census divides their counts by gene length in
+#: its normalised layer, as it does for no other assay
+FULL_LENGTH_ASSAYS = ("Smart-seq", "Smart-seq v4", "Smart-seq2")
+
+
 @dataclass(frozen=True)
 class CensusConfig:
     """What to read from the Census and how to shard it (config ``census:``)."""
@@ -57,6 +71,8 @@ class CensusConfig:
     organism: str = "homo_sapiens"
     #: SOMA value filter on census obs ("" = every cell)
     obs_value_filter: str = "is_primary_data == True"
+    #: "all" (every assay of the store) or the assay labels (obs "assay") to keep; see :attr:`value_filter`
+    assays: str | tuple[str, ...] = "all"
     #: census dataset ids never used (evaluation data must not leak into pretraining)
     exclude_dataset_ids: tuple[str, ...] = ()
     #: collection DOIs whose datasets are excluded too (resolved through census_info/datasets)
@@ -92,9 +108,29 @@ class CensusConfig:
             raise InputError(f"census config: obs_value_filter must be a string, got {self.obs_value_filter!r}")
         if not isinstance(self.seed, int):
             raise InputError(f"census config: seed must be an integer, got {self.seed!r}")
+        if self.assays != "all":
+            value = self.assays
+            if (isinstance(value, str) or not value or not all(isinstance(v, str) and v for v in value)
+                    or len(set(value)) != len(value)):
+                raise InputError(f"census config: assays must be \"all\" or a non-empty list of distinct assay "
+                                 f"labels, got {value!r}")
+            object.__setattr__(self, "assays", tuple(value))
+            unknown = sorted(set(self.assays) - set(CENSUS_ASSAYS))
+            if self.uri is None and unknown:
+                raise InputError(f"census config: assays {unknown} are not assay labels of the public Census "
+                                 f"(its labels: {list(CENSUS_ASSAYS)})")
         reserved = {OBS_SOMA_JOINID, OBS_DATASET_ID} & set(self.obs_columns)
         if reserved:
             raise InputError(f"census config: obs_columns must not list {sorted(reserved)} (always written)")
+
+    @property
+    def value_filter(self) -> str:
+        """The SOMA value filter the plan reads with: ``obs_value_filter``, and with a list of
+        ``assays`` also ``assay in [...]`` (labels JSON-quoted: they hold single quotes)."""
+        parts = [f"({self.obs_value_filter})"] if self.obs_value_filter.strip() else []
+        if self.assays != "all":
+            parts.append(f"assay in [{', '.join(json.dumps(a) for a in self.assays)}]")
+        return " and ".join(parts)
 
     @property
     def source(self) -> str:
@@ -218,13 +254,13 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
             raise InputError(f"census {config.source!r}: obs has no column(s) {missing} "
                              f"(available: {sorted(obs_keys)})")
         excluded = _excluded_datasets(_census_datasets(census, config), config)
+        columns = [OBS_SOMA_JOINID, OBS_DATASET_ID] + (["assay"] if "assay" in obs_keys else [])
         try:
-            tables = exp.obs.read(value_filter=config.obs_value_filter or None,
-                                  column_names=[OBS_SOMA_JOINID, OBS_DATASET_ID])
+            tables = exp.obs.read(value_filter=config.value_filter or None, column_names=columns)
             obs = tables.concat().to_pandas()
         except Exception as exc:  # tiledbsoma raises several types for a bad filter
             raise InputError(f"census {config.source!r}: obs query with value filter "
-                             f"{config.obs_value_filter!r} failed ({type(exc).__name__}: {exc})") from exc
+                             f"{config.value_filter!r} failed ({type(exc).__name__}: {exc})") from exc
         var = _read_var(exp, config)
         store_version = _census_version_of(census)
 
@@ -235,7 +271,14 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
     obs[OBS_DATASET_ID] = obs[OBS_DATASET_ID].astype(str)
     obs = obs[~obs[OBS_DATASET_ID].isin(excluded)]
     logger.info("census %s: %d cells pass %r; %d left after excluding %d dataset(s)", config.source,
-                n_filtered, config.obs_value_filter, len(obs), len(excluded))
+                n_filtered, config.value_filter, len(obs), len(excluded))
+    assay_cells = ({str(k): int(v) for k, v in obs["assay"].astype(str).value_counts().sort_index().items()}
+                   if "assay" in obs else {})
+    if config.assays != "all":
+        for label in sorted(set(config.assays) - set(assay_cells)):
+            logger.warning("census %s: assay %r selects no cell (after the filter and the exclusions)",
+                           config.source, label)
+    logger.info("census %s: cells per assay %s", config.source, assay_cells)
     if config.max_cells is not None and len(obs) > config.max_cells:
         rng = np.random.default_rng(config.seed)
         obs = obs.iloc[np.sort(rng.choice(len(obs), size=config.max_cells, replace=False))]
@@ -253,7 +296,8 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
     obs[PLAN_SHARD] = shard
 
     meta = {**{k: v for k, v in asdict(config).items() if k not in ("chunk_cells",)},
-            "uri": config.source, "excluded_dataset_ids": excluded, "n_genes": len(var),
+            "uri": config.source, "value_filter": config.value_filter, "assay_cells": assay_cells,
+            "excluded_dataset_ids": excluded, "n_genes": len(var),
             "vocab_hash": vocab_hash(var[VAR_FEATURE_ID]), "store_census_version": store_version}
     table = pa.Table.from_pandas(obs[[OBS_SOMA_JOINID, OBS_DATASET_ID, PLAN_SHARD]], preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _PLAN_META_KEY: json.dumps(meta).encode()})
@@ -292,6 +336,10 @@ def _check_plan_matches(meta: dict, config: CensusConfig, plan_path) -> None:
         if meta.get(key) != getattr(config, key):
             raise InputError(f"{plan_path}: made with {key}={meta.get(key)!r} but the config says "
                              f"{getattr(config, key)!r}; re-run the plan")
+    made_with = meta.get("assays", "all")  # JSON holds the tuple as a list
+    if (made_with if made_with == "all" else tuple(made_with)) != config.assays:
+        raise InputError(f"{plan_path}: made with assays={made_with!r} but the config says "
+                         f"{config.assays!r}; re-run the plan")
     if meta.get("uri") != config.source:
         raise InputError(f"{plan_path}: made from census {meta.get('uri')!r}, config reads {config.source!r}")
 
@@ -391,7 +439,8 @@ def download_shard(config: CensusConfig, plan_path: str | os.PathLike, shard_ind
         skeleton.varm[VARM_MEASURED] = measured
         skeleton.uns[UNS] = {
             "census_version": config.census_version, "uri": config.source, "organism": config.organism,
-            "obs_value_filter": config.obs_value_filter, "shard_index": int(shard_index),
+            "obs_value_filter": config.obs_value_filter,
+            "assays": config.assays if config.assays == "all" else list(config.assays), "shard_index": int(shard_index),
             "n_shards": int(config.n_shards), UNS_MEASURED_DATASETS: list(shard_datasets),
             UNS_X_KIND: "counts", "vocab_hash": meta["vocab_hash"],
             "excluded_dataset_ids": list(meta.get("excluded_dataset_ids", [])),

@@ -193,6 +193,45 @@ def test_bad_value_filter_is_named(store, tmp_path):
         plan_census(_config(store, obs_value_filter="is_primary_dta == True"), tmp_path / "plan.parquet")
 
 
+ASSAYS = {"ds_a": "10x 3' v3", "ds_b": "Smart-seq2", "ds_c": "10x 3' v2"}
+
+
+@pytest.fixture(scope="module")
+def assay_store(tmp_path_factory):
+    """The three datasets with an assay each (labels with single quotes, as the Census spells them)."""
+    datasets = _datasets()
+    for ds_id, a in datasets.items():
+        a.obs["assay"] = ASSAYS[ds_id]
+    path = tmp_path_factory.mktemp("census_assays") / "soma"
+    build_local_census(datasets, path, gene_table=_gene_table(), census_version="2024-07-01")
+    return path
+
+
+def test_assays_keep_only_the_listed_assays_and_the_plan_records_them(assay_store, tmp_path, caplog):
+    dense, ds, primary = _source_matrix()
+    config = _config(assay_store, assays=["10x 3' v3", "10x 3' v2", "Drop-seq"], n_shards=2)
+    assert config.value_filter == '(is_primary_data == True) and assay in ["10x 3\' v3", "10x 3\' v2", "Drop-seq"]'
+    with caplog.at_level("WARNING", logger="cellmamba.census"):
+        plan = plan_census(config, tmp_path / "plan.parquet")
+    expected = np.flatnonzero(primary & np.isin(ds, ["ds_a", "ds_c"]))  # ds_b (Smart-seq2) left out
+    np.testing.assert_array_equal(plan["soma_joinid"].to_numpy(), expected)
+    assert "'Drop-seq' selects no cell" in caplog.text
+    _, meta = read_plan(tmp_path / "plan.parquet")
+    assert meta["assays"] == ["10x 3' v3", "10x 3' v2", "Drop-seq"] and meta["value_filter"] == config.value_filter
+    assert meta["assay_cells"] == {"10x 3' v2": int((ds == "ds_c").sum()), "10x 3' v3": int((ds == "ds_a").sum())}
+    # "all" keeps every assay and still counts them
+    every = plan_census(_config(assay_store, n_shards=2), tmp_path / "all.parquet")
+    np.testing.assert_array_equal(every["soma_joinid"].to_numpy(), np.flatnonzero(primary))
+    assert read_plan(tmp_path / "all.parquet")[1]["assay_cells"]["Smart-seq2"] == int((primary & (ds == "ds_b")).sum())
+    # a shard job refuses a plan made with other assays, and records its own
+    with pytest.raises(InputError, match="assays"):
+        download_shard(_config(assay_store, n_shards=2), tmp_path / "plan.parquet", 0, tmp_path / "0.h5ad")
+    download_shard(config, tmp_path / "plan.parquet", 0, tmp_path / "0.h5ad")
+    shard = ad.read_h5ad(tmp_path / "0.h5ad")
+    assert set(shard.obs["assay"].astype(str)) <= {"10x 3' v3", "10x 3' v2"}
+    assert list(shard.uns["cellmamba"]["assays"]) == list(config.assays)
+
+
 def test_stale_plan_and_bad_shard_index(store, tmp_path):
     plan_census(_config(store), tmp_path / "plan.parquet")
     with pytest.raises(InputError, match="n_shards=3"):
@@ -225,10 +264,20 @@ def test_store_builder_rejects_non_counts_and_foreign_genes(tmp_path):
     ({"n_shards": 0}, "n_shards"), ({"chunk_cells": -1}, "chunk_cells"), ({"max_cells": 0}, "max_cells"),
     ({"exclude_dataset_ids": "ds_a"}, "exclude_dataset_ids"), ({"obs_columns": ["dataset_id"]}, "dataset_id"),
     ({"uri": ""}, "uri"),
+    ({"assays": "10x 3' v3"}, "assays must be"), ({"assays": []}, "assays must be"),
+    ({"assays": ["Drop-seq", "Drop-seq"]}, "assays must be"),
+    ({"assays": ["10x 3 v3"]}, r"\['10x 3 v3'\] are not assay labels of the public Census"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(InputError, match=match):
         CensusConfig(**bad)
+
+
+def test_assay_labels_are_checked_against_the_census_only_when_reading_it():
+    assert CensusConfig(uri="/some/store", assays=["my lab's assay"]).assays == ("my lab's assay",)
+    assert CensusConfig(assays=["10x 3' v3"]).assays == ("10x 3' v3",) and CensusConfig().assays == "all"
+    assert CensusConfig(obs_value_filter="", assays=["Drop-seq"]).value_filter == 'assay in ["Drop-seq"]'
+    assert CensusConfig(obs_value_filter="").value_filter == ""
 
 
 def test_demo_store_builds_and_downloads(repo_root, tmp_path):
