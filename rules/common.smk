@@ -48,8 +48,11 @@ def census_store():
 
 
 def census_params():
-    """The census sub-tree a census rule needs (what cellmamba.census.CensusConfig takes)."""
-    return dict(config["census"])
+    """What a census rule passes to cellmamba.census.CensusConfig.from_workflow: the census
+    sub-tree and every registry dataset's census_exclusion (config/datasets.yaml), which it adds
+    to the config's own exclusions, so evaluation cells never reach pretraining."""
+    return {"census": dict(config["census"]),
+            "exclusions": {name: entry.get("census_exclusion") for name, entry in REGISTRY["datasets"].items()}}
 
 
 def qc_shards():

@@ -11,7 +11,7 @@ setup_logging(snakemake.log[0])
 from cellmamba.census import CensusConfig, download_shard
 
 download_shard(
-    CensusConfig(**snakemake.params.census),
+    CensusConfig.from_workflow(**snakemake.params.census),
     snakemake.input.plan,
     int(snakemake.wildcards.shard),
     snakemake.output.shard,

@@ -10,4 +10,4 @@ setup_logging(snakemake.log[0])
 
 from cellmamba.census import CensusConfig, plan_census
 
-plan_census(CensusConfig(**snakemake.params.census), snakemake.output.plan)
+plan_census(CensusConfig.from_workflow(**snakemake.params.census), snakemake.output.plan)

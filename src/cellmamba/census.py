@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,8 @@ from .keys import (OBS_DATASET_ID, OBS_SOMA_JOINID, UNS, UNS_MEASURED_DATASETS, 
                    VAR_FEATURE_ID, VAR_FEATURE_LENGTH, VAR_FEATURE_NAME, VARM_MEASURED)
 from .vocab import vocab_hash
 
-__all__ = ["CensusConfig", "open_census", "plan_census", "read_plan", "download_shard", "gene_table_path"]
+__all__ = ["CensusConfig", "CENSUS_ASSAYS", "FULL_LENGTH_ASSAYS", "open_census", "plan_census", "read_plan",
+           "download_shard", "gene_table_path", "registry_exclusions"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ class CensusConfig:
     exclude_dataset_ids: tuple[str, ...] = ()
     #: collection DOIs whose datasets are excluded too (resolved through census_info/datasets)
     exclude_collection_dois: tuple[str, ...] = ()
+    #: an exclusion (DOI or dataset id) that matches nothing is an error (else a warning), except
+    #: those in ``unverified_exclusions``
+    strict_exclusions: bool = False
+    #: exclusions not checked against the pinned release (no network where they were written):
+    #: excluded where they match, a warning where they match nothing, even when strict
+    unverified_exclusions: tuple[str, ...] = ()
     #: census obs columns carried into the shards (besides soma_joinid and dataset_id)
     obs_columns: tuple[str, ...] = ("cell_type", "assay", "tissue", "disease")
     #: STATIC number of shards (a dry-run of the full reproduction needs no network)
@@ -89,7 +96,7 @@ class CensusConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("exclude_dataset_ids", "exclude_collection_dois", "obs_columns"):
+        for name in ("exclude_dataset_ids", "exclude_collection_dois", "unverified_exclusions", "obs_columns"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise InputError(f"census config: {name} must be a list of strings, got {value!r}")
@@ -108,6 +115,11 @@ class CensusConfig:
             raise InputError(f"census config: obs_value_filter must be a string, got {self.obs_value_filter!r}")
         if not isinstance(self.seed, int):
             raise InputError(f"census config: seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.strict_exclusions, bool):
+            raise InputError(f"census config: strict_exclusions must be true or false, got {self.strict_exclusions!r}")
+        stray = sorted(set(self.unverified_exclusions) - set(self.exclude_dataset_ids) - set(self.exclude_collection_dois))
+        if stray:
+            raise InputError(f"census config: unverified_exclusions {stray} are neither excluded dataset ids nor DOIs")
         if self.assays != "all":
             value = self.assays
             if (isinstance(value, str) or not value or not all(isinstance(v, str) and v for v in value)
@@ -122,6 +134,18 @@ class CensusConfig:
         reserved = {OBS_SOMA_JOINID, OBS_DATASET_ID} & set(self.obs_columns)
         if reserved:
             raise InputError(f"census config: obs_columns must not list {sorted(reserved)} (always written)")
+
+    @classmethod
+    def from_workflow(cls, census: Mapping, exclusions: Mapping[str, Mapping | None]) -> "CensusConfig":
+        """The config of a census rule: the ``census`` sub-tree, with the exclusions each dataset
+        of the registry states (``exclusions``: dataset name -> its ``census_exclusion``;
+        :func:`registry_exclusions`) added to the sub-tree's own."""
+        stated = registry_exclusions({name: {"census_exclusion": rule} for name, rule in exclusions.items()})
+        merged = dict(census)
+        for key in ("exclude_collection_dois", "exclude_dataset_ids"):
+            merged[key] = sorted(set(merged.get(key) or ()) | set(stated[key]))
+        merged["unverified_exclusions"] = stated["unverified_exclusions"]
+        return cls(**merged)
 
     @property
     def value_filter(self) -> str:
@@ -204,20 +228,51 @@ def gene_table_path(plan_path: str | os.PathLike) -> Path:
     return Path(plan_path).with_name("genes.tsv")
 
 
-def _excluded_datasets(datasets: pd.DataFrame, config: CensusConfig) -> list[str]:
-    excluded = set(config.exclude_dataset_ids)
-    unknown = excluded - set(datasets[OBS_DATASET_ID])
-    if unknown:
-        logger.warning("census %s: excluded dataset ids not in the census (ignored): %s", config.source, sorted(unknown))
-    if config.exclude_collection_dois:
-        doi_col = datasets.get("collection_doi", pd.Series([], dtype=str))
-        for doi in config.exclude_collection_dois:
-            hit = datasets.loc[doi_col == doi, OBS_DATASET_ID].tolist()
-            logger.info("census %s: collection %s -> %d excluded dataset(s) %s", config.source, doi, len(hit), hit)
+def registry_exclusions(datasets: Mapping[str, Mapping]) -> dict[str, list[str]]:
+    """The Census exclusions the dataset registry states (config/datasets.yaml ``census_exclusion``
+    of every entry), as census config keys: ``exclude_collection_dois``, ``exclude_dataset_ids``
+    and ``unverified_exclusions`` (those of entries with ``verified: false``), each sorted and
+    without repeats. An entry without ``census_exclusion`` is an :class:`InputError`; one with
+    ``not_in_census`` adds nothing."""
+    dois, ids, unverified = set(), set(), set()
+    for name, entry in datasets.items():
+        rule = entry.get("census_exclusion")
+        if not rule:
+            raise InputError(f"dataset registry: {name!r} states no census_exclusion (collection_dois / "
+                             f"dataset_ids, or not_in_census with the reason)")
+        mine = set(rule.get("collection_dois") or ()) | set(rule.get("dataset_ids") or ())
+        dois.update(rule.get("collection_dois") or ())
+        ids.update(rule.get("dataset_ids") or ())
+        if not rule.get("verified", False):
+            unverified.update(mine)
+    return {"exclude_collection_dois": sorted(dois), "exclude_dataset_ids": sorted(ids),
+            "unverified_exclusions": sorted(unverified)}
+
+
+def _excluded_datasets(datasets: pd.DataFrame, config: CensusConfig) -> tuple[list[str], list[dict]]:
+    """Census dataset ids to leave out, and one record per exclusion (what it matched).
+
+    An exclusion that matches nothing is an :class:`InputError` under ``strict_exclusions``
+    unless it is unverified; otherwise a warning."""
+    known = set(datasets[OBS_DATASET_ID])
+    doi_col = datasets.get("collection_doi", pd.Series([""] * len(datasets), index=datasets.index, dtype=str))
+    records = []
+    for kind, keys in (("dataset_id", config.exclude_dataset_ids), ("collection_doi", config.exclude_collection_dois)):
+        for key in keys:
+            hit = ([key] if key in known else []) if kind == "dataset_id" else \
+                datasets.loc[doi_col == key, OBS_DATASET_ID].astype(str).tolist()
+            verified = key not in config.unverified_exclusions
+            records.append({"exclusion": key, "kind": kind, "verified": verified, "datasets": sorted(hit)})
+            logger.info("census %s: %s %s -> %d excluded dataset(s) %s", config.source, kind, key, len(hit), hit)
             if not hit:
-                logger.warning("census %s: excluded collection DOI %s matches no dataset", config.source, doi)
-            excluded.update(hit)
-    return sorted(excluded)
+                message = (f"census {config.source!r}: excluded {kind} {key!r} matches no dataset of the store "
+                           f"(a typo excludes nothing)")
+                if config.strict_exclusions and verified:
+                    raise InputError(message + "; fix it, or mark it unverified in config/datasets.yaml")
+                logger.warning(message + ("" if verified else "; not verified against this release"))
+    # the dataset ids as given (one not in the store excludes nothing, and is recorded as given)
+    excluded = set(config.exclude_dataset_ids).union(*(r["datasets"] for r in records))
+    return sorted(excluded), records
 
 
 def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFrame:
@@ -253,7 +308,7 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
         if missing:
             raise InputError(f"census {config.source!r}: obs has no column(s) {missing} "
                              f"(available: {sorted(obs_keys)})")
-        excluded = _excluded_datasets(_census_datasets(census, config), config)
+        excluded, exclusions = _excluded_datasets(_census_datasets(census, config), config)
         columns = [OBS_SOMA_JOINID, OBS_DATASET_ID] + (["assay"] if "assay" in obs_keys else [])
         try:
             tables = exp.obs.read(value_filter=config.value_filter or None, column_names=columns)
@@ -269,7 +324,11 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
                        store_version, config.census_version)
     n_filtered = len(obs)
     obs[OBS_DATASET_ID] = obs[OBS_DATASET_ID].astype(str)
+    per_dataset = obs[OBS_DATASET_ID].value_counts()
+    for record in exclusions:  # cells passing the filter that each exclusion removed
+        record["cells"] = int(per_dataset.reindex(record["datasets"]).fillna(0).sum())
     obs = obs[~obs[OBS_DATASET_ID].isin(excluded)]
+    len_kept = len(obs)
     logger.info("census %s: %d cells pass %r; %d left after excluding %d dataset(s)", config.source,
                 n_filtered, config.value_filter, len(obs), len(excluded))
     assay_cells = ({str(k): int(v) for k, v in obs["assay"].astype(str).value_counts().sort_index().items()}
@@ -297,7 +356,8 @@ def plan_census(config: CensusConfig, out_path: str | os.PathLike) -> pd.DataFra
 
     meta = {**{k: v for k, v in asdict(config).items() if k not in ("chunk_cells",)},
             "uri": config.source, "value_filter": config.value_filter, "assay_cells": assay_cells,
-            "excluded_dataset_ids": excluded, "n_genes": len(var),
+            "excluded_dataset_ids": excluded, "exclusions": exclusions, "excluded_cells": n_filtered - len_kept,
+            "n_genes": len(var),
             "vocab_hash": vocab_hash(var[VAR_FEATURE_ID]), "store_census_version": store_version}
     table = pa.Table.from_pandas(obs[[OBS_SOMA_JOINID, OBS_DATASET_ID, PLAN_SHARD]], preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _PLAN_META_KEY: json.dumps(meta).encode()})

@@ -232,6 +232,49 @@ def test_assays_keep_only_the_listed_assays_and_the_plan_records_them(assay_stor
     assert list(shard.uns["cellmamba"]["assays"]) == list(config.assays)
 
 
+def test_strict_exclusions_fail_on_an_exclusion_that_matches_nothing(store, tmp_path, caplog):
+    """The leakage contract at plan time: a DOI or id that matches no dataset fails under
+    strict_exclusions (a typo would exclude nothing), warns when unverified or not strict; the
+    plan records each exclusion with the datasets and cells it removed."""
+    dense, ds, primary = _source_matrix()
+    typo = _config(store, exclude_collection_dois=["10.1000/held-out", "10.1000/held-uot"], strict_exclusions=True)
+    with pytest.raises(InputError, match=r"collection_doi '10.1000/held-uot' matches no dataset"):
+        plan_census(typo, tmp_path / "plan.parquet")
+    with pytest.raises(InputError, match=r"dataset_id 'ds_z' matches no dataset"):
+        plan_census(_config(store, exclude_dataset_ids=["ds_z"], strict_exclusions=True), tmp_path / "plan.parquet")
+    assert not (tmp_path / "plan.parquet").exists()
+    lenient = _config(store, exclude_collection_dois=["10.1000/held-out", "10.1000/held-uot"], exclude_dataset_ids=["ds_a"],
+                      strict_exclusions=True, unverified_exclusions=["10.1000/held-uot"])
+    with caplog.at_level("WARNING", logger="cellmamba.census"):
+        plan = plan_census(lenient, tmp_path / "plan.parquet")
+    assert "'10.1000/held-uot' matches no dataset of the store (a typo excludes nothing); not verified" in caplog.text
+    np.testing.assert_array_equal(plan["soma_joinid"].to_numpy(), np.flatnonzero(primary & (ds == "ds_b")))
+    _, meta = read_plan(tmp_path / "plan.parquet")
+    assert meta["exclusions"] == [
+        {"exclusion": "ds_a", "kind": "dataset_id", "verified": True, "datasets": ["ds_a"],
+         "cells": int((primary & (ds == "ds_a")).sum())},
+        {"exclusion": "10.1000/held-out", "kind": "collection_doi", "verified": True, "datasets": ["ds_c"],
+         "cells": int((primary & (ds == "ds_c")).sum())},
+        {"exclusion": "10.1000/held-uot", "kind": "collection_doi", "verified": False, "datasets": [], "cells": 0}]
+    assert meta["excluded_cells"] == int((primary & (ds != "ds_b")).sum())
+    with pytest.raises(InputError, match="unverified_exclusions"):
+        CensusConfig(unverified_exclusions=["10.1/never-listed"])
+
+
+def test_from_workflow_adds_the_registry_exclusions_to_the_configs():
+    census = {"uri": "/store", "exclude_collection_dois": ["10.1/mine"], "exclude_dataset_ids": ["ds_x"],
+              "strict_exclusions": True}
+    exclusions = {"ms": {"collection_dois": ["10.2/ms"], "verified": False},
+                  "pbmc": {"collection_dois": ["10.3/pbmc", "10.1/mine"], "dataset_ids": ["ds_p"], "verified": True},
+                  "sim": {"not_in_census": "simulated"}}
+    config = CensusConfig.from_workflow(census, exclusions)
+    assert config.exclude_collection_dois == ("10.1/mine", "10.2/ms", "10.3/pbmc")
+    assert config.exclude_dataset_ids == ("ds_p", "ds_x")
+    assert config.unverified_exclusions == ("10.2/ms",) and config.strict_exclusions
+    with pytest.raises(InputError, match="'ms' states no census_exclusion"):
+        CensusConfig.from_workflow(census, {"ms": None})
+
+
 def test_stale_plan_and_bad_shard_index(store, tmp_path):
     plan_census(_config(store), tmp_path / "plan.parquet")
     with pytest.raises(InputError, match="n_shards=3"):

@@ -51,7 +51,7 @@ def test_schema_forbids_unknown_keys_at_every_level(repo_root):
             if node.get("type") == "object" or "properties" in node or "patternProperties" in node:
                 assert node.get("additionalProperties") is False, f"{where}: additionalProperties must be false"
             for k, v in node.items():
-                if k not in ("if", "not"):  # conditions match part of an object; they do not define it
+                if k not in ("if", "not", "oneOf", "anyOf"):  # conditions match part of an object; they do not define it
                     walk(v, f"{where}/{k}")
 
     walk(schema, "schema")
@@ -86,6 +86,12 @@ def test_registry_lists_the_datasets(registry):
     pytest.param(lambda r: r["datasets"]["norman"]["files"]["h5ad"].update(name="a/b.h5ad"), id="name-with-dir"),
     pytest.param(lambda r: r["datasets"]["sim_multiome"]["files"]["positions"].update(url="https://x"),
                  id="path-and-url"),
+    pytest.param(lambda r: r["datasets"]["ms"].pop("census_exclusion"), id="no-census-exclusion"),
+    pytest.param(lambda r: r["datasets"]["ms"]["census_exclusion"].update(not_in_census="why"),
+                 id="exclusion-and-not-in-census"),
+    pytest.param(lambda r: r["datasets"]["ms"].update(census_exclusion={"verified": True}), id="exclusion-of-nothing"),
+    pytest.param(lambda r: r["datasets"]["ms"]["census_exclusion"].update(collection_dois=["doi:10.1038/x"]),
+                 id="doi-with-prefix"),
 ])
 def test_stale_or_wrong_keys_fail(registry, validator, edit):
     broken = copy.deepcopy(registry)
@@ -144,3 +150,19 @@ def test_protocol_pins(registry):
     # the demo datasets follow the protocols of the datasets they stand in for
     for key in ("split_method", "split_seed", "train_gene_set_size", "combo_seen2_train_frac"):
         assert d["sim_perturbation"]["protocol"][key] == d["norman"]["protocol"][key], key
+
+
+def test_every_dataset_states_its_census_exclusion_and_the_hpancreas_query_is_held_out(registry):
+    """The leakage contract: each registry dataset says which Census collections hold its cells,
+    or why none does; the census rules add them all to the pretraining exclusions."""
+    from cellmamba.census import registry_exclusions
+
+    for name, entry in registry["datasets"].items():
+        rule = entry["census_exclusion"]
+        assert rule.get("collection_dois") or rule.get("dataset_ids") or rule.get("not_in_census"), name
+    stated = registry_exclusions(registry["datasets"])
+    # the hPancreas query is Xin + Segerstolpe + Lawlor (DATASETS.md 4), its reference Baron + Muraro
+    for doi in ("10.1016/j.cmet.2016.08.018", "10.1016/j.cmet.2016.08.020", "10.1101/gr.212720.116",
+                "10.1016/j.cels.2016.08.011", "10.1016/j.cels.2016.09.002"):
+        assert doi in stated["exclude_collection_dois"]
+    assert set(stated["unverified_exclusions"]) <= set(stated["exclude_collection_dois"])
