@@ -16,7 +16,7 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher",
         "avg_bio": "higher", "avg_batch": "higher", "asw_cell": "higher", "isolated_label_f1": "higher",
         "isolated_label_asw": "higher", "asw_batch": "higher", "graph_connectivity": "higher", "pcr": "higher",
-        "ilisi": "higher", "clisi": "higher", "kbet": "higher",
+        "ilisi": "higher", "clisi": "higher",
         "pearson_delta*": "higher", "mse*": "lower", "top1": "higher", "top2": "higher", "top3": "higher",
         "top4": "higher", "top5": "higher", "top6": "higher", "top7": "higher", "top8": "higher",
         "n_conditions": "unranked", "n_queries": "unranked", "n_candidates": "unranked"}
@@ -27,7 +27,7 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "query_only_cell_fraction": None, "foscttm": False, "omics_mixing_entropy": True, "nmi": True, "ari": True, "label_transfer": True,
         "label_transfer_1to2": True, "label_transfer_2to1": True, "avg_bio": True, "avg_batch": True,
         "asw_cell": True, "isolated_label_f1": True, "isolated_label_asw": True, "asw_batch": True,
-        "graph_connectivity": True, "pcr": True, "ilisi": True, "clisi": True, "kbet": True,
+        "graph_connectivity": True, "pcr": True, "ilisi": True, "clisi": True,
         "pearson_delta": True, "pearson_delta_de20": True, "pearson_delta_de50": True,
         "pearson_delta_combo_seen1": True, "pearson_delta_de20_unseen_single": True,
         "mse": False, "mse_de20": False, "mse_de50": False, "mse_combo_seen1": False,

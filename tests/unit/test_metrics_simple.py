@@ -234,10 +234,10 @@ def test_write_table_markdown(tmp_path):
 def test_markdown_ties_and_notes():
     frames = [metrics_frame({"ari": 0.5}, task="integration", dataset="d", method=m, seed=0) for m in "ab"]
     from cellmamba.metrics import Scores
-    s = Scores({"kbet": float("nan")}, notes={"kbet": "needs R"})
+    s = Scores({"ilisi": float("nan")}, notes={"ilisi": "LISI disabled"})
     frames.append(metrics_frame(s, task="integration", dataset="d", method="a", seed=0))
     md = render_markdown(summarize(frames), title="t")
-    assert md.count("**0.500**") == 2 and "n/a" in md and "kbet: needs R (a)" in md
+    assert md.count("**0.500**") == 2 and "n/a" in md and "ilisi: LISI disabled (a)" in md
 
 
 def test_parameter_counts_become_table_columns_of_model_rows(tmp_path):

@@ -186,6 +186,18 @@ def test_gpu_env_pins_a_mamba_ssm_the_fused_path_runs_with():
                                     f"{TESTED_MAMBA} (cellmamba.models._fused.TESTED_MAMBA)")
 
 
+def test_envs_with_scib_carry_a_cxx_compiler_for_lisi():
+    """scib's iLISI / cLISI call a compiled helper whose shipped binary needs a newer glibc than many
+    clusters have (GLIBC_2.38); cellmamba.metrics._lisi_build compiles it from scib's source with
+    g++, so an env that runs scib must hold a C++ compiler, or LISI cannot be computed there."""
+    envs = {env for _, env, _ in _job_rules() if env}
+    with_scib = [env for env in sorted(envs) if "scib" in _conda_specs(env)]
+    assert with_scib, "no conda env carries scib"
+    for env in with_scib:
+        specs = _conda_specs(env)
+        assert {"cxx-compiler", "gxx"} & set(specs), f"{env.name} runs scib but has no C++ compiler (cxx-compiler)"
+
+
 # What each env must carry besides pyproject's [project].dependencies: the optional-dependency
 # groups (extras) and extra distributions of the stage its rules run. Keys are env file names.
 _STAGE_NEEDS = {
