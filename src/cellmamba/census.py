@@ -257,9 +257,10 @@ def _excluded_datasets(datasets: pd.DataFrame, config: CensusConfig) -> tuple[li
     known = set(datasets[OBS_DATASET_ID])
     doi_col = datasets.get("collection_doi", pd.Series([""] * len(datasets), index=datasets.index, dtype=str))
     records = []
-    for kind, keys in (("dataset_id", config.exclude_dataset_ids), ("collection_doi", config.exclude_collection_dois)):
+    # kind: the census_info/datasets column the exclusion is matched in
+    for kind, keys in ((OBS_DATASET_ID, config.exclude_dataset_ids), ("collection_doi", config.exclude_collection_dois)):
         for key in keys:
-            hit = ([key] if key in known else []) if kind == "dataset_id" else \
+            hit = ([key] if key in known else []) if kind == OBS_DATASET_ID else \
                 datasets.loc[doi_col == key, OBS_DATASET_ID].astype(str).tolist()
             verified = key not in config.unverified_exclusions
             records.append({"exclusion": key, "kind": kind, "verified": verified, "datasets": sorted(hit)})
