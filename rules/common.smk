@@ -48,7 +48,7 @@ def census_store():
 
 
 def census_params():
-    """What a census rule passes to cellmamba.census.CensusConfig.from_workflow: the census
+    """The params the census rules pass to cellmamba.census.CensusConfig.from_workflow: the census
     sub-tree and every registry dataset's census_exclusion (config/datasets.yaml), which it adds
     to the config's own exclusions, so evaluation cells never reach pretraining."""
     return {"census": dict(config["census"]),
