@@ -29,11 +29,11 @@ OTHER_SCHEMA = {
     "datasets/readers.py": {keys.OBS_BATCH},
 }
 #: key values that are also ordinary words in other roles (the package name, record fields, argument
-#: defaults, x_kind values, other tables' columns): checked only where they index an AnnData slot
+#: defaults, x_kind values, other tables' columns, GTF attributes): checked only where they index an AnnData slot
 WORDS = {keys.UNS, keys.OBS_SPLIT, keys.OBS_CELL_TYPE, keys.OBS_BATCH, keys.OBS_CONDITION, keys.OBS_MODALITY,
          keys.LAYER_COUNTS, keys.VARM_MEASURED, keys.UNS_X_KIND, keys.UNS_READER, keys.UNS_SIMULATED,
          keys.UNS_SIMULATION, keys.UNS_PROVENANCE, keys.VAR_GENE_ID, keys.VAR_LINKED_GENE, keys.VAR_FEATURE_TYPE,
-         keys.OBS_N_GENES, keys.OBS_TOTAL_COUNTS}
+         keys.OBS_N_GENES, keys.OBS_TOTAL_COUNTS, keys.VAR_GENE_NAME}
 
 
 def _slot(name: str) -> str:
