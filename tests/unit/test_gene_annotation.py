@@ -135,3 +135,16 @@ def test_shipped_tables_place_99_percent_of_protein_coding_and_every_mt_gene():
     chroms = order.loc[order["chromosome"] != "", "chromosome"]
     blocks = chroms[chroms != chroms.shift()].tolist()
     assert blocks == [str(i) for i in range(1, 23)] + ["X", "Y", "MT"]
+
+
+def test_read_positions_takes_a_gtf_and_genomic_order_follows_its_coordinates(tmp_path):
+    from cellmamba.tokenize.patch import genomic_order, read_positions
+
+    path = tmp_path / "genes.gtf"
+    path.write_text(GENCODE + ENSEMBL.split("\n", 1)[1])
+    positions = read_positions(path)
+    assert positions["ensembl_id"].tolist() == ["ENSG00000290825", "ENSG00000001626", "ENSG00000210049"]
+    assert positions["chromosome"].tolist() == ["1", "7", "MT"]       # the scaffold gene is left out
+    vocab = ["ENSG00000210049.1", "ENSG00000278704", "ENSG00000001626", "ENSG00000290825"]
+    order = genomic_order(vocab, positions, unplaced="drop")
+    assert order.genes.tolist() == [3, 2, 0] and order.n_unplaced == 1

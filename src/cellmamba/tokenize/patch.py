@@ -81,10 +81,20 @@ def _chrom(name: str) -> str:
     return "MT" if c in ("M", "MT", "Mt") else c
 
 
+def _read_position_tsv(path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file (expected a gene position table)") from exc
+    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError) as exc:
+        raise CorruptFileError(f"{path}: not a readable position table ({type(exc).__name__}: {exc})") from exc
+
+
 def read_positions(path: str | os.PathLike) -> pd.DataFrame:
     """Read a gene position table (resources/genes/human_gene_positions_hg38.tsv.gz layout:
     tab-separated with columns ensembl_ids (empty, or several separated by ';' or ','),
-    chromosome, start, ...).
+    chromosome, start, ...), or the gene records of a GTF (``.gtf`` / ``.gtf.gz``, GENCODE or
+    Ensembl; :func:`~cellmamba.tokenize.annotation.read_gtf`).
 
     Returns
     -------
@@ -92,12 +102,14 @@ def read_positions(path: str | os.PathLike) -> pd.DataFrame:
     ``chromosome`` (1..22, X, Y, MT), ``start`` (int64). Rows on other contigs or without
     an id are left out; an id listed at several places keeps the first in genomic order.
     """
-    try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: no such file (expected a gene position table)") from exc
-    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError) as exc:
-        raise CorruptFileError(f"{path}: not a readable position table ({type(exc).__name__}: {exc})") from exc
+    if str(path).endswith((".gtf", ".gtf.gz")):
+        from .annotation import read_gtf
+
+        gtf = read_gtf(path)
+        table = pd.DataFrame({"ensembl_ids": gtf["ensembl_id"], "chromosome": gtf["chromosome"],
+                              "start": gtf["start"].astype(str)})
+    else:
+        table = _read_position_tsv(path)
     missing = [c for c in ("ensembl_ids", "chromosome", "start") if c not in table]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}")
