@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..errors import CorruptFileError, InputError
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME, VAR_FEATURE_TYPE
-from .patch import _chrom
+from .patch import _chrom, _strip_version
 
 __all__ = ["read_gtf", "order_from_gtf_ranked", "placement_coverage", "check_coverage", "MITOCHONDRIAL"]
 
@@ -34,6 +34,11 @@ __all__ = ["read_gtf", "order_from_gtf_ranked", "placement_coverage", "check_cov
 MITOCHONDRIAL = "mitochondrial"
 _NUCLEAR = tuple(str(i) for i in range(1, 23)) + ("X", "Y")
 _ATTR = re.compile(r'(\S+)\s+"([^"]*)"')
+
+
+def _is_mitochondrial(names) -> np.ndarray:
+    """bool per gene symbol: HGNC's mitochondrial prefix MT-."""
+    return pd.Series(np.asarray(names, dtype=str)).str.startswith("MT-").to_numpy()
 
 
 def read_gtf(path: str | os.PathLike) -> pd.DataFrame:
@@ -132,9 +137,9 @@ def order_from_gtf_ranked(genes: pd.DataFrame, anchors: pd.DataFrame) -> pd.Data
         if col not in genes:
             raise InputError(f"order_from_gtf_ranked: the gene table has no {col!r} column")
     n = len(genes)
-    ids = genes[VAR_FEATURE_ID].astype(str).str.split(".", n=1).str[0].to_numpy()
+    ids = _strip_version(genes[VAR_FEATURE_ID])
     names = genes[VAR_FEATURE_NAME].astype(str).to_numpy()
-    mt = np.flatnonzero(pd.Series(names).str.startswith("MT-").to_numpy())
+    mt = np.flatnonzero(_is_mitochondrial(names))
     if mt.size == 0:
         raise InputError("order_from_gtf_ranked: no gene named MT-*: not a human gene table in GTF order")
     if mt[-1] - mt[0] + 1 != mt.size:
@@ -158,7 +163,7 @@ def order_from_gtf_ranked(genes: pd.DataFrame, anchors: pd.DataFrame) -> pd.Data
     row_label = labels[np.maximum(idx, 0)]
     chrom[:nuclear] = np.array(_NUCLEAR, dtype=object)[row_label]
     nxt = np.minimum(idx + 1, rows.size - 1)
-    inside = (idx >= 0) & (idx < rows.size - 1) & (labels[np.maximum(idx, 0)] == labels[nxt])
+    inside = (idx >= 0) & (idx < rows.size - 1) & (row_label == labels[nxt])
     evidence[:nuclear] = np.where(inside, "interval", "boundary")
     evidence[rows] = np.where(codes == labels, "anchor", "discordant")
     return pd.DataFrame({"ensembl_id": ids, "symbol": names, "gene_type": genes[VAR_FEATURE_TYPE].astype(str).to_numpy(),
@@ -179,7 +184,7 @@ def placement_coverage(kinds: pd.Series, placed: np.ndarray, names=None) -> dict
         raise InputError(f"placement_coverage: {placed.shape[0]} placed flags for {len(kinds)} genes")
     frame = pd.DataFrame({"kind": kinds, "placed": placed})
     if names is not None:
-        mito = pd.Series(np.asarray(names, dtype=str)).str.startswith("MT-").to_numpy()
+        mito = _is_mitochondrial(names)
         frame = pd.concat([frame, pd.DataFrame({"kind": MITOCHONDRIAL, "placed": placed[mito]})], ignore_index=True)
     out = {k: {"placed": int(g["placed"].sum()), "total": int(len(g))} for k, g in frame.groupby("kind", sort=True)}
     out["all"] = {"placed": int(placed.sum()), "total": int(placed.shape[0])}

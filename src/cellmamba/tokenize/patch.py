@@ -107,7 +107,7 @@ def read_positions(path: str | os.PathLike) -> pd.DataFrame:
 
         gtf = read_gtf(path)
         table = pd.DataFrame({"ensembl_ids": gtf["ensembl_id"], "chromosome": gtf["chromosome"],
-                              "start": gtf["start"].astype(str)})
+                              "start": gtf["start"]})
     else:
         table = _read_position_tsv(path)
     missing = [c for c in ("ensembl_ids", "chromosome", "start") if c not in table]
