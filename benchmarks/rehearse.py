@@ -157,7 +157,9 @@ def make_plan(configfiles, *, snakefile: Path = REPO / "Snakefile", workdir: Pat
         for dataset in g["task_datasets"]("multiomics"):
             for method in ev["multiomics"]["methods"]:
                 add("train_multiomics", f"train_multiomics/{dataset}/{method}",
-                    {"dataset": dataset, "method": method, "seed": str(seed)}, datasets=[dataset], jobs_in_dag=n_seeds)
+                    {"dataset": dataset, "method": method, "seed": str(seed)}, datasets=[dataset], jobs_in_dag=n_seeds,
+                    positions=g["gene_positions"](),
+                    positions_inputs={"gene_table": g["RESOURCES"]["gene_table"], "anchors": g["RESOURCES"]["positions"]})
     return {"configfiles": [str(c) for c in configfiles], "created": dt.datetime.now().isoformat(timespec="seconds"),
             "jobs": jobs}
 
@@ -532,6 +534,21 @@ def multiomics_dataset(path: Path, *, n_cells: int, modalities: dict, seed: int 
     a.write_h5ad(path)
 
 
+def _gene_positions(job: dict, work: Path) -> Path:
+    """The rule's gene position table: GENCODE 48's order built as rule gene_positions builds it
+    (once per work directory), or the configured file (the UCSC table in plans before 2026-12-03)."""
+    from cellmamba.tokenize.annotation import write_gene_positions
+
+    path = job.get("positions", "resources/genes/human_gene_positions_hg38.tsv.gz")
+    if not path.startswith("results/"):
+        return REPO / path
+    out = work / path
+    if not out.exists():
+        inputs = job["positions_inputs"]
+        write_gene_positions(REPO / inputs["gene_table"], REPO / inputs["anchors"], out)
+    return out
+
+
 def run_multiomics_job(job: dict, work: Path, steps: int, *, args_genes: int | None = None) -> dict:
     from cellmamba.tasks.multiomics import MultiomicsConfig
     from cellmamba.tasks.run import train_multiomics_files
@@ -547,7 +564,7 @@ def run_multiomics_job(job: dict, work: Path, steps: int, *, args_genes: int | N
     data = out / "dataset.h5ad"
     n_cells = steps * cfg.batch_size
     multiomics_dataset(data, n_cells=n_cells, modalities=mods)
-    train_multiomics_files(data, REPO / "resources/genes/human_gene_positions_hg38.tsv.gz", config=cfg,
+    train_multiomics_files(data, _gene_positions(job, work), config=cfg,
                            embedding=out / "embedding.h5ad", train_dir=out / "train", method=job["wildcards"]["method"])
     return {"projection": {dataset: {"steps": configured_epochs * (shape["cells"] // min(cfg.batch_size, shape["cells"])),
                                      "rest_cells": 2 * shape["cells"]}},

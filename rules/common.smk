@@ -59,18 +59,31 @@ def qc_shards():
     return expand("results/qc/{shard}.h5ad", shard=SHARDS)
 
 
+GENE_POSITIONS_GENCODE48 = "results/genes/gene_positions_gencode48.tsv.gz"
+
+
 def tokenize_params(wildcards):
-    """Settings of one tokenizer, plus the chunk size."""
-    return dict(config["tokenize"][wildcards.tokenizer], chunk_cells=config["tokenize"]["chunk_cells"])
+    """Settings of one tokenizer (less the patch tokenizer's annotation, an input), plus the chunk size."""
+    settings = {k: v for k, v in config["tokenize"][wildcards.tokenizer].items() if k != "annotation"}
+    return dict(settings, chunk_cells=config["tokenize"]["chunk_cells"])
+
+
+def gene_positions():
+    """The gene position table of genomic order (patch tokens, the multiome rna tower):
+    GENCODE 48's own order built by rule gene_positions, or the configured GTF / table."""
+    annotation = config["tokenize"]["patch"]["annotation"]
+    return GENE_POSITIONS_GENCODE48 if annotation == "gencode48" else annotation
 
 
 def tokenize_inputs(wildcards):
-    """A QC shard; corpus gene statistics for the rank tokenizer; gene positions for patches."""
+    """A QC shard; corpus gene statistics for the rank tokenizer; gene positions and the gene
+    table (each gene's kind, for the placement check) for patches."""
     inputs = {"shard": f"results/qc/{wildcards.shard}.h5ad"}
     if wildcards.tokenizer == "rank":
         inputs["gene_stats"] = "results/qc/gene_stats.tsv"
     elif wildcards.tokenizer == "patch":
-        inputs["positions"] = RESOURCES["positions"]
+        inputs["positions"] = gene_positions()
+        inputs["gene_table"] = RESOURCES["gene_table"]
     return inputs
 
 

@@ -83,7 +83,7 @@ rule train_multiomics:
     InfoNCE + cosine on paired cells; both modalities' embeddings of every cell."""
     input:
         dataset="results/datasets/{dataset}.h5ad",
-        positions=RESOURCES["positions"],
+        positions=gene_positions(),
     output:
         embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
         train=directory("results/multiomics/{dataset}/{method}/seed{seed}/train"),

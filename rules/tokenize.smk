@@ -1,6 +1,22 @@
 # Token shards: rank (genemamba), binned (scmamba2), patch (scmamba).
 
 
+rule gene_positions:
+    """GENCODE 48's gene order as a position table: the vocabulary's gene table (in GTF order)
+    placed on chromosomes against the anchor genes of the hg38 position table."""
+    input:
+        gene_table=RESOURCES["gene_table"],
+        anchors=RESOURCES["positions"],
+    output:
+        positions=GENE_POSITIONS_GENCODE48,
+    log:
+        "logs/gene_positions.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/gene_positions.py"
+
+
 rule tokenize:
     """One QC shard -> one memory-mappable token shard directory."""
     input:

@@ -19,5 +19,6 @@ tokenize_h5ad(
     config=settings,
     gene_stats=snakemake.input.get("gene_stats"),
     positions=snakemake.input.get("positions"),
+    gene_table=snakemake.input.get("gene_table"),
     chunk_cells=chunk_cells,
 )

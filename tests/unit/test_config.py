@@ -123,7 +123,8 @@ NO_DEFAULT = object()
 def _field_defaults(cls):
     import dataclasses
 
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)}
 
 
 def _mirror(sub_tree: dict, cls, *, from_rule=(), renamed=None, workflow=()):
@@ -154,6 +155,11 @@ def test_each_schema_sub_tree_mirrors_its_dataclass():
     _mirror(_schema_defaults(ev["perturbation"]["properties"]["finetune"], schema), PerturbConfig, from_rule=("seed", "init"))
     _mirror(_schema_defaults(ev["multiomics"]["properties"]["train"], schema), MultiomicsConfig,
             from_rule=("arch", "d_model", "n_layers", "d_state", "merge", "merge_every", "patch_size", "seed"))
+    # the patch tokenizer: annotation is the rule's input (rule gene_positions or a path), not a setting
+    from cellmamba.tokenize import PatchConfig
+
+    tok = schema["properties"]["tokenize"]["properties"]
+    _mirror(_schema_defaults(tok["patch"], schema), PatchConfig, workflow=("annotation",))
     # a pretraining job reads models.<recipe> and pretrain whole (PretrainConfig.from_workflow)
     model = _schema_defaults(schema["$defs"]["model"], schema)
     pretrain = _schema_defaults(schema["properties"]["pretrain"], schema)

@@ -148,3 +148,101 @@ def test_read_positions_takes_a_gtf_and_genomic_order_follows_its_coordinates(tm
     vocab = ["ENSG00000210049.1", "ENSG00000278704", "ENSG00000001626", "ENSG00000290825"]
     order = genomic_order(vocab, positions, unplaced="drop")
     assert order.genes.tolist() == [3, 2, 0] and order.n_unplaced == 1
+
+
+# the hand-made table of test_order_from_gtf_ranked_hand_made_table, with coordinates for the anchors
+# that contradict the GTF order (A2 before A1, A4 before A3): the order must be GENCODE's, not theirs
+HAND_GENES = pd.DataFrame({
+    "feature_id": ["A1.1", "G", "A2", "B", "A3", "A5", "D", "A4", "M1", "M2", "S"],
+    "feature_name": ["a1", "g", "a2", "b", "a3", "a5", "d", "a4", "MT-TF", "MT-ND1", "s"],
+    "feature_version": ["1"] * 11, "feature_length": [100] * 11,
+    "feature_type": ["protein_coding"] * 4 + ["lncRNA"] * 4 + ["Mt_tRNA", "Mt_rRNA", "protein_coding"]})
+HAND_ANCHORS = pd.DataFrame({"ensembl_id": ["A1", "A2", "A3", "A5", "D", "A4", "S"],
+                             "chromosome": ["1", "1", "2", "2", "1", "2", "5"],
+                             "start": [900, 100, 500, 600, 50, 10, 7]})
+
+
+def test_gene_positions_table_keeps_gtf_order_and_no_made_up_coordinate():
+    from cellmamba.tokenize.annotation import gene_positions_table
+
+    got = gene_positions_table(HAND_GENES, HAND_ANCHORS)
+    assert got["ensembl_ids"].tolist() == ["A1", "G", "A2", "B", "A3", "A5", "D", "A4", "M1", "M2", "S"]
+    assert got["gtf_rank"].tolist() == list(range(11))
+    # a coordinate only where an anchor of that chromosome gave one (D's anchor is discordant)
+    assert [None if pd.isna(s) else int(s) for s in got["start"]] == [900, None, 100, None, 500, 600, None, 10,
+                                                                      None, None, None]
+    assert got["gene_type"].iloc[-1] == "protein_coding" and got["chromosome"].iloc[-1] == ""
+
+
+def test_written_gene_positions_order_the_vocabulary_by_gtf_rank(tmp_path):
+    from cellmamba.tokenize.annotation import write_gene_positions
+    from cellmamba.tokenize.patch import genomic_order, read_positions
+
+    HAND_GENES.to_csv(tmp_path / "genes.csv.gz", header=False, index=False)
+    anchors = HAND_ANCHORS.rename(columns={"ensembl_id": "ensembl_ids"})
+    anchors.to_csv(tmp_path / "anchors.tsv", sep="\t", index=False)
+    counts = write_gene_positions(tmp_path / "genes.csv.gz", tmp_path / "anchors.tsv", tmp_path / "out.tsv.gz")
+    assert counts == {"anchor": 5, "boundary": 1, "discordant": 1, "interval": 1, "name": 2, "scaffold": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []      # no temporary left
+    positions = read_positions(tmp_path / "out.tsv.gz")
+    assert positions["gtf_rank"].tolist() == list(range(10))                         # S (scaffold) left out
+    vocab = ["S", "M2", "A4", "G", "A1", "B.3", "A3", "X9"]
+    order = genomic_order(vocab, positions, unplaced="append")
+    # GTF order A1 G B | A3 A4 | M2; the anchors' coordinates would put A4 (10) before A3 (500): not used
+    assert [vocab[g] for g in order.genes] == ["A1", "G", "B.3", "A3", "A4", "M2", "S", "X9"]
+    assert order.n_placed == 6 and order.n_unplaced == 2
+
+
+def test_read_positions_needs_start_unless_ranked_and_integer_ranks(tmp_path):
+    from cellmamba.tokenize.patch import read_positions
+
+    path = tmp_path / "p.tsv"
+    pd.DataFrame({"ensembl_ids": ["A", "B"], "chromosome": ["1", "1"], "start": ["5", ""]}).to_csv(
+        path, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"p\.tsv: column 'start' holds a non-integer value ''"):
+        read_positions(path)
+    pd.DataFrame({"ensembl_ids": ["A", "B"], "chromosome": ["1", "1"], "start": ["5", ""],
+                  "gtf_rank": ["1", "0.5"]}).to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"column 'gtf_rank' holds a non-integer value '0\.5'"):
+        read_positions(path)
+    pd.DataFrame({"ensembl_ids": ["A", "B"], "chromosome": ["1", "1"], "start": ["5", ""],
+                  "gtf_rank": ["1", "0"]}).to_csv(path, sep="\t", index=False)
+    got = read_positions(path)
+    assert got["ensembl_id"].tolist() == ["B", "A"] and got["start"].isna().tolist() == [True, False]
+
+
+def test_gene_kinds_by_id_unknown_where_the_table_lacks_the_gene():
+    from cellmamba.tokenize.annotation import gene_kinds
+
+    kinds, names = gene_kinds(["M1.2", "ZZ", "A1"], HAND_GENES)
+    assert kinds.tolist() == ["Mt_tRNA", "unknown", "protein_coding"] and names.tolist() == ["MT-TF", "", "a1"]
+    with pytest.raises(InputError, match="no 'feature_type' column"):
+        gene_kinds(["A1"], HAND_GENES.drop(columns="feature_type"))
+
+
+def test_shipped_gencode48_positions_cover_what_the_default_threshold_asks(tmp_path):
+    """The default annotation (rule gene_positions) passes the default min_coverage on the whole
+    GENCODE 48 vocabulary; the UCSC table alone does not (19,293 of 20,120 protein-coding genes,
+    1 of 37 mitochondrial ones)."""
+    from cellmamba.genes import read_gene_table
+    from cellmamba.tokenize import PatchConfig
+    from cellmamba.tokenize.annotation import gene_kinds, write_gene_positions
+    from cellmamba.tokenize.patch import genomic_order, read_positions
+
+    gene_table = GENES / "cellxgene_genes_homo_sapiens_gencode48.csv.gz"
+    ucsc = GENES / "human_gene_positions_hg38.tsv.gz"
+    write_gene_positions(gene_table, ucsc, tmp_path / "gp.tsv.gz")
+    table = read_gene_table(gene_table)
+    kinds, names = gene_kinds(table["feature_id"], table)
+    need = PatchConfig().min_coverage
+    for source, ok in ((tmp_path / "gp.tsv.gz", True), (ucsc, False)):
+        order = genomic_order(table["feature_id"], read_positions(source))
+        placed = np.zeros(len(table), bool)
+        placed[order.genes[:order.n_placed]] = True
+        cov = placement_coverage(kinds, placed, names)
+        if ok:
+            check_coverage(cov, need, source=str(source))
+        else:
+            # its one MT- gene is MT-TS1 at chr1:632,614 (a nuclear copy)
+            with pytest.raises(InputError, match="mitochondrial 1 of 37 placed.*protein_coding 19,293 of 20,120"):
+                check_coverage(cov, need, source=str(source))

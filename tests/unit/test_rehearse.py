@@ -74,6 +74,9 @@ def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
     assert jobs["finetune_integration/all_genes/genemamba"]["params"]["genes"] == {"n_hvg": None, "min_counts": 0}
     mo = jobs["train_multiomics/bmmc_multiome/scmamba_bimamba"]["params"]["settings"]
     assert mo["arch"] == "bimamba_mamba2" and mo["n_layers"] == paper["models"]["scmamba"]["n_layers"]
+    # the rna tower's gene order: the rule's input (GENCODE 48's order, rule gene_positions)
+    assert jobs["train_multiomics/bmmc_multiome/scmamba_bimamba"]["positions"] == \
+        "results/genes/gene_positions_gencode48.tsv.gz"
 
 
 def test_micro_batch_that_does_not_divide_the_batch_is_a_config_error(tmp_path):

@@ -122,10 +122,25 @@ def test_patch_shard(two_shards, repo_root):
     tmp_path, dense = two_shards
     pos = pd.DataFrame({"ensembl_id": IDS[::-1][:45], "chromosome": ["1"] * 20 + ["X"] * 25,
                         "start": np.arange(45) % 7})
-    m = tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "p0", tokenizer="patch", positions=pos,
-                      config=PatchConfig(patch_size=16), chunk_cells=4)
+    # kinds: genes 0-29 protein-coding, 30-47 lncRNA, 48-49 mitochondrial (named MT-); the placed
+    # genes are IDS[5:]: 25 of 30 protein-coding, every lncRNA and MT- gene
+    table = pd.DataFrame({"feature_id": IDS, "feature_name": [f"G{j}" for j in range(48)] + ["MT-TF", "MT-ND1"],
+                          "feature_version": "1", "feature_length": 100,
+                          "feature_type": ["protein_coding"] * 30 + ["lncRNA"] * 18 + ["Mt_tRNA", "Mt_rRNA"]})
+    m = tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "p0", tokenizer="patch", positions=pos, gene_table=table,
+                      config=PatchConfig(patch_size=16, min_coverage={"protein_coding": 0.8}), chunk_cells=4)
     assert m["settings"]["n_features"] == 45 and m["settings"]["n_patches"] == 3
     assert m["stats"]["n_genes_unplaced"] == 5
+    assert m["placement"] == {"protein_coding": {"placed": 25, "total": 30}, "lncRNA": {"placed": 18, "total": 18},
+                              "Mt_tRNA": {"placed": 1, "total": 1}, "Mt_rRNA": {"placed": 1, "total": 1},
+                              "mitochondrial": {"placed": 2, "total": 2}, "all": {"placed": 45, "total": 50}}
+    assert m["settings"]["min_coverage"] == {"protein_coding": 0.8}
+    with pytest.raises(InputError, match=r"the position table given: too few genes .*protein_coding 25 of 30 placed "
+                                         r"\(83\.3% < 99\.0%\)"):
+        tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "p1", tokenizer="patch", positions=pos, gene_table=table)
+    with pytest.raises(InputError, match="give gene_table="):
+        tokenize_h5ad(tmp_path / "qc0.h5ad", tmp_path / "p1", tokenizer="patch", positions=pos)
+    assert not (tmp_path / "p1").exists()
     shard = TokenShard(tmp_path / "p0", verify=True)
     for i, row in enumerate(dense[0]):
         tok, val = shard[i][:2]

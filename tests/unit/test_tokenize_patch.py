@@ -88,6 +88,8 @@ def test_patch_matches_reference(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"patch_size": 0}, "patch_size"), ({"unplaced": "keep"}, "unplaced"), ({"target_sum": -1.0}, "target_sum"),
+    ({"min_coverage": [0.99]}, "min_coverage must map"), ({"min_coverage": {"lncRNA": 1.5}}, r"min_coverage\['lncRNA'\]"),
+    ({"min_coverage": {"lncRNA": True}}, "min_coverage"),
 ])
 def test_patch_config_rejects(kwargs, match):
     with pytest.raises(InputError, match=match):

@@ -8,8 +8,10 @@ gene table kept in GTF order, and placement coverage by gene kind.
   GTF order, but has no chromosome column): the order is GENCODE's own; each gene's chromosome
   comes from a monotone segmentation of the rows against genes of known chromosome (anchors),
   the mitochondrial block from HGNC's ``MT-`` prefix.
+- :func:`gene_positions_table` / :func:`write_gene_positions`: that placement as a position table
+  (:func:`~cellmamba.tokenize.patch.read_positions` reads it; ``gtf_rank`` keeps GENCODE's order).
 - :func:`placement_coverage` / :func:`check_coverage`: placed / total per gene kind, and the
-  error naming the kinds below a threshold.
+  error naming the kinds below a threshold; :func:`gene_kinds`: each vocabulary gene's kind.
 
 Written by hand: gtfparse and pyranges parse every record of a GTF (about 4 M transcripts, exons
 and UTRs in GENCODE, 1.6 GB unpacked) into a data frame, where we need its ~0.08 M gene lines;
@@ -18,6 +20,7 @@ streaming those lines is a few lines of code and no new dependency.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import re
 
@@ -25,13 +28,17 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CorruptFileError, InputError
+from ..genes import read_gene_table
+from ..io import atomic_path
 from ..keys import VAR_FEATURE_ID, VAR_FEATURE_NAME, VAR_FEATURE_TYPE
-from .patch import _chrom, _strip_version
+from .patch import _chrom, _strip_version, read_positions
 
-__all__ = ["read_gtf", "order_from_gtf_ranked", "placement_coverage", "check_coverage", "MITOCHONDRIAL"]
+__all__ = ["read_gtf", "order_from_gtf_ranked", "gene_positions_table", "write_gene_positions", "gene_kinds",
+           "placement_coverage", "check_coverage", "MITOCHONDRIAL"]
 
 #: the kind counted for genes named with HGNC's mitochondrial prefix (MT-), whatever their type
 MITOCHONDRIAL = "mitochondrial"
+logger = logging.getLogger(__name__)
 _NUCLEAR = tuple(str(i) for i in range(1, 23)) + ("X", "Y")
 _ATTR = re.compile(r'(\S+)\s+"([^"]*)"')
 
@@ -168,6 +175,50 @@ def order_from_gtf_ranked(genes: pd.DataFrame, anchors: pd.DataFrame) -> pd.Data
     evidence[rows] = np.where(codes == labels, "anchor", "discordant")
     return pd.DataFrame({"ensembl_id": ids, "symbol": names, "gene_type": genes[VAR_FEATURE_TYPE].astype(str).to_numpy(),
                          "chromosome": chrom, "gtf_rank": np.arange(n, dtype=np.int64), "evidence": evidence})
+
+
+def gene_positions_table(genes: pd.DataFrame, anchors: pd.DataFrame) -> pd.DataFrame:
+    """:func:`order_from_gtf_ranked` as a position table: one row per gene of ``genes`` (GTF
+    order): ``ensembl_ids``, ``symbol``, ``gene_type``, ``chromosome`` ("" for the scaffold
+    genes: :func:`~cellmamba.tokenize.patch.read_positions` leaves them out), ``start`` (the
+    anchor's coordinate for the "anchor" rows, else missing: no coordinate is made up),
+    ``gtf_rank``, ``evidence``."""
+    placed = order_from_gtf_ranked(genes, anchors)
+    starts = anchors.drop_duplicates("ensembl_id").set_index("ensembl_id")["start"]
+    start = starts.reindex(placed["ensembl_id"]).astype("Int64").reset_index(drop=True)
+    start = start.where(placed["evidence"].to_numpy() == "anchor")
+    return pd.DataFrame({"ensembl_ids": placed["ensembl_id"], "symbol": placed["symbol"],
+                         "gene_type": placed["gene_type"], "chromosome": placed["chromosome"],
+                         "start": start, "gtf_rank": placed["gtf_rank"],
+                         "evidence": placed["evidence"]})
+
+
+def write_gene_positions(gene_table: str | os.PathLike, anchors: str | os.PathLike,
+                         out: str | os.PathLike) -> dict:
+    """Write :func:`gene_positions_table` of a gene table in GTF order (a
+    :func:`~cellmamba.genes.read_gene_table` CSV) against an anchor position table (a
+    :func:`~cellmamba.tokenize.patch.read_positions` file) to ``out`` (tab-separated, gzip;
+    written atomically). Returns the count of genes per evidence kind."""
+    table = gene_positions_table(read_gene_table(gene_table), read_positions(anchors))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, compression="gzip")
+    counts = {str(k): int(v) for k, v in table["evidence"].value_counts().sort_index().items()}
+    logger.info("%s: the %d genes of %s in GTF order, chromosomes from the anchors of %s; genes by evidence: %s",
+                out, len(table), gene_table, anchors, counts)
+    return counts
+
+
+def gene_kinds(feature_ids, gene_table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each vocabulary gene's kind (the gene table's ``feature_type``; "unknown" for a gene it
+    lacks) and symbol ("" where it lacks the gene), by Ensembl id (versions ignored)."""
+    for col in (VAR_FEATURE_ID, VAR_FEATURE_NAME, VAR_FEATURE_TYPE):
+        if col not in gene_table:
+            raise InputError(f"gene table: no {col!r} column (expected a read_gene_table table)")
+    table = gene_table.assign(_id=_strip_version(gene_table[VAR_FEATURE_ID])).drop_duplicates("_id").set_index("_id")
+    ids = _strip_version(feature_ids)
+    kinds = table[VAR_FEATURE_TYPE].astype(str).reindex(ids).fillna("unknown").to_numpy(dtype=object)
+    names = table[VAR_FEATURE_NAME].astype(str).reindex(ids).fillna("").to_numpy(dtype=object)
+    return kinds, names
 
 
 def placement_coverage(kinds: pd.Series, placed: np.ndarray, names=None) -> dict:

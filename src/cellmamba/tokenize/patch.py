@@ -1,7 +1,9 @@
 """Patch tokenizer (scMamba): features in genomic order, cut into fixed-size patches.
 
 Genomic order: natural chromosome order 1..22, X, Y, MT, then start coordinate, then Ensembl
-id (tie-break). Genes without a position (absent from the position table, or on another
+id (tie-break); a position table with a ``gtf_rank`` column (a gene table kept in GTF order,
+:func:`~cellmamba.tokenize.annotation.gene_positions_table`) orders by that rank within a
+chromosome instead, so genes without a coordinate keep their annotation's order. Genes without a position (absent from the position table, or on another
 contig): ``unplaced="drop"`` (default; counted in the manifest) leaves them out;
 ``unplaced="append"`` puts them after all placed genes, in vocabulary order. ATAC peaks
 (``chr1-9776-10668`` or ``chr1:9776-10668``) are placed by their names (:func:`parse_peaks`,
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,12 @@ _ENSEMBL_SPLIT = re.compile(r"[;,]")
 _PEAK = re.compile(r"^([^:\s]+?)[:\-](\d+)-(\d+)$")
 
 
+def _default_min_coverage() -> dict:
+    # every protein-coding gene but a few of GENCODE's newest (20,096 of 20,120 placed on the
+    # shipped tables) and every mitochondrial one: the genes a cell's patches are mostly made of
+    return {"protein_coding": 0.99, "mitochondrial": 1.0}
+
+
 @dataclass(frozen=True)
 class PatchConfig:
     """Settings of the patch tokenizer."""
@@ -42,6 +50,9 @@ class PatchConfig:
     patch_size: int = 64       # features per patch (our default; scMamba's is not restated in our sources)
     target_sum: float = 1e4    # library size of log1p(count / total * target_sum)
     unplaced: str = "drop"     # genes without a genomic position: "drop" (counted) or "append"
+    # least fraction of the vocabulary's genes of each kind (gene type, or "mitochondrial") that
+    # must have a position; {} checks nothing (annotation.check_coverage)
+    min_coverage: dict = field(default_factory=_default_min_coverage)
 
     def __post_init__(self):
         if not isinstance(self.patch_size, (int, np.integer)) or self.patch_size < 1:
@@ -50,6 +61,12 @@ class PatchConfig:
             raise InputError(f"PatchConfig: target_sum must be a finite number > 0, got {self.target_sum!r}")
         if self.unplaced not in UNPLACED:
             raise InputError(f"PatchConfig: unplaced must be one of {UNPLACED}, got {self.unplaced!r}")
+        if not isinstance(self.min_coverage, dict):
+            raise InputError(f"PatchConfig: min_coverage must map gene kinds to fractions, got {self.min_coverage!r}")
+        for kind, frac in self.min_coverage.items():
+            if not (isinstance(kind, str) and isinstance(frac, (int, float)) and not isinstance(frac, bool)
+                    and 0 <= frac <= 1):
+                raise InputError(f"PatchConfig: min_coverage[{kind!r}] must be a fraction in [0, 1], got {frac!r}")
 
 
 @dataclass(frozen=True)
@@ -96,11 +113,16 @@ def read_positions(path: str | os.PathLike) -> pd.DataFrame:
     chromosome, start, ...), or the gene records of a GTF (``.gtf`` / ``.gtf.gz``, GENCODE or
     Ensembl; :func:`~cellmamba.tokenize.annotation.read_gtf`).
 
+    A table with a ``gtf_rank`` column (integers: the genes' order in their annotation,
+    :func:`~cellmamba.tokenize.annotation.write_gene_positions`) may leave ``start`` empty.
+
     Returns
     -------
     DataFrame with one row per Ensembl id (version suffix removed): ``ensembl_id``,
-    ``chromosome`` (1..22, X, Y, MT), ``start`` (int64). Rows on other contigs or without
-    an id are left out; an id listed at several places keeps the first in genomic order.
+    ``chromosome`` (1..22, X, Y, MT), ``start`` (int64; Int64 with missing values where the
+    table has ``gtf_rank``), and ``gtf_rank`` (int64) where the table has it. Rows on other
+    contigs or without an id are left out; an id listed at several places keeps the first in
+    genomic order (chromosome, then ``gtf_rank`` where given, else start).
     """
     if str(path).endswith((".gtf", ".gtf.gz")):
         from .annotation import read_gtf
@@ -118,14 +140,24 @@ def read_positions(path: str | os.PathLike) -> pd.DataFrame:
     table = table.explode("ensembl_id").dropna(subset=["ensembl_id"])
     table["chromosome"] = table["chromosome"].map(_chrom)
     table = table[table["chromosome"].isin(_CHROM_RANK)]
-    start = pd.to_numeric(table["start"], errors="coerce")
-    if start.isna().any():
-        bad = table.loc[start.isna(), "start"].iloc[0]
-        raise InputError(f"{path}: column 'start' holds a non-integer value {bad!r}")
+    ranked = "gtf_rank" in table
+
+    def integers(col: str, *, missing_ok: bool) -> pd.Series:
+        raw = table[col].astype(str).str.strip()
+        val = pd.to_numeric(raw.where(raw != ""), errors="coerce")
+        bad = (val.isna() & ((raw != "") | (not missing_ok))) | (val.notna() & (val % 1 != 0))
+        if bad.any():
+            raise InputError(f"{path}: column {col!r} holds a non-integer value {raw[bad].iloc[0]!r}")
+        return val.astype("Int64")
+
+    start = integers("start", missing_ok=ranked)
     out = pd.DataFrame({"ensembl_id": _strip_version(table["ensembl_id"]), "chromosome": table["chromosome"].to_numpy(),
-                        "start": start.astype(np.int64).to_numpy()})
+                        "start": start.array if ranked else start.astype(np.int64).to_numpy()})
+    if ranked:
+        out["gtf_rank"] = integers("gtf_rank", missing_ok=False).astype(np.int64).to_numpy()
     out["_rank"] = out["chromosome"].map(_CHROM_RANK)
-    out = out.sort_values(["_rank", "start", "ensembl_id"], kind="stable").drop_duplicates("ensembl_id")
+    keys = ["_rank", "gtf_rank"] if ranked else ["_rank", "start", "ensembl_id"]
+    out = out.sort_values(keys, kind="stable").drop_duplicates("ensembl_id")
     return out.drop(columns="_rank").reset_index(drop=True)
 
 
@@ -143,8 +175,9 @@ def genomic_order(feature_ids, positions: pd.DataFrame, *, unplaced: str = "drop
 
     Returns
     -------
-    :class:`GenomicOrder`. Order: chromosome (1..22, X, Y, MT), start, Ensembl id; then,
-    with "append", unplaced genes in vocabulary order.
+    :class:`GenomicOrder`. Order: chromosome (1..22, X, Y, MT), start, Ensembl id (or, where
+    ``positions`` has ``gtf_rank``, chromosome then that rank); then, with "append", unplaced
+    genes in vocabulary order.
     """
     if unplaced not in UNPLACED:
         raise InputError(f"genomic_order: unplaced must be one of {UNPLACED}, got {unplaced!r}")
@@ -153,7 +186,8 @@ def genomic_order(feature_ids, positions: pd.DataFrame, *, unplaced: str = "drop
     found = pd.Index(pos.index).get_indexer(ids)
     placed = np.flatnonzero(found >= 0)
     rank = pos["chromosome"].map(_CHROM_RANK).to_numpy()[found[placed]]
-    start = pos["start"].to_numpy()[found[placed]]
+    within = pos["gtf_rank"] if "gtf_rank" in pos else pos["start"]
+    start = within.to_numpy(np.int64)[found[placed]]
     order = placed[np.lexsort((ids[placed].astype(str), start, rank))]
     unplaced_genes = np.flatnonzero(found < 0)
     genes = np.concatenate([order, unplaced_genes]) if unplaced == "append" else order

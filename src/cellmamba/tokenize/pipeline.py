@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CorruptFileError, InputError
+from ..genes import read_gene_table
 from ..io import atomic_path
 from ..keys import OBS_DATASET_ID, UNS, UNS_MEASURED_DATASETS, VAR_FEATURE_ID, VARM_MEASURED
 from ..vocab import vocab_hash
 from . import _kernels as K
 from ._common import CsrChunk, check_counts
+from .annotation import check_coverage, gene_kinds, placement_coverage
 from .binned import BinnedConfig, _binned_chunk
 from .patch import PatchConfig, _patch_chunk, genomic_order, read_positions
 from .rank import RankConfig, _rank_chunk, gene_medians, read_gene_stats
@@ -128,7 +130,7 @@ def _resolve_config(tokenizer: str, config):
 
 
 def tokenize_h5ad(in_path: str | os.PathLike, out_dir: str | os.PathLike, *, tokenizer: str,
-                  config=None, gene_stats=None, positions=None, vocabulary=None,
+                  config=None, gene_stats=None, positions=None, gene_table=None, vocabulary=None,
                   chunk_cells: int = 4096) -> dict:
     """Tokenize a QC shard into a token shard directory (docs/architecture.md formats).
 
@@ -150,6 +152,11 @@ def tokenize_h5ad(in_path: str | os.PathLike, out_dir: str | os.PathLike, *, tok
         the vocabulary.
     positions
         patch only (required): gene position table path or :func:`read_positions` DataFrame.
+    gene_table
+        patch only: the vocabulary's gene table (path or :func:`~cellmamba.genes.read_gene_table`
+        DataFrame), whose ``feature_type`` / ``feature_name`` give each gene's kind for the
+        placement coverage (manifest ``placement``) and its check against
+        ``PatchConfig.min_coverage``; required unless ``min_coverage`` is empty.
     vocabulary
         Ensembl ids in token order; default the gene_stats ids (rank) or the file's var.
         File genes outside it are left out and counted (``stats.n_genes_not_in_vocab``);
@@ -180,6 +187,10 @@ def tokenize_h5ad(in_path: str | os.PathLike, out_dir: str | os.PathLike, *, tok
     elif tokenizer == "patch" and positions is None:
         raise InputError("tokenizer 'patch' needs positions= (a gene position table, e.g. "
                          "resources/genes/human_gene_positions_hg38.tsv.gz)")
+    elif tokenizer == "patch" and gene_table is None and config.min_coverage:
+        raise InputError(f"tokenizer 'patch' checks the placement of each gene kind (min_coverage "
+                         f"{config.min_coverage}): give gene_table= (the vocabulary's gene table, e.g. "
+                         f"resources/genes/cellxgene_genes_homo_sapiens_gencode48.csv.gz), or min_coverage={{}}")
 
     shard = _QcShard(in_path)
     try:
@@ -214,6 +225,16 @@ def tokenize_h5ad(in_path: str | os.PathLike, out_dir: str | os.PathLike, *, tok
         if tokenizer == "patch":
             pos_table = positions if isinstance(positions, pd.DataFrame) else read_positions(positions)
             order = genomic_order(vocab_ids, pos_table, unplaced=config.unplaced)
+            placed = np.zeros(n_genes, dtype=bool)
+            placed[order.genes[:order.n_placed]] = True
+            if gene_table is not None:
+                table = gene_table if isinstance(gene_table, pd.DataFrame) else read_gene_table(gene_table)
+                kinds, names = gene_kinds(vocab_ids, table)
+            else:
+                kinds, names = np.full(n_genes, "unknown", dtype=object), None
+            coverage = placement_coverage(kinds, placed, names)
+            pos_source = "the position table given" if isinstance(positions, pd.DataFrame) else str(positions)
+            check_coverage(coverage, config.min_coverage, source=pos_source)
             n_patches = -(-order.n_features // config.patch_size)
             settings.update(n_features=order.n_features, n_patches=n_patches)
             stats_total.update(n_genes_placed=order.n_placed, n_genes_unplaced=order.n_unplaced)
@@ -235,6 +256,7 @@ def tokenize_h5ad(in_path: str | os.PathLike, out_dir: str | os.PathLike, *, tok
             manifest = writer.finish(
                 dataset=shard.dataset_index.astype(np.int32), measured=measured, extra_arrays=extra,
                 manifest={"tokenizer": tokenizer, "settings": settings, "stats": stats_total,
+                          **({"placement": coverage} if tokenizer == "patch" else {}),
                           "vocab_hash": vocab_hash(vocab_ids), "n_genes": n_genes, "datasets": shard.datasets,
                           "source": str(in_path)})
     finally:
