@@ -59,6 +59,10 @@ EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False, "scratch_c
                   "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}},
                   "perturbation": {"baselines": ["additive"], "finetune": {"epochs": 1}},
                   "multiomics": {"methods": ["scmamba"], "baselines": ["pca_cca"], "train": {"epochs": 1}}}
+# pretraining cut to the one model the evaluation uses: the pretrain rule runs once (the plain demo
+# test pretrains all four)
+PRETRAIN_OVERRIDES = {"max_steps": MAX_STEPS, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1,
+                      "recipes": ["scmamba2"], "transformer_peers": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,9 +401,8 @@ def demo_run(slurm_cluster, tmp_path_factory):
     cfg = yaml.safe_load((work / "config/config.yaml").read_text())
     # a second config file is deep-merged over the first (--config KEY={...} would give strings)
     overrides = work / "slurm_test_overrides.yaml"
-    overrides.write_text(yaml.safe_dump({"pretrain": {"max_steps": MAX_STEPS, "warmup_steps": 1,
-                                                      "checkpoint_every": 2, "log_every": 1},
-                                         "evaluation": EVAL_OVERRIDES}))
+    overrides.write_text(yaml.safe_dump({"pretrain": PRETRAIN_OVERRIDES, "evaluation": EVAL_OVERRIDES}))
+    cfg["pretrain"].update(PRETRAIN_OVERRIDES)
     t0 = time.monotonic()
     proc = _snakemake(["--executor", "slurm", "--profile", str(profile),
                        "--configfile", "config/config.yaml", overrides.name], cwd=work, timeout=DEMO_TIMEOUT_S)
@@ -454,7 +457,7 @@ def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run
     n_models = len(cfg["pretrain"]["recipes"]) * (2 if cfg["pretrain"]["transformer_peers"] else 1)
     n_shards = cfg["census"]["n_shards"]
     expected = {"build_demo_census": 1, "census_plan": 1, "census_download": n_shards, "qc": n_shards,
-                "gene_stats": 1, "tokenize": n_shards * len(cfg["tokenize"]["tokenizers"]),
+                "gene_stats": 1, "gene_positions": 1, "tokenize": n_shards * len(cfg["tokenize"]["tokenizers"]),
                 "token_manifest": len(cfg["tokenize"]["tokenizers"]), "pretrain": n_models,
                 # evaluation (tables are local rules): one dataset per task, one model, one baseline
                 "prepare_dataset": 4, "finetune_annotation": 1, "baseline_annotation": 1, "score_annotation": 2,
