@@ -8,7 +8,7 @@ import torch
 
 from cellmamba.errors import InputError
 from cellmamba.models import (
-    Backbone, BackboneConfig, BiMambaLayer, Mamba1Mixer, Mamba2Mixer, ResidualBlock, check_right_padded,
+    Backbone, BackboneConfig, BiMambaLayer, Mamba1Mixer, Mamba2Mixer, ResidualBlock, check_right_padded, padded_reversal,
     count_parameters, reverse_padded, same_size_transformer,
 )
 
@@ -114,7 +114,7 @@ def test_bimamba_layer_is_not_identity_and_every_parameter_learns(mixer_cls, mer
     layer = BiMambaLayer(mixer_cls(16, d_state=8, chunk_size=8, backend="torch", **kw), 16, merge=merge)
     x = torch.randn(2, 20, 16)
     mask = (torch.arange(20) < torch.tensor([[15], [20]])).unsqueeze(-1).float()
-    _check_learns(layer, x, mask, torch.tensor([15, 20]))
+    _check_learns(layer, x, mask, padded_reversal(torch.tensor([15, 20]), 20))
 
 
 @pytest.mark.parametrize("config", [c for c in CASES if c.merge == "gate" or not c.arch.startswith("bimamba")], ids=_id)

@@ -501,3 +501,36 @@ def test_build_dataloader_token_budget(binned):
         assert b["input_ids"].shape[0] == 1 or b["input_ids"].numel() <= 100
         seen += b["cell_index"].tolist()
     assert set(seen) == set(range(len(TokenCorpus(path))))
+
+
+@pytest.mark.parametrize("recipe, lm, backbone", [("scmamba2", "masked_gene", "bimamba_mamba2"),
+                                                 ("genemamba", "next_token", "bimamba_mamba2"),
+                                                 ("genemamba", "masked_gene", "transformer")])
+def test_packed_batches_give_the_padded_loss_and_gradient(binned, rank, recipe, lm, backbone):
+    """pack: true adds the plan to the batch and changes nothing else: the objective's loss and the
+    gradient are the padded batch's (reference path; issue 23)."""
+    from cellmamba.train.pretrain import PretrainConfig, _collator, _objective, build_pretrain_model
+
+    path = (binned if recipe == "scmamba2" else rank)[0]
+    ds = TokenDataset(path)
+    items = [ds[g] for g in range(len(ds))]
+    cfg = PretrainConfig(recipe=recipe, lm=lm, backbone=backbone, d_model=32, n_layers=2, d_state=8,
+                         context_length=64, pathway_weight=0.0, backend="torch")
+    losses, grads = [], []
+    for pack in (False, True):
+        c = dataclasses.replace(cfg, pack=pack)
+        batch = _collator(c, n_genes=ds.n_genes, rank=0)(items)
+        assert ("packing" in batch) == pack
+        if pack:
+            assert batch["packing"].lengths.tolist() == batch["attention_mask"].sum(1).tolist()
+            assert batch["packing"].n_rows < len(items)
+        torch.manual_seed(0)
+        model = build_pretrain_model(c, n_genes=ds.n_genes).double()
+        loss, _ = _objective(c, vocabulary=None, gene_sets=None)(model, batch)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(model.parameters()), allow_unused=True))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-9, atol=1e-12)
+    for g1, g0 in zip(grads[1], grads[0]):
+        assert (g1 is None) == (g0 is None)
+        if g1 is not None:
+            torch.testing.assert_close(g1, g0, rtol=1e-7, atol=1e-10)

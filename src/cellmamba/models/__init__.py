@@ -12,12 +12,14 @@ them are in :mod:`cellmamba.tasks`.
 from ._backend import BACKENDS, BackendUnavailableError, kernels_available, resolve_backend
 from ._ref import selective_scan_ref, ssd_scan_ref
 from .backbone import ARCHS, Backbone, BackboneConfig, BackboneOutput, count_parameters, same_size_transformer
-from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, check_right_padded, reverse_padded
+from .bimamba import (MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, check_right_padded,
+                      padded_reversal, reverse_padded, reverse_rows)
 from .checkpoint import load_state_dict_strict, read_weights, write_weights
 from .embeddings import EMBEDDING_KINDS, EmbeddingConfig, InputEmbedding
 from .heads import (HEAD_KINDS, POOLINGS, CellPooling, ClassifierHead, HeadConfig, ProjectionHead,
                     TokenClassificationHead, ValueRegressionHead, build_head, next_token_logits, pool_cells)
 from .model import CellModel, CellModelConfig
+from .packing import Packing, plan_packing
 from .perturb import ContinuousValueEncoder, PerturbationModel, PerturbationModelConfig
 from .ssm import GatedRMSNorm, Mamba1Mixer, Mamba2Mixer
 from .transformer import TransformerBlock
@@ -28,10 +30,12 @@ __all__ = [
     "BACKENDS", "BackendUnavailableError", "kernels_available", "resolve_backend",
     "ssd_scan_ref", "selective_scan_ref", "Mamba2Mixer", "Mamba1Mixer", "GatedRMSNorm",
     # blocks
-    "MERGES", "RMSNorm", "check_right_padded", "reverse_padded", "ResidualBlock", "DirectionMerge",
+    "MERGES", "RMSNorm", "check_right_padded", "padded_reversal", "reverse_rows", "reverse_padded", "ResidualBlock",
+    "DirectionMerge",
     "BiMambaLayer", "TransformerBlock",
     # backbone
     "ARCHS", "BackboneConfig", "BackboneOutput", "Backbone", "count_parameters", "same_size_transformer",
+    "Packing", "plan_packing",
     # embeddings and heads
     "EMBEDDING_KINDS", "EmbeddingConfig", "InputEmbedding",
     "POOLINGS", "HEAD_KINDS", "HeadConfig", "pool_cells", "CellPooling", "ValueRegressionHead",

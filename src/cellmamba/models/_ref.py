@@ -26,7 +26,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, *, B: torch.Tensor,
-                 C: torch.Tensor, D: torch.Tensor | None = None, chunk_size: int = 64) -> torch.Tensor:
+                 C: torch.Tensor, D: torch.Tensor | None = None, chunk_size: int = 64,
+                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Mamba2's SSD scan by the chunked algorithm (intra-chunk quadratic form + inter-chunk states).
 
     Parameters
@@ -42,6 +43,9 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, *, B: torch
         Skip connection.
     chunk_size
         Tokens per chunk; ``seq_len`` need not be a multiple of it.
+    seq_idx : (batch, seq_len) int, optional
+        Packed rows (:mod:`~cellmamba.models.packing`): non-decreasing sequence ids; the state
+        resets where the id changes, as mamba_ssm's ``seq_idx`` (no state crosses a boundary).
 
     Returns
     -------
@@ -67,19 +71,34 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, *, B: torch
     cum = torch.cumsum(log_decay, dim=2)  # decay from the chunk start up to and including token i
     xdt = xs * dts.unsqueeze(-1)  # (b, c, q, h, p)
 
+    # seq_idx: ``same[b, c, i, j]`` = tokens i and j of chunk c are of one sequence; a chunk's
+    # state belongs to the sequence of its last token, and reaches the next chunk's tokens of that
+    # sequence only (the chunk padding repeats the last id: it is inert either way)
+    if seq_idx is not None:
+        sid = seq_idx.to(device=x.device, dtype=torch.int64)
+        sid = torch.cat([sid, sid[:, -1:].expand(-1, pad)], dim=1).view(batch, n_chunks, q)
+        last = sid[:, :, -1]  # (b, c)
+        prev_last = F.pad(last[:, :-1], (1, 0), value=-1)  # the sequence the entering state belongs to
+        same = sid.unsqueeze(3) == sid.unsqueeze(2)  # (b, c, i, j)
+
     # 1. within a chunk: y_i = sum_{j <= i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j
     seg = cum.unsqueeze(3) - cum.unsqueeze(2)  # (b, c, i, j, h)
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    seg = seg.masked_fill(~causal[:, :, None], float("-inf"))
+    keep = causal[:, :, None] if seq_idx is None else (causal & same).unsqueeze(-1)
+    seg = seg.masked_fill(~keep, float("-inf"))
     scores = torch.einsum("bcihn,bcjhn->bcijh", Cs, Bs) * torch.exp(seg)
     y = torch.einsum("bcijh,bcjhp->bcihp", scores, xdt)
 
     # 2. state each chunk adds at its end: sum_j exp(cum_last - cum_j) dt_j x_j B_j^T
     to_end = torch.exp(cum[:, :, -1:] - cum)  # (b, c, q, h)
+    if seq_idx is not None:
+        to_end = to_end * (sid == last.unsqueeze(-1)).unsqueeze(-1)
     chunk_states = torch.einsum("bcjhn,bcjh,bcjhp->bchpn", Bs, to_end, xdt)
 
     # 3. pass states across chunks (a loop over chunks, not tokens): entering[c] = state before chunk c
     chunk_decay = torch.exp(cum[:, :, -1])  # (b, c, h)
+    if seq_idx is not None:  # the state goes on only where chunk c ends in the sequence it entered with
+        chunk_decay = chunk_decay * (last == prev_last).unsqueeze(-1)
     state = torch.zeros_like(chunk_states[:, 0])
     entering = []
     for c in range(n_chunks):
@@ -87,8 +106,11 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, *, B: torch
         state = state * chunk_decay[:, c, :, None, None] + chunk_states[:, c]
     entering = torch.stack(entering, dim=1)  # (b, c, h, p, n)
 
-    # 4. contribution of the entering state: C_i exp(cum_i) h_in
-    y = y + torch.einsum("bcihn,bchpn,bcih->bcihp", Cs, entering, torch.exp(cum))
+    # 4. contribution of the entering state: C_i exp(cum_i) h_in (to the entering sequence's tokens)
+    enter_w = torch.exp(cum)
+    if seq_idx is not None:
+        enter_w = enter_w * (sid == prev_last.unsqueeze(-1)).unsqueeze(-1)
+    y = y + torch.einsum("bcihn,bchpn,bcih->bcihp", Cs, entering, enter_w)
     y = y.reshape(batch, n_chunks * q, n_heads, head_dim)[:, :seq_len]
     if D is not None:
         y = y + x.to(cd) * D.to(cd)[:, None]

@@ -18,8 +18,9 @@ import torch.nn as nn
 from ..errors import InputError
 from . import _fused
 from ._backend import BACKENDS
-from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, apply_mask, both_directions, \
-    check_right_padded, split_directions
+from .bimamba import MERGES, BiMambaLayer, DirectionMerge, ResidualBlock, RMSNorm, _twice, apply_mask, \
+    both_directions, check_right_padded, padded_reversal, split_directions
+from .packing import Packing
 from .ssm import Mamba1Mixer, Mamba2Mixer
 from .transformer import TransformerBlock
 
@@ -158,7 +159,8 @@ class Backbone(nn.Module):
             if c.bidirectional:
                 self.merge = DirectionMerge(c.d_model, merge=c.merge)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BackboneOutput:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                packing: Packing | None = None) -> BackboneOutput:
         """Run the backbone.
 
         Parameters
@@ -167,11 +169,19 @@ class Backbone(nn.Module):
             Input embeddings.
         attention_mask : (batch, seq_len) bool, optional
             True at real tokens, right-padded; all True when omitted.
+        packing
+            Run the layers on packed rows (:func:`~cellmamba.models.packing.plan_packing` of the
+            batch's lengths, on x's device): no computation on padding, the same function (each
+            cell alone). The outputs are in the padded layout either way. ``attention_mask`` must
+            be the plan's (it is not checked again: no host synchronisation). Mamba2, BiMamba2 and
+            the Transformer; Mamba1 refuses.
 
         Returns
         -------
         BackboneOutput
         """
+        if packing is not None:
+            return self._forward_packed(x, packing)
         if attention_mask is None:  # no checks to make: no host synchronisation either
             attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             lengths, padded = None, False
@@ -183,46 +193,87 @@ class Backbone(nn.Module):
         # reversals are plain flips (lengths None)
         mask = attention_mask.unsqueeze(-1).to(x.dtype) if padded else None
         lengths = lengths if padded else None
+        rev = padded_reversal(lengths, x.shape[1])
         c = self.config
-        forward = reverse = cls = None
+        hidden = forward = reverse = None
         if c.arch == "transformer":
             # a cell without real tokens attends to its padding rather than to nothing (NaN)
             # no mask at all when nothing is padded, so SDPA may pick its flash kernel
             key_mask = (attention_mask | (lengths == 0)[:, None])[:, None, None, :] if padded else None
-            h = x
-            for layer in self.layers:
-                h = layer(h, key_mask, mask)
-            hidden = self.norm_f(h)
+            hidden = self._transformer(x, key_mask, mask)
         elif c.bidirectional and c.merge_every == "layer":
-            hidden = self._stack(x, mask, lengths)
+            hidden = self._stack(x, mask, rev)
         elif c.bidirectional:
             # both directions as one batch through the shared stack
             mask2 = None if mask is None else torch.cat([mask, mask], dim=0)
-            forward, reverse = split_directions(self._stack(both_directions(x, lengths), mask2), lengths)
+            forward, reverse = split_directions(self._stack(both_directions(x, rev), mask2), rev)
+        else:
+            forward = self._stack(x, mask)
+        return self._outputs(hidden, forward, reverse, mask, lengths, attention_mask)
+
+    def _outputs(self, hidden, forward, reverse, mask, lengths, attention_mask) -> BackboneOutput:
+        """The :class:`BackboneOutput` from the layers' states in the padded layout: merged
+        states, direction states and the cell state, zero at padding."""
+        cls = None
+        if forward is not None and reverse is not None:
             forward, reverse = apply_mask(forward, mask), apply_mask(reverse, mask)
             hidden = self.merge(forward, reverse)
             # position 0's forward state has read token 0 only: the cell's state is each direction's end
             cls = self.merge(_at_last_token(forward, lengths), reverse[:, 0])
-        else:
-            hidden = forward = apply_mask(self._stack(x, mask), mask)
+        elif forward is not None:
+            hidden = forward = apply_mask(forward, mask)
             cls = _at_last_token(forward, lengths)
         if cls is not None and mask is not None:
             cls = cls * mask[:, 0]
         return BackboneOutput(hidden=apply_mask(hidden, mask), attention_mask=attention_mask, forward=forward,
                               reverse=reverse, cls=cls)
 
-    def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``."""
+    def _forward_packed(self, x: torch.Tensor, packing: Packing) -> BackboneOutput:
+        """:meth:`forward` on packed rows: the layers see (n_rows, row_len) rows of whole cells, the
+        cells kept apart by ``seq_idx`` (Mamba2: state and conv reset; Transformer: attention
+        within a cell) and reversed cell by cell (``rev``); outputs put back in the padded layout."""
+        c = self.config
+        if c.arch.endswith("mamba1"):
+            raise InputError("packing: Mamba1 layers cannot run packed rows (mamba_ssm's selective scan takes no "
+                             "sequence index); use a Mamba2 backbone or pack: false")
+        attention_mask = torch.arange(x.shape[1], device=x.device) < packing.lengths[:, None]
+        mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        xp = packing.pack(x)
+        mask_p = packing.mask.unsqueeze(-1).to(x.dtype)
+        seq_idx, rev = packing.seq_idx, packing.rev
+        forward = reverse = hidden = None
+        if c.arch == "transformer":
+            # attention within a cell: the empty tail of a row attends to itself (no row of NaN)
+            hidden = packing.unpack(self._transformer(xp, (seq_idx[:, :, None] == seq_idx[:, None, :])[:, None], mask_p))
+        elif c.bidirectional and c.merge_every == "layer":
+            hidden = packing.unpack(self._stack(xp, mask_p, rev, seq_idx))
+        elif c.bidirectional:
+            mask2 = torch.cat([mask_p, mask_p], dim=0)
+            fp, rp = split_directions(self._stack(both_directions(xp, rev), mask2, None, _twice(seq_idx)), rev)
+            forward, reverse = packing.unpack(fp), packing.unpack(rp)
+        else:
+            forward = packing.unpack(self._stack(xp, mask_p, None, seq_idx))
+        return self._outputs(hidden, forward, reverse, mask, packing.lengths, attention_mask)
+
+    def _transformer(self, h: torch.Tensor, key_mask: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h, key_mask, mask)
+        return self.norm_f(h)
+
+    def _stack(self, h: torch.Tensor, mask: torch.Tensor | None, rev: torch.Tensor | None = None,
+               seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The Mamba layers and the final norm: ``norm_f(h_n)``, ``h_{i+1} = h_i + update_i(norm_i(h_i))``.
+        ``rev``: the reversal index of merge_every="layer"; ``seq_idx``: packed rows."""
         if self.config.backend != "torch" and _fused.available(h):
             # same sums, fewer passes: each residual add happens inside the next norm's kernel
             # (mamba_ssm's Triton kernel; backend "torch" asks for the reference throughout)
             update, residual = h, None
             for layer in self.layers:
                 u, residual = _fused.add_rms_norm(update, residual, layer.norm.weight, layer.norm.eps)
-                update = layer.update(u, mask, lengths)
+                update = layer.update(u, mask, rev, seq_idx)
             return _fused.add_rms_norm(update, residual, self.norm_f.weight, self.norm_f.eps)[0]
         for layer in self.layers:
-            h = layer(h, mask, lengths) if isinstance(layer, BiMambaLayer) else layer(h, mask)
+            h = layer(h, mask, rev, seq_idx) if isinstance(layer, BiMambaLayer) else layer(h, mask, seq_idx)
         return self.norm_f(h)
 
 

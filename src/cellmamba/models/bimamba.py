@@ -12,6 +12,8 @@ else raises :class:`~cellmamba.errors.InputError`).
   involution).
 - Mixer inputs are zeroed at padded positions and block outputs there are zero updates,
   so the residual stream of a pad keeps its embedding and never grows.
+- Packed rows (:mod:`~cellmamba.models.packing`): several cells per row; the reversal is each
+  cell's in place (``rev``, :func:`reverse_rows`) and ``seq_idx`` resets the mixers between cells.
 
 Two bidirectional forms, both with one set of weights shared by the two directions:
 
@@ -36,7 +38,7 @@ import torch.nn as nn
 from ..errors import InputError
 
 __all__ = [
-    "MERGES", "RMSNorm", "check_right_padded", "reverse_padded", "ResidualBlock",
+    "MERGES", "RMSNorm", "check_right_padded", "padded_reversal", "reverse_rows", "reverse_padded", "ResidualBlock",
     "DirectionMerge", "BiMambaLayer", "both_directions", "split_directions",
 ]
 
@@ -100,19 +102,31 @@ def apply_mask(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return u if mask is None else u * mask
 
 
+def padded_reversal(lengths: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """The reversal index of a right-padded batch: int64 (batch, seq_len), position p of a row
+    of length l reads l - 1 - p (p < l) or itself (padding); None for lengths None (a plain flip)."""
+    if lengths is None:
+        return None
+    pos = torch.arange(seq_len, device=lengths.device)
+    return torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)
+
+
+def reverse_rows(x: torch.Tensor, rev: torch.Tensor | None) -> torch.Tensor:
+    """x: (batch, seq_len, ...) with position p of each row taken from ``rev[b, p]`` (an
+    involution: :func:`padded_reversal`, or a packed batch's per-cell reversal,
+    :class:`~cellmamba.models.packing.Packing`); ``rev`` None: a plain flip of the sequence axis."""
+    if rev is None:
+        return x.flip(1)
+    return torch.gather(x, 1, rev.view(*rev.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverse each row's first ``lengths[b]`` positions, leaving the padding in place.
 
     Its own inverse. x: (batch, seq_len, ...) -> same shape; lengths: (batch,), or None when
     nothing is padded (then a plain flip of the sequence axis: no index tensor to build and read).
     """
-    if lengths is None:
-        return x.flip(1)
-    seq_len = x.shape[1]
-    pos = torch.arange(seq_len, device=x.device)
-    src = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (batch, seq_len)
-    src = src.view(*src.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return torch.gather(x, 1, src)
+    return reverse_rows(x, padded_reversal(lengths, x.shape[1]))
 
 
 class ResidualBlock(nn.Module):
@@ -128,12 +142,15 @@ class ResidualBlock(nn.Module):
         self.mixer = mixer
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return x + self.update(self.norm(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.update(self.norm(x), mask, seq_idx=seq_idx)
 
-    def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The residual update from the normed input u (the fused CUDA stack calls this)."""
-        return apply_mask(self.dropout(self.mixer(apply_mask(u, mask))), mask)
+    def update(self, u: torch.Tensor, mask: torch.Tensor | None, rev: torch.Tensor | None = None,
+               seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual update from the normed input u (the fused CUDA stack calls this);
+        ``seq_idx``: packed rows (the mixer resets between cells)."""
+        v = apply_mask(u, mask)
+        return apply_mask(self.dropout(self.mixer(v) if seq_idx is None else self.mixer(v, seq_idx)), mask)
 
 
 class DirectionMerge(nn.Module):
@@ -158,23 +175,29 @@ class DirectionMerge(nn.Module):
         return g * forward + (1 - g) * reverse
 
 
-def both_directions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Stack x and its pad-aware reversal along the batch: (2 * batch, seq_len, ...)."""
-    return torch.cat([x, reverse_padded(x, lengths)], dim=0)
+def both_directions(x: torch.Tensor, rev: torch.Tensor | None) -> torch.Tensor:
+    """Stack x and its reversal (:func:`reverse_rows`) along the batch: (2 * batch, seq_len, ...)."""
+    return torch.cat([x, reverse_rows(x, rev)], dim=0)
 
 
-def split_directions(y: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def split_directions(y: torch.Tensor, rev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`both_directions`: (forward, reverse in the original order)."""
     forward, reverse = y.chunk(2, dim=0)
-    return forward, reverse_padded(reverse, lengths)
+    return forward, reverse_rows(reverse, rev)
+
+
+def _twice(seq_idx: torch.Tensor | None) -> torch.Tensor | None:
+    """The sequence index of both directions (a cell reversed in place keeps its positions)."""
+    return None if seq_idx is None else torch.cat([seq_idx, seq_idx], dim=0)
 
 
 class BiMambaLayer(nn.Module):
     """One bidirectional layer: one mixer (shared weights) on both directions, merged, residual.
 
     ``h + dropout(merge(mixer(u), rev(mixer(rev(u))))) * m`` with ``u = norm(h) * m``.
-    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float, lengths: (batch,); both None
-    when nothing is padded (the masking passes are skipped; the reversal is a plain flip).
+    x: (batch, seq_len, d_model), mask: (batch, seq_len, 1) float, rev: the reversal index
+    (:func:`reverse_rows`); both None when nothing is padded (the masking passes are skipped; the
+    reversal is a plain flip); seq_idx: packed rows.
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, *, merge: str = "mean", dropout: float = 0.0):
@@ -184,10 +207,14 @@ class BiMambaLayer(nn.Module):
         self.merge = DirectionMerge(d_model, merge=merge)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
-        return x + self.update(self.norm(x), mask, lengths)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rev: torch.Tensor | None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.update(self.norm(x), mask, rev, seq_idx)
 
-    def update(self, u: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
+    def update(self, u: torch.Tensor, mask: torch.Tensor | None, rev: torch.Tensor | None,
+               seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """The residual update from the normed input u (the fused CUDA stack calls this)."""
-        forward, reverse = split_directions(self.mixer(both_directions(apply_mask(u, mask), lengths)), lengths)
+        both = both_directions(apply_mask(u, mask), rev)
+        y = self.mixer(both) if seq_idx is None else self.mixer(both, _twice(seq_idx))
+        forward, reverse = split_directions(y, rev)
         return apply_mask(self.dropout(self.merge(forward, reverse)), mask)

@@ -26,6 +26,7 @@ from .backbone import Backbone, BackboneConfig, BackboneOutput
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict, read_weights, write_weights
 from .embeddings import EmbeddingConfig, InputEmbedding
 from .heads import HeadConfig, build_head
+from .packing import Packing
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CellModelConfig", "CellModel", "read_model_config"]
 
@@ -106,7 +107,8 @@ class CellModel(nn.Module):
         self.heads = nn.ModuleDict({name: build_head(h, d_model) for name, h in config.heads.items()})
 
     def forward(self, inputs: torch.Tensor, values: torch.Tensor | None = None, *,
-                attention_mask: torch.Tensor | None = None, value_mask: torch.Tensor | None = None) -> BackboneOutput:
+                attention_mask: torch.Tensor | None = None, value_mask: torch.Tensor | None = None,
+                packing: Packing | None = None) -> BackboneOutput:
         """Embed and run the backbone.
 
         Parameters
@@ -118,6 +120,9 @@ class CellModel(nn.Module):
             all True for patches.
         value_mask : (batch, seq_len) bool, optional
             True where values are hidden (binned).
+        packing
+            The batch's packing plan (the collators' ``batch["packing"]``): the backbone runs on
+            packed rows, the outputs are the same (:meth:`Backbone.forward`).
 
         Returns
         -------
@@ -128,7 +133,7 @@ class CellModel(nn.Module):
                 attention_mask = torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
             else:
                 attention_mask = inputs != PAD_ID
-        return self.backbone(self.embed(inputs, values, value_mask=value_mask), attention_mask)
+        return self.backbone(self.embed(inputs, values, value_mask=value_mask), attention_mask, packing=packing)
 
     # ---- persistence ----
     def write_pretrained(self, directory: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from . import _fused
 from ._backend import check_backend, has_compiled_causal_conv1d, resolve_backend
 from ._ref import selective_scan_ref, ssd_scan_ref
@@ -37,10 +38,21 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv + SiLU. x: (batch, seq_len, channels) -> same shape."""
+def _causal_conv(conv: nn.Conv1d, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise causal conv + SiLU. x: (batch, seq_len, channels) -> same shape.
+
+    ``seq_idx`` (batch, seq_len): packed rows; a token reads only earlier tokens of its own
+    sequence (causal_conv1d's ``seq_idx``): the conv as a sum of shifted, masked copies."""
     seq_len = x.shape[1]
-    return F.silu(conv(x.transpose(1, 2))[..., :seq_len].transpose(1, 2))
+    if seq_idx is None:
+        return F.silu(conv(x.transpose(1, 2))[..., :seq_len].transpose(1, 2))
+    k = conv.weight.shape[-1]
+    w = conv.weight[:, 0, :]  # (channels, k): w[:, k - 1] weighs the token itself
+    y = x * w[:, k - 1] if conv.bias is None else x * w[:, k - 1] + conv.bias
+    for shift in range(1, k):
+        same = (seq_idx[:, shift:] == seq_idx[:, :-shift]).unsqueeze(-1).to(x.dtype)  # (batch, seq_len - shift, 1)
+        y = y + F.pad(x[:, :-shift] * same, (0, 0, shift, 0)) * w[:, k - 1 - shift]
+    return F.silu(y)
 
 
 class GatedRMSNorm(nn.Module):
@@ -113,43 +125,47 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u: (batch, seq_len, d_model) -> (batch, seq_len, d_model)."""
+    def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (batch, seq_len, d_model) -> (batch, seq_len, d_model); ``seq_idx`` (batch, seq_len)
+        int32: packed rows (:mod:`~cellmamba.models.packing`), no state crosses a change of id."""
         zxbcdt = self.in_proj(u)
         A = -torch.exp(_f32(self.A_log))
         if resolve_backend(self.backend, u.device, self.kind) == "cuda":
-            return _in_int32_pieces(self._forward_cuda, zxbcdt, A)
+            return _in_int32_pieces(self._forward_cuda, zxbcdt, A, seq_idx=seq_idx)
         batch, seq_len, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
-        x, B, C = _causal_conv(self.conv1d, xBC).split([self.d_inner, gn, gn], dim=-1)
+        x, B, C = _causal_conv(self.conv1d, xBC, seq_idx).split([self.d_inner, gn, gn], dim=-1)
         dt = F.softplus(_f32(dt) + _f32(self.dt_bias))
         y = ssd_scan_ref(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
             B=B.unflatten(-1, (self.ngroups, self.d_state)), C=C.unflatten(-1, (self.ngroups, self.d_state)),
-            D=self.D, chunk_size=self.chunk_size,
+            D=self.D, chunk_size=self.chunk_size, seq_idx=seq_idx,
         )
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def _forward_cuda(self, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    def _forward_cuda(self, zxbcdt: torch.Tensor, A: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
-        if _fused.available(zxbcdt):  # ours: mamba_ssm's kernels composed our way (+ one kernel of ours)
+        # packed rows take mamba_ssm's own kernels, which read seq_idx (the fused path does not yet)
+        if seq_idx is None and _fused.available(zxbcdt):  # ours: mamba_ssm's kernels composed our way
             return _fused.mamba2_mixer(self, zxbcdt, A)
+        if seq_idx is not None:
+            seq_idx = seq_idx.to(torch.int32).contiguous()
         if has_compiled_causal_conv1d():  # fused conv + scan + gated norm + out_proj
             return mamba_split_conv1d_scan_combined(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, self.D,
-                self.chunk_size, activation="silu", rmsnorm_weight=self.norm.weight,
+                self.chunk_size, seq_idx=seq_idx, activation="silu", rmsnorm_weight=self.norm.weight,
                 rmsnorm_eps=self.norm.eps, outproj_weight=self.out_proj.weight, outproj_bias=self.out_proj.bias,
                 headdim=self.headdim, ngroups=self.ngroups, norm_before_gate=False,
             )
         gn = self.ngroups * self.d_state
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
-        x, B, C = _causal_conv(self.conv1d, xBC).split([self.d_inner, gn, gn], dim=-1)
+        x, B, C = _causal_conv(self.conv1d, xBC, seq_idx).split([self.d_inner, gn, gn], dim=-1)
         y = mamba_chunk_scan_combined(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
             B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state)),
-            self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, seq_idx=seq_idx,
         )
         return self.out_proj(self.norm(y.flatten(-2), z))
 
@@ -157,7 +173,8 @@ class Mamba2Mixer(nn.Module):
 _INT32_LIMIT = 2**31 - 1
 
 
-def _in_int32_pieces(fn, t: torch.Tensor, *args, width: int | None = None) -> torch.Tensor:
+def _in_int32_pieces(fn, t: torch.Tensor, *args, width: int | None = None,
+                     seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``fn(t, *args)`` on batch pieces small enough for mamba_ssm's kernels.
 
     mamba_ssm's kernels index with 32-bit offsets: a (batch, seq_len, width) input of more than
@@ -167,9 +184,12 @@ def _in_int32_pieces(fn, t: torch.Tensor, *args, width: int | None = None) -> to
     """
     per_row = t.shape[1] * (width or t.shape[2])
     rows = max(1, _INT32_LIMIT // per_row)
+    extra = {} if seq_idx is None else {"seq_idx": seq_idx}
     if t.shape[0] <= rows:
-        return fn(t, *args)
-    return torch.cat([fn(piece, *args) for piece in t.split(rows)], dim=0)
+        return fn(t, *args, **extra)
+    if seq_idx is None:
+        return torch.cat([fn(piece, *args) for piece in t.split(rows)], dim=0)
+    return torch.cat([fn(piece, *args, seq_idx=s) for piece, s in zip(t.split(rows), seq_idx.split(rows))], dim=0)
 
 
 class Mamba1Mixer(nn.Module):
@@ -216,8 +236,12 @@ class Mamba1Mixer(nn.Module):
             p._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u: (batch, seq_len, d_model) -> (batch, seq_len, d_model)."""
+    def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (batch, seq_len, d_model) -> (batch, seq_len, d_model). Packed rows (``seq_idx``) are
+        refused: mamba_ssm's Mamba1 kernels take no sequence index."""
+        if seq_idx is not None:
+            raise InputError("Mamba1 layers cannot run packed rows (mamba_ssm's selective scan has no sequence "
+                             "index); use a Mamba2 backbone or pack: false")
         A = -torch.exp(_f32(self.A_log))
         if resolve_backend(self.backend, u.device, self.kind) == "cuda":
             # the projection is 2 * expand wide: split on its size, not on u's

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from ..errors import InputError
+from ..models.packing import Packing
 from .checkpoint import capture_rng, restore_rng
 
 if TYPE_CHECKING:
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` with its tensors moved to ``device`` (non-blocking); other values as they are."""
+    """``batch`` with its tensors (and its packing plan) moved to ``device`` (non-blocking); other
+    values as they are."""
     if not isinstance(batch, Mapping):
         raise InputError(f"training batches must be dicts of tensors, got {type(batch).__name__}")
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) or isinstance(v, Packing) else v
+            for k, v in batch.items()}
 
 
 def batch_counts(batch: Mapping[str, Any]) -> tuple[int, int]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..models.packing import plan_packing
 from ..tokenize.patch import to_patches
 from ..vocab import MASK_ID, N_SPECIAL, PAD_ID
 
@@ -120,15 +121,27 @@ class MaskedGeneCollateConfig:
 
 
 class _Collator:
-    """Shared state: ``seed`` and ``rank`` (fixed), ``epoch`` (:meth:`set_epoch`), padding."""
+    """Shared state: ``seed`` and ``rank`` (fixed), ``epoch`` (:meth:`set_epoch`), padding, and
+    ``pack``: add the batch's packing plan (``batch["packing"]``, a
+    :class:`~cellmamba.models.packing.Packing` of rows as long as the padded batch), made here on
+    the host (in a loader worker) so the model needs no device synchronisation for it."""
 
-    def __init__(self, *, seed: int = 0, rank: int = 0, pad_to_multiple: int = 1):
+    def __init__(self, *, seed: int = 0, rank: int = 0, pad_to_multiple: int = 1, pack: bool = False):
         name = type(self).__name__
         _check_int(name, "seed", seed)
         _check_int(name, "rank", rank)
         _check_int(name, "pad_to_multiple", pad_to_multiple, low=1)
-        self.seed, self.rank, self.pad_to_multiple = int(seed), int(rank), int(pad_to_multiple)
+        if not isinstance(pack, bool):
+            raise InputError(f"{name}: pack must be true or false, got {pack!r}")
+        self.seed, self.rank, self.pad_to_multiple, self.pack = int(seed), int(rank), int(pad_to_multiple), pack
         self.epoch = 0
+
+    def _finish(self, batch: dict) -> dict:
+        """The batch, with its packing plan where ``pack``."""
+        if self.pack:
+            attn = batch["attention_mask"]
+            batch["packing"] = plan_packing(attn.sum(1).numpy(), attn.shape[1], seq_len=attn.shape[1])
+        return batch
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new masks: the per-cell generators are keyed by the epoch."""
@@ -182,8 +195,8 @@ class MaskedValueCollator(_Collator):
     """
 
     def __init__(self, config: MaskedValueCollateConfig = MaskedValueCollateConfig(), *, seed: int = 0, rank: int = 0,
-                 pad_to_multiple: int = 1):
-        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple)
+                 pad_to_multiple: int = 1, pack: bool = False):
+        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack)
         if not isinstance(config, MaskedValueCollateConfig):
             raise InputError(f"MaskedValueCollator: config must be a MaskedValueCollateConfig, got {type(config).__name__}")
         self.config = config
@@ -254,9 +267,9 @@ class MaskedValueCollator(_Collator):
             value_mask[b, :m.shape[0]] = m
         targets = np.where(value_mask, values, 0).astype(np.float32)
         values[value_mask] = HIDDEN_VALUE
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
-                "values": torch.from_numpy(values), "value_mask": torch.from_numpy(value_mask),
-                "value_targets": torch.from_numpy(targets), **self._provenance(items)}
+        return self._finish({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
+                             "values": torch.from_numpy(values), "value_mask": torch.from_numpy(value_mask),
+                             "value_targets": torch.from_numpy(targets), **self._provenance(items)})
 
 
 class MaskedGeneCollator(_Collator):
@@ -283,8 +296,8 @@ class MaskedGeneCollator(_Collator):
     """
 
     def __init__(self, config: MaskedGeneCollateConfig = MaskedGeneCollateConfig(), *, n_genes: int | None = None, seed: int = 0,
-                 rank: int = 0, pad_to_multiple: int = 1):
-        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple)
+                 rank: int = 0, pad_to_multiple: int = 1, pack: bool = False):
+        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack)
         if not isinstance(config, MaskedGeneCollateConfig):
             raise InputError(f"MaskedGeneCollator: config must be a MaskedGeneCollateConfig, got {type(config).__name__}")
         if config.random_ratio > 0:
@@ -312,8 +325,8 @@ class MaskedGeneCollator(_Collator):
             if n_rand:
                 ids[b, pos[:n_rand]] = N_SPECIAL + rng.integers(0, self.n_genes, size=n_rand)
             ids[b, pos[n_rand + n_keep:]] = MASK_ID
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
-                "labels": torch.from_numpy(labels), **self._provenance(items)}
+        return self._finish({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
+                             "labels": torch.from_numpy(labels), **self._provenance(items)})
 
 
 class NextTokenCollator(_Collator):
@@ -328,8 +341,8 @@ class NextTokenCollator(_Collator):
         self._check_items(items)
         ids, attn = self._ids_and_mask([np.asarray(it["tokens"], dtype=np.int64) for it in items])
         labels = np.where(attn, ids, IGNORE_INDEX)
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
-                "labels": torch.from_numpy(labels), **self._provenance(items)}
+        return self._finish({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
+                             "labels": torch.from_numpy(labels), **self._provenance(items)})
 
 
 class PatchCollator(_Collator):

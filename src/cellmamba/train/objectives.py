@@ -200,6 +200,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (diff * diff).sum() / mask.sum().clamp(min=1)
 
 
+def _packing(batch: Mapping[str, Any]) -> dict:
+    """The model's ``packing=`` keyword where the batch has a plan (pretraining with pack: true)."""
+    return {"packing": batch["packing"]} if batch.get("packing") is not None else {}
+
+
 def shift_targets(labels: torch.Tensor, attention_mask: torch.Tensor, *,
                   predict_special: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets of the two directions of a next-token objective.
@@ -358,7 +363,7 @@ class MaskedValueObjective:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_value objective", "input_ids", "values", "attention_mask", "value_mask", "value_targets")
         out = model(batch["input_ids"], batch["values"], attention_mask=batch["attention_mask"],
-                    value_mask=batch["value_mask"])
+                    value_mask=batch["value_mask"], **_packing(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -384,7 +389,7 @@ class MaskedGeneObjective:
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_gene objective", "input_ids", "attention_mask", "labels")
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_packing(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -420,7 +425,7 @@ class NextTokenObjective:
         owner = "next_token objective"
         _need(batch, owner, "input_ids", "attention_mask", "labels")
         head = _head(model, self.config.head, owner)
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_packing(batch))
         try:
             next_logits, prev_logits = next_token_logits(head, out)
         except InputError as exc:

@@ -90,6 +90,7 @@ class PretrainConfig:
     num_workers: int = 0                # DataLoader worker processes
     backend: str = "auto"               # SSM kernels: auto | torch | cuda
     recompute: bool = False             # Mamba2 on CUDA: recompute activations in the backward pass (long contexts)
+    pack: bool = False                  # several cells per row, no computation on padding (models.packing; not Mamba1)
 
     def __post_init__(self):
         check_optim(self)
@@ -199,13 +200,13 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
 
 
 def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
+    common = dict(seed=config.seed, rank=rank, pack=config.pack)
     if config.recipe == "scmamba2":
         return MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
-                                   seed=config.seed, rank=rank)
+                                   **common)
     if config.lm == "masked_gene":
-        return MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=config.mask_ratio), n_genes=n_genes,
-                                  seed=config.seed, rank=rank)
-    return NextTokenCollator(seed=config.seed, rank=rank)
+        return MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=config.mask_ratio), n_genes=n_genes, **common)
+    return NextTokenCollator(**common)
 
 
 def _objective(config: PretrainConfig, *, vocabulary: Vocabulary | None, gene_sets):
