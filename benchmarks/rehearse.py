@@ -86,7 +86,8 @@ MEMORY_LINE_GIB = 72.0
 CSV_FIELDS = ["job", "rule", "model", "status", "device", "date", "code", "kernels", "params", "cells_per_step",
               "micro_batch", "grad_accum", "tokens_per_cell", "steps_timed", "sec_per_step", "tokens_per_s",
               "cells_per_s", "mfu_lower_bound", "peak_alloc_gib", "peak_reserved_gib", "loss_first", "loss_last",
-              "ssl_loss_first", "ssl_loss_last", "adv_loss_first", "adv_loss_last", "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
+              "ssl_loss_first", "ssl_loss_last", "adv_loss_first", "adv_loss_last", "infonce_first", "infonce_last",
+              "retrieval_acc_first", "retrieval_acc_last", "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
               "projected_dataset",
               "jobs_in_dag", "projected_h_all", "error"]
 
@@ -307,7 +308,7 @@ class StepTimer:
                               # the terms of an objective with a gradient-reversed adversary
                               # (integration): the encoder lowers ssl and raises adv, so their sum
                               # need not fall while both players learn
-                              "ssl_loss": out.get("ssl_loss"), "adv_loss": out.get("adv_loss")})
+                              **{term: out.get(term) for term in TERMS}})
             return out
 
         loop.train_step = timed
@@ -315,6 +316,12 @@ class StepTimer:
             yield self
         finally:
             loop.train_step = inner
+
+
+#: the terms recorded beside the loss where the objective reports them: integration's masked-gene /
+#: masked-value loss and its reversed adversary; the multiome towers' InfoNCE (ln(batch) at chance)
+#: and the fraction of cells whose nearest embedding of the other modality is their own
+TERMS = ("ssl_loss", "adv_loss", "infonce", "retrieval_acc")
 
 
 def _kernels() -> str:
@@ -354,7 +361,7 @@ def _summary(timer: StepTimer, warmup: int, n_params: int, device: str) -> dict:
             "loss_first": round(float(np.mean(losses[:3])), 4) if losses else "",
             "loss_last": round(float(np.mean(losses[-3:])), 4) if losses else "",
             **{f"{term}_{end}": round(float(np.mean(vals)), 4) if vals else ""
-               for term in ("ssl_loss", "adv_loss")
+               for term in TERMS
                for end, vals in (("first", [r[term] for r in rows[:3] if r[term] is not None]),
                                  ("last", [r[term] for r in rows[-3:] if r[term] is not None]))}}
 

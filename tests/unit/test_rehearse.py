@@ -147,6 +147,8 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     assert int(ann["cells_per_step"]) == jobs["finetune_annotation/genemamba"]["params"]["settings"]["batch_size"]
     assert float(ann["rest_s_per_cell"]) > 0
     assert ann["ssl_loss_first"] == ann["adv_loss_first"] == ""  # no adversary: no terms
+    mo = next(r for j, r in rows.items() if j.startswith("train_multiomics/"))
+    assert 0 <= float(mo["retrieval_acc_last"]) <= 1 and float(mo["infonce_first"]) <= float(mo["loss_first"])
     integ = rows["finetune_integration/protocol/scmamba2"]
     for end in ("first", "last"):  # the adversarial objective's two terms add up to its loss
         assert float(integ[f"ssl_loss_{end}"]) + float(integ[f"adv_loss_{end}"]) == \
