@@ -556,20 +556,32 @@ def _gene_positions(job: dict, work: Path) -> Path:
     return out
 
 
-def run_multiomics_job(job: dict, work: Path, steps: int, *, args_genes: int | None = None) -> dict:
+def run_multiomics_job(job: dict, work: Path, steps: int, *, args_genes: int | None = None,
+                       max_cells: int | None = None, warmup_steps: int | None = None) -> dict:
+    """``steps`` optimizer steps of the two-tower job on generated cells: ``steps x batch`` cells in
+    one epoch, or, with ``max_cells``, at most that many cells over as many epochs as the steps
+    need (the embedding pass, timed per cell, then covers fewer cells). The warm-up is the job's
+    ``warmup_fraction`` of these steps, or ``warmup_steps`` steps (e.g. the configured job's: 5% of
+    its 5,400)."""
     from cellmamba.tasks.multiomics import MultiomicsConfig
     from cellmamba.tasks.run import train_multiomics_files
 
     cfg = MultiomicsConfig.from_dict(job["params"]["settings"])
     configured_epochs = cfg.epochs
-    cfg = dataclasses.replace(cfg, epochs=1)
+    n_cells = steps * cfg.batch_size
+    if max_cells is not None and max_cells < n_cells:
+        n_cells = max(cfg.batch_size, max_cells // cfg.batch_size * cfg.batch_size)
+    epochs = -(-steps * cfg.batch_size // n_cells)
+    cfg = dataclasses.replace(cfg, epochs=epochs)
+    if warmup_steps is not None:
+        total = epochs * (n_cells // cfg.batch_size)
+        cfg = dataclasses.replace(cfg, warmup_fraction=min(1.0, (warmup_steps + 0.5) / total))  # int() in the loop
     dataset = job["wildcards"]["dataset"]
     shape = SHAPES.get(dataset, SHAPES["bmmc_multiome"])  # the demo's simulated multiome: BMMC's modalities
     mods = {m: min(shape[m], args_genes or shape[m]) for m in ("rna", "protein", "atac") if m in shape}
     out = work / job["job"].replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     data = out / "dataset.h5ad"
-    n_cells = steps * cfg.batch_size
     multiomics_dataset(data, n_cells=n_cells, modalities=mods)
     train_multiomics_files(data, _gene_positions(job, work), config=cfg,
                            embedding=out / "embedding.h5ad", train_dir=out / "train", method=job["wildcards"]["method"])
@@ -612,7 +624,8 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
                                             args_genes=args.dataset_genes)
                 model_dir = base["model_dir"]
             else:
-                info = run_multiomics_job(job, args.work, args.steps, args_genes=args.dataset_genes)
+                info = run_multiomics_job(job, args.work, args.steps, args_genes=args.dataset_genes,
+                                          max_cells=args.max_cells, warmup_steps=args.multiomics_warmup)
                 model_dir = None
         wall = time.perf_counter() - t0
         from cellmamba.embedding import checkpoint_info
@@ -732,6 +745,10 @@ def main(argv=None):
                     "(default: the published number; tests use fewer)")
     pr.add_argument("--memory-cap-gib", type=float, default=None, help="hold the GPU to this much memory "
                     "(e.g. 74.5 = an 80 GB card): an OOM row is then one that card would have")
+    pr.add_argument("--max-cells", type=int, default=None, help="train_multiomics: at most this many generated "
+                    "cells, over several epochs (bounds the embedding pass of a long rehearsal)")
+    pr.add_argument("--multiomics-warmup", type=int, default=None, help="train_multiomics: warm-up steps (default "
+                    "the job's warmup_fraction of the rehearsed steps; 270 = the configured job's)")
     pr.add_argument("--code", default=os.environ.get("CELLMAMBA_CODE", ""), help="git commit of the code")
     args = p.parse_args(argv)
     if args.cmd == "plan":

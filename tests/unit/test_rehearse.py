@@ -124,7 +124,9 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
            r"^finetune_perturbation/genemamba$|^train_multiomics/.*/scmamba$"
     proc = subprocess.run([sys.executable, str(SCRIPT), "run", "--plan", str(plan), "--work", str(tmp_path / "w"),
                            "--out", str(tmp_path), "--name", "r.csv", "--only", only, "--steps", str(steps),
-                           "--warmup", str(warmup), "--vocab-genes", "300", "--dataset-genes", "120"],
+                           "--warmup", str(warmup), "--vocab-genes", "300", "--dataset-genes", "120",
+                           # the multiome job: 2 batches of cells over 3 epochs, a 3-step warm-up
+                           "--max-cells", "128", "--multiomics-warmup", "3"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["job"]: r for r in csv.DictReader(open(tmp_path / "r.csv"))}
@@ -147,8 +149,15 @@ def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     assert int(ann["cells_per_step"]) == jobs["finetune_annotation/genemamba"]["params"]["settings"]["batch_size"]
     assert float(ann["rest_s_per_cell"]) > 0
     assert ann["ssl_loss_first"] == ann["adv_loss_first"] == ""  # no adversary: no terms
-    mo = next(r for j, r in rows.items() if j.startswith("train_multiomics/"))
+    mo_job, mo = next((j, r) for j, r in rows.items() if j.startswith("train_multiomics/"))
     assert 0 <= float(mo["retrieval_acc_last"]) <= 1 and float(mo["infonce_first"]) <= float(mo["loss_first"])
+    mo_dir = tmp_path / "w" / mo_job.replace("/", "_")
+    import anndata as ad
+
+    assert ad.read_h5ad(mo_dir / "dataset.h5ad", backed="r").n_obs == 128      # capped: 2 batches of 64
+    lr = [float(r["lr"]) for r in csv.DictReader(open(mo_dir / "train" / "metrics.csv"))]
+    peak = jobs[mo_job]["params"]["settings"]["lr"]
+    assert len(lr) == 6 and lr[0] == pytest.approx(peak / 3) and lr[2] == pytest.approx(peak)  # 3 epochs x 2 steps
     integ = rows["finetune_integration/protocol/scmamba2"]
     for end in ("first", "last"):  # the adversarial objective's two terms add up to its loss
         assert float(integ[f"ssl_loss_{end}"]) + float(integ[f"adv_loss_{end}"]) == \
