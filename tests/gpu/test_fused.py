@@ -192,3 +192,47 @@ def test_heads_inner_launches_match_mamba_ssm_order(fused_on, monkeypatch, ngrou
     assert torch.equal(states, states_ref) and torch.equal(dstates, dstates_ref)
     for got, want in zip(others, others_ref):
         assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("merge_every,merge", [("stack", "gate"), ("layer", "sum")])
+def test_fused_path_on_packed_rows_matches_the_padded_reference(fused_on, monkeypatch, merge_every, merge, dtype):
+    """seq_idx through the fused kernels (_fused.FUSED_SEQ_IDX): packed rows against the padded batch
+    on the reference and on mamba_ssm's combined kernel (the path packed rows take with the flag
+    off), forward and backward (input and every parameter). The cells are longer than a chunk and
+    share chunks, so the states pass across chunks and reset inside them (issue 23)."""
+    from cellmamba.models import plan_packing
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(arch="bimamba_mamba2", d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64,
+                         merge=merge, merge_every=merge_every, backend="cuda")
+    fused = Backbone(cfg).to(DEV)
+    ref = Backbone(dataclasses.replace(cfg, backend="torch")).to(DEV)
+    ref.load_state_dict(fused.state_dict())
+    lengths = [333, 200, 1, 97, 130, 64]
+    x = torch.randn(len(lengths), 333, 64, device=DEV)
+    mask = torch.arange(333, device=DEV) < torch.tensor(lengths, device=DEV)[:, None]
+    packing = plan_packing(lengths, 333).to(DEV)
+    assert packing.n_rows < len(lengths)
+
+    def run_packed(model):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(xi, mask, packing=packing)
+        weights = torch.linspace(-1, 1, out.hidden.numel(), device=DEV).view_as(out.hidden)
+        (out.hidden.float() * weights * mask[..., None]).sum().backward()
+        return out.hidden.detach(), {"input": xi.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+    monkeypatch.setattr(_fused, "FUSED_SEQ_IDX", True)
+    out_f, g_f = run_packed(fused)
+    fused.zero_grad(set_to_none=True)
+    monkeypatch.setattr(_fused, "FUSED_SEQ_IDX", False)
+    out_c, g_c = run_packed(fused)               # mamba_ssm's combined kernel with seq_idx
+    out_r, g_r = run(ref, x, mask, torch.float32)
+    assert (out_f[~mask] == 0).all()
+    for other in (out_c, out_r):
+        assert rel_err(out_f, other) < TOL[dtype]
+    for name in g_r:
+        assert g_f[name] is not None, name
+        assert rel_err(g_f[name], g_c[name]) < 5 * TOL[dtype], name
+        assert rel_err(g_f[name], g_r[name]) < 5 * TOL[dtype], name

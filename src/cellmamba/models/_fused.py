@@ -198,45 +198,45 @@ def _group_as_batch(t: torch.Tensor, nheads: int) -> torch.Tensor:
     return t.permute(2, 1, 0, 3).expand(nheads, -1, -1, -1)
 
 
-def _chunk_states(B, x, dt, dA_cumsum):
+def _chunk_states(B, x, dt, dA_cumsum, seq_idx=None):
     """mamba_ssm's ``_chunk_state_fwd`` (float32 states, (b, c, h, p, n)), heads innermost where
-    :func:`_heads_inner`."""
+    :func:`_heads_inner` (not with ``seq_idx``: the exchanged launch would index it by head)."""
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_state_fwd
 
     batch, _, nheads, headdim = x.shape
-    if not _heads_inner(B.shape[2]):
-        return _chunk_state_fwd(B, x, dt, dA_cumsum, states_in_fp32=True)
+    if seq_idx is not None or not _heads_inner(B.shape[2]):
+        return _chunk_state_fwd(B, x, dt, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
     states = torch.empty(batch, dt.shape[2], nheads, headdim, B.shape[-1], dtype=torch.float32, device=x.device)
     _chunk_state_fwd(_group_as_batch(B, nheads), x.transpose(0, 2), dt.transpose(0, 1), dA_cumsum.transpose(0, 1),
                      states=states.transpose(0, 2))
     return states
 
 
-def _chunk_states_bwd(C, dA_cumsum, dy, dtype):
+def _chunk_states_bwd(C, dA_cumsum, dy, dtype, seq_idx=None):
     """mamba_ssm's ``_chunk_scan_bwd_dstates`` ((b, c, h, p, n) gradient of the passed states),
     heads innermost where :func:`_heads_inner` (the result is then a (b, c, h, p, n) view of an
     (h, c, b, p, n) tensor: the kernels after it take strides)."""
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_bwd_dstates
 
-    if not _heads_inner(C.shape[2]):
-        return _chunk_scan_bwd_dstates(C, dA_cumsum, dy, dtype=dtype)
+    if seq_idx is not None or not _heads_inner(C.shape[2]):
+        return _chunk_scan_bwd_dstates(C, dA_cumsum, dy, seq_idx=seq_idx, dtype=dtype)
     nheads = dy.shape[2]
     return _chunk_scan_bwd_dstates(_group_as_batch(C, nheads), dA_cumsum.transpose(0, 1), dy.transpose(0, 2),
                                    dtype=dtype).transpose(0, 2)
 
 
-def _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size):
+def _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size, seq_idx=None):
     """mamba_ssm's ``_mamba_chunk_scan_combined_fwd`` (no z, no initial states) that also returns
     what its backward would recompute: (y, (dA_cumsum, softplus dt, float32 chunk states, CB)).
     x: (b, l, h, p); dt: (b, l, h) before softplus and bias; B, C: (b, l, g, n)."""
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
 
-    dA_cumsum, dt_sp, states, CB = saved = _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size)
-    y, _ = _chunk_scan_fwd(CB, x, dt_sp, dA_cumsum, _unit_stride(C), states, D=D, z=None)
+    dA_cumsum, dt_sp, states, CB = saved = _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size, seq_idx)
+    y, _ = _chunk_scan_fwd(CB, x, dt_sp, dA_cumsum, _unit_stride(C), states, D=D, z=None, seq_idx=seq_idx)
     return y, saved
 
 
-def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size):
+def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size, seq_idx=None):
     """The SSD's (dA_cumsum, softplus dt, float32 passed chunk states, CB): what its forward
     computes before the output and its backward needs (mamba_ssm's calls, in its order)."""
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
@@ -245,12 +245,12 @@ def _ssd_prepare(x, dt, A, B, C, dt_bias, chunk_size):
 
     B, C = _unit_stride(B), _unit_stride(C)  # no-ops for the channel-last conv output
     dA_cumsum, dt_sp = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=True)
-    states = _chunk_states(B, x, dt_sp, dA_cumsum)
+    states = _chunk_states(B, x, dt_sp, dA_cumsum, seq_idx)
     # float32 passed states, as mamba_ssm's backward recomputes them (its forward's are in C's dtype)
-    states, _ = _state_passing_fwd(states.flatten(-2), dA_cumsum[:, :, :, -1], chunk_size=chunk_size,
+    states, _ = _state_passing_fwd(states.flatten(-2), dA_cumsum[:, :, :, -1], seq_idx=seq_idx, chunk_size=chunk_size,
                                    out_dtype=torch.float32)
     states = states.unflatten(-1, (x.shape[-1], B.shape[-1]))
-    CB = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    CB = _bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
     return dA_cumsum, dt_sp, states, CB
 
 
@@ -266,7 +266,7 @@ def _triton_dcb(chunk_size: int, headdim: int) -> bool:
     return supported(chunk_size, headdim)
 
 
-def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC):
+def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC, seq_idx=None):
     """mamba_ssm's ``_mamba_chunk_scan_combined_bwd`` (no z, no initial states) on
     :func:`_ssd_prepare`'s (dA_cumsum, dt, states, CB), kept from the forward or recomputed. Writes
     dx, ddt (w.r.t. the raw dt), dB, dC into the given views; returns (dA, dD, ddt_bias)."""
@@ -279,19 +279,23 @@ def _ssd_bwd(dy, x, dt, A, B, C, D, dt_bias, chunk_size, saved, dx, ddt, dB, dC)
     dA_cumsum, dt_sp, states, CB = saved
     headdim, dstate, ngroups = x.shape[-1], B.shape[-1], B.shape[-2]
     B, C, dy = _unit_stride(B), _unit_stride(C), _unit_stride(dy)
-    dstates = _chunk_states_bwd(C, dA_cumsum, dy, states.dtype)
+    dstates = _chunk_states_bwd(C, dA_cumsum, dy, states.dtype, seq_idx)
     dstates, ddA_chunk_cumsum, _, states = _state_passing_bwd(
-        states.flatten(-2), dA_cumsum[:, :, :, -1], dstates.flatten(-2), has_initial_states=False,
+        states.flatten(-2), dA_cumsum[:, :, :, -1], dstates.flatten(-2), seq_idx=seq_idx, has_initial_states=False,
         dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=chunk_size)
     states, dstates = states.unflatten(-1, (headdim, dstate)), dstates.unflatten(-1, (headdim, dstate))
-    dx, ddt_sp, dD = _chunk_scan_chunk_state_bwd_dx(x, dt_sp, dA_cumsum, B, CB, dy, dstates, D=D, dx=dx)
-    dB_states, ddA_next = _chunk_state_bwd_db(x, dt_sp, dA_cumsum, dstates, B=B, ngroups=ngroups)
-    dC_states, ddA_cumsum_prev = _chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dy, C=C, ngroups=ngroups)
-    if _triton_dcb(chunk_size, headdim):  # one kernel for both, and the sum of ddA's terms (cellmamba.models._ssd)
+    dx, ddt_sp, dD = _chunk_scan_chunk_state_bwd_dx(x, dt_sp, dA_cumsum, B, CB, dy, dstates, D=D, seq_idx=seq_idx,
+                                                    dx=dx)
+    dB_states, ddA_next = _chunk_state_bwd_db(x, dt_sp, dA_cumsum, dstates, seq_idx=seq_idx, B=B, ngroups=ngroups)
+    dC_states, ddA_cumsum_prev = _chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dy, seq_idx=seq_idx, C=C,
+                                                    ngroups=ngroups)
+    # our dCB kernel does not mask across sequences: with seq_idx, mamba_ssm's (which zeroes dCB
+    # between sequences; its ddA kernel needs no seq_idx, CB being zero there already)
+    if seq_idx is None and _triton_dcb(chunk_size, headdim):  # one kernel for both, and the sum of ddA's terms
         from ._ssd import dcb_ddA
         dCB, ddA = dcb_ddA(x, dt_sp, dA_cumsum, dy, CB, add=(ddA_next, ddA_cumsum_prev, ddA_chunk_cumsum))
     else:
-        dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, ngroups=ngroups).to(CB.dtype)
+        dCB = _chunk_scan_bwd_dcb(x, dt_sp, dA_cumsum, dy, seq_idx=seq_idx, ngroups=ngroups).to(CB.dtype)
         ddA = _chunk_scan_bwd_ddAcs_stable(x, dt_sp, dA_cumsum, dy, CB)
         ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
         ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
@@ -309,13 +313,14 @@ class _Mamba2Fn(torch.autograd.Function):
     :func:`_gated_rms_norm_bwd`."""
 
     @staticmethod
-    def forward(ctx, zxbcdt, conv_w, conv_b, dt_bias, A, D, norm_w, out_w, chunk_size, headdim, ngroups, eps, keep):
+    def forward(ctx, zxbcdt, conv_w, conv_b, dt_bias, A, D, norm_w, out_w, chunk_size, headdim, ngroups, eps, keep,
+                seq_idx=None):
         from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_fwd
 
         batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
-        xBC_conv = _conv_silu(xBC, conv_w, conv_b)
+        xBC_conv = _conv_silu(xBC, conv_w, conv_b, seq_idx)
         x, B, C = _heads(xBC_conv, nheads, headdim, ngroups, dim, gn)
-        y_ssm, ssd_saved = _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size)
+        y_ssm, ssd_saved = _ssd_fwd(x, dt, A, B, C, D, dt_bias, chunk_size, seq_idx)
         y_ssm = y_ssm.reshape(M, dim)
         y, _, rstd = _layer_norm_fwd(y_ssm, norm_w.contiguous(), None, eps, z.reshape(M, dim),
                                      group_size=dim // ngroups, norm_before_gate=False, is_rms_norm=True)
@@ -326,7 +331,7 @@ class _Mamba2Fn(torch.autograd.Function):
         # kept: the conv output, the norm output (out_proj's input) and the SSD's chunk states / CB
         kept = (xBC_conv, y, *ssd_saved) if keep else ()
         ctx.save_for_backward(zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept)
-        ctx.chunk_size, ctx.headdim, ctx.ngroups, ctx.eps = chunk_size, headdim, ngroups, eps
+        ctx.chunk_size, ctx.headdim, ctx.ngroups, ctx.eps, ctx.seq_idx = chunk_size, headdim, ngroups, eps, seq_idx
         return out
 
     @staticmethod
@@ -334,9 +339,10 @@ class _Mamba2Fn(torch.autograd.Function):
         zxbcdt, y_ssm, conv_w, conv_b, dt_bias, A, D, norm_w, rstd, out_w, *kept = ctx.saved_tensors
         headdim, ngroups = ctx.headdim, ctx.ngroups
         batch, seqlen, M, nheads, dim, gn, (z, xBC, dt) = _layout(zxbcdt, conv_w, D, headdim)
-        xBC_conv = kept[0] if kept else _conv_silu(xBC, conv_w, conv_b)
+        seq_idx = ctx.seq_idx
+        xBC_conv = kept[0] if kept else _conv_silu(xBC, conv_w, conv_b, seq_idx)
         x, B, C = _heads(xBC_conv, nheads, headdim, ngroups, dim, gn)
-        ssd_saved = kept[2:] if kept else _ssd_prepare(x, dt, A, B, C, dt_bias, ctx.chunk_size)
+        ssd_saved = kept[2:] if kept else _ssd_prepare(x, dt, A, B, C, dt_bias, ctx.chunk_size, seq_idx)
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_given, ddt_given = dzxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
         dxBC = torch.empty(xBC_conv.shape, dtype=xBC_conv.dtype, device=xBC_conv.device)  # channel-last
@@ -347,10 +353,10 @@ class _Mamba2Fn(torch.autograd.Function):
         dy_ssm, dnorm_w = _gated_rms_norm_bwd(dy, y_ssm, z.reshape(M, dim), norm_w, rstd, ctx.eps, dim // ngroups,
                                               dz.reshape(M, dim), None if kept else y)
         dA, dD, ddt_bias = _ssd_bwd(dy_ssm.view(batch, seqlen, nheads, headdim), x, dt, A, B, C, D, dt_bias,
-                                    ctx.chunk_size, ssd_saved, dx=dx, ddt=ddt_given, dB=dB, dC=dC)
+                                    ctx.chunk_size, ssd_saved, dx=dx, ddt=ddt_given, dB=dB, dC=dC, seq_idx=seq_idx)
         dout_w = dout.t().mm(y.to(dout.dtype))  # (d_model, dim)
-        dconv_w, dconv_b = _conv_silu_bwd(xBC, conv_w, conv_b, dxBC, dxBC_given)
-        return dzxbcdt, dconv_w, dconv_b, ddt_bias, dA, dD, dnorm_w, dout_w, None, None, None, None, None
+        dconv_w, dconv_b = _conv_silu_bwd(xBC, conv_w, conv_b, dxBC, dxBC_given, seq_idx)
+        return dzxbcdt, dconv_w, dconv_b, ddt_bias, dA, dD, dnorm_w, dout_w, None, None, None, None, None, None
 
 
 def _heads(xBC_conv, nheads, headdim, ngroups, dim, gn):
@@ -369,7 +375,8 @@ def _layout(zxbcdt, conv_w, D, headdim):
     return batch, seqlen, batch * seqlen, nheads, dim, gn, zxbcdt.split([dim, dim + 2 * gn, nheads], dim=-1)
 
 
-def _conv_silu(xBC: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor) -> torch.Tensor:
+def _conv_silu(xBC: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor,
+               seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """causal_conv1d + SiLU of (b, l, c) into a channel-last (b, l, c) tensor. causal_conv1d's own
     wrapper allocates a channel-first output for a strided input, which then costs copies of B,
     C and of the gradient."""
@@ -377,19 +384,19 @@ def _conv_silu(xBC: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor) ->
     from mamba_ssm.ops.triton.ssd_combined import ensure_stride
 
     out = torch.empty(xBC.shape, dtype=xBC.dtype, device=xBC.device)
-    _causal_conv1d_fwd_cpp(x=ensure_stride(xBC).transpose(1, 2), weight=conv_w, bias=conv_b, seq_idx=None,
+    _causal_conv1d_fwd_cpp(x=ensure_stride(xBC).transpose(1, 2), weight=conv_w, bias=conv_b, seq_idx=seq_idx,
                            initial_states=None, out=out.transpose(1, 2), final_states_out=None, silu_activation=True)
     return out
 
 
-def _conv_silu_bwd(xBC, conv_w, conv_b, dout, dx):
+def _conv_silu_bwd(xBC, conv_w, conv_b, dout, dx, seq_idx=None):
     """Backward of :func:`_conv_silu` (causal_conv1d's kernel) for dout (channel-last), writing dx
     into ``dx`` (the input projection gradient's xBC slice); returns (dconv_w, dconv_b)."""
     from causal_conv1d.cpp_functions import causal_conv1d_bwd_function
     from mamba_ssm.ops.triton.ssd_combined import ensure_stride
 
     dx_out, dconv_w, dconv_b, *_ = causal_conv1d_bwd_function(
-        ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dout.transpose(1, 2), None, None, None,
+        ensure_stride(xBC).transpose(1, 2), conv_w, conv_b, dout.transpose(1, 2), seq_idx, None, None,
         ensure_stride(dx).transpose(1, 2), False, True)
     dx_out = dx_out.transpose(1, 2)
     if dx_out.data_ptr() != dx.data_ptr() or dx_out.stride() != dx.stride():
@@ -397,9 +404,16 @@ def _conv_silu_bwd(xBC, conv_w, conv_b, dout, dx):
     return dconv_w, dconv_b
 
 
-def mamba2_mixer(mixer, zxbcdt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+#: packed rows (``seq_idx``) on the fused path: off until tests/gpu/test_fused.py has passed with it on a
+#: GPU (the kernels take mamba_ssm's seq_idx; our dCB kernel is skipped for them); off: packed rows run
+#: mamba_ssm's combined kernel. ``CELLMAMBA_FUSED_SEQ_IDX=1`` turns it on for that test and the benchmarks.
+FUSED_SEQ_IDX = os.environ.get("CELLMAMBA_FUSED_SEQ_IDX", "0") == "1"
+
+
+def mamba2_mixer(mixer, zxbcdt: torch.Tensor, A: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """The fused Mamba2 layer body for a :class:`~cellmamba.models.ssm.Mamba2Mixer` (after in_proj);
-    ``mixer.recompute`` trades the kept activations for recomputation."""
+    ``mixer.recompute`` trades the kept activations for recomputation; ``seq_idx`` (int32, (b, l)):
+    packed rows (:data:`FUSED_SEQ_IDX`)."""
     return _Mamba2Fn.apply(zxbcdt, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.dt_bias, A, mixer.D,
                            mixer.norm.weight, mixer.out_proj.weight, mixer.chunk_size, mixer.headdim, mixer.ngroups,
-                           mixer.norm.eps, not mixer.recompute)
+                           mixer.norm.eps, not mixer.recompute, seq_idx)

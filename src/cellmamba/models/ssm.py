@@ -147,11 +147,12 @@ class Mamba2Mixer(nn.Module):
     def _forward_cuda(self, zxbcdt: torch.Tensor, A: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
-        # packed rows take mamba_ssm's own kernels, which read seq_idx (the fused path does not yet)
-        if seq_idx is None and _fused.available(zxbcdt):  # ours: mamba_ssm's kernels composed our way
-            return _fused.mamba2_mixer(self, zxbcdt, A)
         if seq_idx is not None:
             seq_idx = seq_idx.to(torch.int32).contiguous()
+        # packed rows take the fused path only where it is switched on (_fused.FUSED_SEQ_IDX, until
+        # tested on a GPU); otherwise mamba_ssm's combined kernel, which reads seq_idx
+        if (seq_idx is None or _fused.FUSED_SEQ_IDX) and _fused.available(zxbcdt):  # mamba_ssm's kernels, our way
+            return _fused.mamba2_mixer(self, zxbcdt, A, seq_idx)
         if has_compiled_causal_conv1d():  # fused conv + scan + gated norm + out_proj
             return mamba_split_conv1d_scan_combined(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, self.D,
