@@ -7,7 +7,10 @@
 Per model (BiMamba2 with the stack merge and with the per-layer merge, and the same-size
 Transformer) and per length range, three arms on the same cells:
 - ``padded``: the right-padded batch with its attention mask (what runs without packing);
-- ``packed``: the same batch through ``Backbone(..., packing=plan_packing(lengths))``;
+- ``packed``: the same batch through ``Backbone(..., packing=plan_packing(lengths))``, rows as long
+  as the longest cell (what ``pretrain.pack`` makes);
+- ``packed_x4``: rows of four times that length (Mamba's cost is linear in the row, attention's
+  quadratic: fewer, longer rows leave less of each row empty);
 - ``full``: the same number of rows at the longest length, nothing padded (the backbone's
   unpadded speed at that shape; its "real tokens" are all its tokens).
 Lengths are drawn uniformly in [lo, hi] per cell (seed 0). Rows: model, arm, lo, hi, batch, rows
@@ -60,8 +63,8 @@ def measure(config, lengths, arm: str, *, device, steps: int, dtype) -> tuple[fl
     else:
         mask = torch.arange(L, device=device) < torch.as_tensor(lengths, device=device)[:, None]
         real = int(sum(lengths))
-        if arm == "packed":
-            packing = plan_packing(lengths, L).to(device)
+        if arm.startswith("packed"):
+            packing = plan_packing(lengths, 4 * L if arm == "packed_x4" else L, seq_len=L).to(device)
     rows = packing.n_rows if packing is not None else B
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -107,7 +110,7 @@ def main(argv=None):
         for lo, hi in ranges:
             lengths = np.random.default_rng(0).integers(lo, hi + 1, size=args.batch).tolist()
             lengths[0] = hi  # the longest cell sets the padded length
-            for arm in ("padded", "packed", "full"):
+            for arm in ("padded", "packed", "packed_x4", "full"):
                 row = {"model": model, "arm": arm, "lo": lo, "hi": hi, "batch": args.batch, "device": name,
                        "date": dt.date.today().isoformat()}
                 try:

@@ -40,14 +40,16 @@ def write_gene_stats(path: Path) -> Path:
     return path
 
 
-def write_corpus(root: Path, tokenizer: str) -> Path:
-    """One shard of N_CELLS cells, rank (genemamba) or binned (scmamba2) tokens; the manifest path."""
+def write_corpus(root: Path, tokenizer: str, *, density=0.6) -> Path:
+    """One shard of N_CELLS cells, rank (genemamba) or binned (scmamba2) tokens; the manifest path.
+    ``density``: the fraction of genes a cell expresses (a number, or one per cell)."""
     from cellmamba.tokenize import (BinnedConfig, RankConfig, ShardWriter, tokenize_binned, tokenize_rank,
                                     write_corpus_manifest)
     from cellmamba.vocab import vocab_hash
 
     rng = np.random.default_rng(5)
-    X = sp.csr_matrix((rng.poisson(3.0, (N_CELLS, N_GENES)) * (rng.random((N_CELLS, N_GENES)) < 0.6))
+    density = np.broadcast_to(np.asarray(density, dtype=float).reshape(-1, 1), (N_CELLS, 1))
+    X = sp.csr_matrix((rng.poisson(3.0, (N_CELLS, N_GENES)) * (rng.random((N_CELLS, N_GENES)) < density))
                       .astype(np.float32))
     if tokenizer == "binned":
         config = BinnedConfig(max_len=TOK_MAX)

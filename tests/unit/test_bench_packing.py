@@ -17,9 +17,10 @@ def test_bench_packing_rows_at_tiny_sizes(tmp_path):
               "--steps", "1", "--models", "bimamba_mamba2_stack", "transformer", "--out", str(out)])
     rows = list(csv.DictReader(open(out)))
     assert [(r["model"], r["arm"]) for r in rows] == [(m, a) for m in ("bimamba_mamba2_stack", "transformer")
-                                                      for a in ("padded", "packed", "full")]
+                                                      for a in ("padded", "packed", "packed_x4", "full")]
     assert all(r["status"] == "ok" and float(r["real_tokens_per_s"]) > 0 for r in rows)
     by = {(r["model"], r["arm"]): r for r in rows}
-    padded, packed, full = (by[("transformer", a)] for a in ("padded", "packed", "full"))
-    assert padded["real_tokens_per_step"] == packed["real_tokens_per_step"]
-    assert int(full["real_tokens_per_step"]) == 6 * 20 and int(packed["rows"]) < int(padded["rows"]) == 6
+    padded, packed, x4, full = (by[("transformer", a)] for a in ("padded", "packed", "packed_x4", "full"))
+    assert padded["real_tokens_per_step"] == packed["real_tokens_per_step"] == x4["real_tokens_per_step"]
+    assert int(full["real_tokens_per_step"]) == 6 * 20
+    assert int(x4["rows"]) <= int(packed["rows"]) < int(padded["rows"]) == 6

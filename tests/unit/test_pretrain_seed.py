@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -121,3 +122,41 @@ def test_annotation_fine_tuning_with_the_same_seed_gives_the_same_weights(tmp_pa
         runs.append(weights(tmp_path / f"run{i}"))
     assert_bitwise_equal(runs[0], runs[1])
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_packed_pretraining_follows_the_padded_run(tmp_path, inputs):
+    """pretrain.pack through run_pretraining, with a loader worker (the plan is made in the worker
+    and pinned / moved with the batch): the same losses step by step as the padded run, within
+    float32 rounding (issue 23)."""
+    import csv
+
+    from cellmamba.train import data_collate
+
+    # cells of 2-12 tokens (every other cell sparse)
+    (tmp_path / "binned").mkdir()
+    corpus = toy.write_corpus(tmp_path / "binned", "binned", density=np.resize([0.6, 0.12], toy.N_CELLS))
+    base = toy.settings("scmamba2", backbone="bimamba_mamba2", match_backbone="bimamba_mamba2", d_model=32)
+    plans = []
+
+    def spy(*args, **kw):  # the plans the loader made (in this process: num_workers 0)
+        plans.append(plan := real(*args, **kw))
+        return plan
+
+    real = data_collate.plan_packing
+    losses = {}
+    for pack in (False, True):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(data_collate, "plan_packing", spy)
+            run_pretraining(corpus, tmp_path / f"pack{pack}", config=PretrainConfig(**base, pack=pack),
+                            gene_stats=inputs["gene_stats"], device="cpu")
+        losses[pack] = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / f"pack{pack}" / "metrics.csv"))]
+    # the loader buckets cells by length, so a batch's cells rarely share a row of its padded length;
+    # the rows still end in empty tails of their own sequence index
+    assert len(plans) == base["max_steps"] and any(not bool(p.mask.all()) for p in plans)
+    assert len(losses[True]) == base["max_steps"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    # with a loader worker the plan is made there and moved with the batch
+    run_pretraining(corpus, tmp_path / "worker", config=PretrainConfig(**base, pack=True, num_workers=1),
+                    gene_stats=inputs["gene_stats"], device="cpu")
+    worker = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "worker" / "metrics.csv"))]
+    assert worker == pytest.approx(losses[True], rel=1e-6)
