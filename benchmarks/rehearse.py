@@ -368,12 +368,17 @@ def _summary(timer: StepTimer, warmup: int, n_params: int, device: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ jobs
 def run_pretrain(job: dict, work: Path, steps: int, vocab) -> dict:
-    from cellmamba.train.pretrain import PretrainConfig, run_pretraining
+    import yaml
+
+    from cellmamba.train.pretrain import PretrainConfig, loader_workers, run_pretraining
 
     planned = PretrainConfig.from_workflow(**job["params"]["settings"])
     configured = planned.max_steps
+    # the loader workers the pretrain rule starts for the Slurm profile's cores (one GPU)
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    cpus = profile.get("set-resources", {}).get("pretrain", {}).get("cpus_per_task")
     cfg = dataclasses.replace(planned, max_steps=steps, warmup_steps=max(1, steps // 5), checkpoint_every=steps,
-                              log_every=1)
+                              log_every=1, num_workers=min(loader_workers(cpus, 1), os.cpu_count() or 1))
     # enough cells that nearly every gene is detected somewhere: the rank tokenizer keeps only genes
     # with a corpus median, so a tiny starting corpus would shorten fine-tuning sequences
     cells = max(steps * cfg.batch_size * cfg.grad_accum + cfg.batch_size, MIN_CORPUS_CELLS)

@@ -13,14 +13,17 @@ from cellmamba.runlog import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from cellmamba.train.pretrain import PretrainConfig, run_pretraining
+from cellmamba.train.pretrain import PretrainConfig, loader_workers, run_pretraining
 
 os.environ.setdefault("TRITON_CACHE_DIR", str(Path(snakemake.params.triton_cache).resolve()))
 out_dir = Path(snakemake.output.model).parent
-config = PretrainConfig.from_workflow(**snakemake.params.settings)
+n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
+# the job's cores (the profile's cpus_per_task, else the rule's threads) collate in loader workers
+cpus = snakemake.resources.get("cpus_per_task") or snakemake.threads
+config = dataclasses.replace(PretrainConfig.from_workflow(**snakemake.params.settings),
+                             num_workers=loader_workers(cpus, max(n_gpus, 1)))
 gene_stats = snakemake.input.get("gene_stats")
 gene_sets = list(snakemake.input.get("gene_sets", []))
-n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
 if n_gpus > 1:  # one process per GPU, data parallel
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpus}",
            "-m", "cellmamba", "pretrain", "--corpus", snakemake.input.corpus, "--out", str(out_dir),

@@ -99,7 +99,7 @@ def run_rule_script(out_dir: Path, corpus: Path, gene_stats: Path, run_settings:
         output=SimpleNamespace(model=str(out_dir / "model"), metrics=str(out_dir / "metrics.csv")),
         params=SimpleNamespace(settings=workflow_settings(run_settings),
                                triton_cache=str(out_dir.parent / ".triton_cache")),
-        resources=_Named(gpu=0))
+        resources=_Named(gpu=0), threads=1)
     runpy.run_path(str(REPO / "workflow_scripts" / "pretrain.py"), init_globals={"snakemake": smk})
 
 

@@ -172,3 +172,12 @@ def test_pretraining_refuses_a_damaged_token_shard(tmp_path, monkeypatch, damage
     assert not (out / "model").exists()
     if damage != "changed_unsampled":  # found at open: no step ran
         assert not (out / "checkpoints").exists()
+
+
+def test_loader_workers_leave_each_process_one_core():
+    from cellmamba.train.pretrain import MAX_LOADER_WORKERS, loader_workers
+
+    assert loader_workers(8, 1) == 7                      # the profile's 8 cores for one GPU
+    assert loader_workers(16, 4) == 3                     # four ranks share 16 cores
+    assert loader_workers(1, 1) == 0 and loader_workers(3, 4) == 0 and loader_workers(None) == 0
+    assert loader_workers(64, 1) == MAX_LOADER_WORKERS

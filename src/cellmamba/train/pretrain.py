@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import torch
 
 from .._util import dataclass_from_dict, seed_all
 from ..models.checkpoint import INFERENCE_FORMAT, INFERENCE_NAME, INFERENCE_VERSION, VOCABULARY_NAME
@@ -199,6 +200,22 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
     return CellModel(CellModelConfig(embedding=embedding, backbone=backbone, heads=heads))
 
 
+#: the most loader worker processes a pretraining process starts (collation of a batch of 32 cells
+#: takes a few milliseconds per worker; more workers only hold more memory)
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(cpus: int | None, gpus: int = 1) -> int:
+    """Loader worker processes per training process of a job with ``cpus`` cores and ``gpus``
+    processes (one per GPU): each process keeps one core for its own loop, the rest collate the
+    next batches in the background (at most :data:`MAX_LOADER_WORKERS`); 0 (collation in the
+    loop) when there is no core to spare or ``cpus`` is unknown."""
+    if cpus is None:
+        return 0
+    per_process = int(cpus) // max(int(gpus), 1)
+    return max(0, min(MAX_LOADER_WORKERS, per_process - 1))
+
+
 def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
     common = dict(seed=config.seed, rank=rank, pack=config.pack)
     if config.recipe == "scmamba2":
@@ -326,9 +343,11 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     n_bins = int(manifest.get("settings", {}).get("n_bins", 51))
     model = build_pretrain_model(config, n_genes=dataset.n_genes, n_bins=n_bins)
     objective = _objective(config, vocabulary=vocabulary, gene_sets=gene_sets)
+    # page-locked batches on a GPU: their host-to-device copies run asynchronously (to_device)
+    pin = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     loader = build_dataloader(dataset, _collator(config, n_genes=dataset.n_genes, rank=rank),
                               DataConfig(max_len=config.context_length, batch_size=config.batch_size,
-                                         seed=config.seed, num_workers=config.num_workers),
+                                         seed=config.seed, num_workers=config.num_workers, pin_memory=pin),
                               rank=rank, world_size=world_size)
     train_config = config.to_train_config()
     out_dir = Path(out_dir)
