@@ -232,10 +232,7 @@ class Backbone(nn.Module):
         """:meth:`forward` on packed rows: the layers see (n_rows, row_len) rows of whole cells, the
         cells kept apart by ``seq_idx`` (Mamba2: state and conv reset; Transformer: attention
         within a cell) and reversed cell by cell (``rev``); outputs put back in the padded layout."""
-        c = self.config
-        if c.arch.endswith("mamba1"):
-            raise InputError("packing: Mamba1 layers cannot run packed rows (mamba_ssm's selective scan takes no "
-                             "sequence index); use a Mamba2 backbone or pack: false")
+        c = self.config  # Mamba1 mixers refuse seq_idx themselves (Mamba1Mixer.forward)
         attention_mask = torch.arange(x.shape[1], device=x.device) < packing.lengths[:, None]
         mask = attention_mask.unsqueeze(-1).to(x.dtype)
         xp = packing.pack(x)

@@ -38,7 +38,7 @@ class Packing:
     ``src`` / ``dst``: int64 (n_tokens,), the real tokens' flat positions in the packed
     (n_rows * row_len) and in the padded (batch * seq_len) layout, cell by cell in token order;
     ``seq_idx``, ``rev``: see the module docstring; ``mask``: bool (n_rows, row_len), True at real
-    tokens; ``batch``, ``seq_len``: the padded layout's shape; ``lengths``: int64 (batch,).
+    tokens; ``lengths``: int64 (batch,); ``seq_len``: the padded layout's length.
     """
 
     src: torch.Tensor
@@ -47,8 +47,11 @@ class Packing:
     rev: torch.Tensor
     mask: torch.Tensor
     lengths: torch.Tensor
-    batch: int
     seq_len: int
+
+    @property
+    def batch(self) -> int:
+        return int(self.lengths.shape[0])
 
     @property
     def n_rows(self) -> int:
@@ -58,16 +61,18 @@ class Packing:
     def row_len(self) -> int:
         return int(self.seq_idx.shape[1])
 
+    def _map(self, fn) -> "Packing":
+        """The plan with ``fn`` applied to each of its tensors."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def to(self, device, *, non_blocking: bool = False) -> "Packing":
         """The plan on ``device`` (pinned host tensors copy asynchronously with ``non_blocking``)."""
-        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                 for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
-        return dataclasses.replace(self, **moved)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Packing":
-        pinned = {f.name: getattr(self, f.name).pin_memory()
-                  for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
-        return dataclasses.replace(self, **pinned)
+        """Page-locked copies (the DataLoader's pin_memory thread calls this)."""
+        return self._map(torch.Tensor.pin_memory)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq_len, ...) -> (n_rows, row_len, ...): the real tokens moved, zeros elsewhere."""
@@ -167,4 +172,4 @@ def plan_packing(lengths, row_len: int | None = None, *, seq_len: int | None = N
     return Packing(src=torch.from_numpy(src.astype(np.int64)), dst=torch.from_numpy(dst.astype(np.int64)),
                    seq_idx=torch.from_numpy(seq_idx), rev=torch.from_numpy(reversal_index(starts_per_row, row_len)),
                    mask=torch.from_numpy(mask.reshape(n_rows, row_len)), lengths=torch.from_numpy(lengths.copy()),
-                   batch=int(lengths.shape[0]), seq_len=seq_len)
+                   seq_len=seq_len)
