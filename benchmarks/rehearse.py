@@ -89,7 +89,7 @@ CSV_FIELDS = ["job", "rule", "model", "status", "device", "date", "code", "kerne
               "ssl_loss_first", "ssl_loss_last", "adv_loss_first", "adv_loss_last", "infonce_first", "infonce_last",
               "retrieval_acc_first", "retrieval_acc_last", "host_peak_gib", "rest_s", "rest_cells", "rest_s_per_cell", "configured_steps", "projected_h",
               "projected_dataset",
-              "jobs_in_dag", "projected_h_all", "error"]
+              "jobs_in_dag", "projected_h_all", "overrides", "error"]
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -600,7 +600,8 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
 
     row = {"job": job["job"], "rule": job["rule"], "model": job["wildcards"].get("model") or
            job["wildcards"].get("method"), "device": device, "date": dt.date.today().isoformat(),
-           "code": args.code, "kernels": args.kernels, "jobs_in_dag": job.get("jobs_in_dag", 1)}
+           "code": args.code, "kernels": args.kernels, "jobs_in_dag": job.get("jobs_in_dag", 1),
+           "overrides": job.get("overrides", "")}
     timer = StepTimer()
     if job["rule"] in ("finetune_annotation", "finetune_integration", "finetune_perturbation"):
         try:
@@ -675,6 +676,37 @@ def run_job(job: dict, args, vocab, pretrained: dict, device: str) -> dict:
     return row
 
 
+def apply_overrides(job: dict, overrides: list[str]) -> dict:
+    """A copy of ``job`` whose ``params.settings`` take ``KEY=VALUE`` (KEY a dotted path to a key the
+    settings already have, VALUE parsed as YAML): a variant of the configured job, named in the row."""
+    import copy
+
+    import yaml
+
+    if not overrides:
+        return job
+    job = copy.deepcopy(job)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        node, parts = job["params"]["settings"], key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise SystemExit(f"--set {item!r}: job {job['job']} has no setting {key!r} "
+                             f"(params.settings keys: {sorted(job['params']['settings'])})")
+        value = yaml.safe_load(text)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node[parts[-1]] = value
+    job["overrides"] = " ".join(overrides)
+    return job
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", newline="") as fh:
@@ -696,6 +728,7 @@ def run(args) -> Path:
     plan = json.loads(Path(args.plan).read_text())
     args.plan_jobs = plan["jobs"]
     jobs = [j for j in plan["jobs"] if re.search(args.only, j["job"])] if args.only else plan["jobs"]
+    jobs = [apply_overrides(j, args.overrides) for j in jobs]
     # each pretrained model, then the jobs that fine-tune it (a killed command keeps whole groups)
     models = [j["wildcards"]["model"] for j in plan["jobs"] if j["rule"] == "pretrain"]
     group = {m: i for i, m in enumerate(models)}
@@ -754,6 +787,10 @@ def main(argv=None):
                     "cells, over several epochs (bounds the embedding pass of a long rehearsal)")
     pr.add_argument("--multiomics-warmup", type=int, default=None, help="train_multiomics: warm-up steps (default "
                     "the job's warmup_fraction of the rehearsed steps; 270 = the configured job's)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of every selected job (repeatable; KEY a dotted path in the "
+                    "job's params.settings, VALUE read as YAML), e.g. --set lr=1e-4 --set precision=fp32; "
+                    "the row records it (column overrides)")
     pr.add_argument("--code", default=os.environ.get("CELLMAMBA_CODE", ""), help="git commit of the code")
     args = p.parse_args(argv)
     if args.cmd == "plan":

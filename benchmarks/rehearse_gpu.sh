@@ -3,31 +3,11 @@
 # (default .whl/: anndata, scanpy and their missing dependencies, mamba-ssm, causal-conv1d),
 # then run the plan's jobs. Usage:
 #   bash benchmarks/rehearse_gpu.sh OUTDIR --plan benchmarks/results/rehearsal_plan_paper.json [run args...]
-# A pure-Python mamba_ssm wheel imports Mamba1's compiled selective_scan_cuda unconditionally:
-# an empty stand-in lets its Mamba2 (Triton) path import (cellmamba refuses Mamba1 then).
+# The environment (wheels, Triton cache, PYTHONPATH): benchmarks/gpu_env.sh.
 set -uo pipefail
 out=${1:?usage: rehearse_gpu.sh OUTDIR --plan PLAN [run args]}; shift
 mkdir -p "$out"
-WHEELS=${WHEELS:-.whl}
-SITE=${SITE:-/tmp/rehearse-site}
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache} TRITON_CACHE_AUTOTUNING=1
-export ANNDATA_ALLOW_WRITE_NULLABLE_STRINGS=1  # pandas >= 3 there: anndata writes its string arrays
-# a Triton cache from an earlier command of the same session (compiling and autotuning the
-# kernels takes minutes on a fresh machine): xz (a third of gzip's size, so it fits in what a
-# command may carry beside the wheels), in parts that fit what comes back from it
-if ls "$WHEELS"/triton-cache.txz.part-* >/dev/null 2>&1; then
-    mkdir -p "$TRITON_CACHE_DIR" && cat "$WHEELS"/triton-cache.txz.part-* | xz -d | tar -xf - -C "$TRITON_CACHE_DIR"
-fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning\|conflict" | tail -3
-python3 -c "import selective_scan_cuda" 2>/dev/null || : > "$SITE/selective_scan_cuda.py"
-export PYTHONPATH=$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export CELLMAMBA_CODE=${CELLMAMBA_CODE:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-python3 - <<'PY'
-import torch, mamba_ssm, causal_conv1d
-from cellmamba.models import _fused
-print("torch", torch.__version__, torch.cuda.get_device_name(), "mamba_ssm", mamba_ssm.__version__,
-      "causal_conv1d", causal_conv1d.__version__, "fused path:", _fused.available(torch.empty(1, device="cuda")), flush=True)
-PY
+source "$(dirname "$0")/gpu_env.sh"
 # GPU_TESTS (pytest paths, e.g. tests/gpu/test_fused.py): run first, under TESTS_TIMEOUT seconds, with
 # the same wheels: the correctness of the kernels the rehearsal times
 if [ -n "${GPU_TESTS:-}" ]; then
@@ -36,5 +16,5 @@ fi
 # REHEARSE_TIMEOUT (seconds): stop the jobs in time to pack the Triton cache (rows are written per job)
 timeout "${REHEARSE_TIMEOUT:-0}" python3 benchmarks/rehearse.py run --work /tmp/rehearse --out "$out" "$@" 2>&1 | tee "$out/rehearsal.log"
 rc=${PIPESTATUS[0]}
-tar -cf - -C "$TRITON_CACHE_DIR" . 2>/dev/null | xz -T0 -9 | split -b 15m - "$out/triton-cache.txz.part-"
+pack_triton_cache "$out"
 exit $rc

@@ -111,6 +111,21 @@ def test_counts_generator_expresses_exactly_nnz_genes_per_cell():
     assert X.data.min() >= 1
 
 
+def test_set_overrides_one_setting_of_a_copy_and_refuses_unknown_keys():
+    mod = _module()
+    job = {"job": "train_multiomics/x/scmamba", "params": {"settings": {"lr": 0.0005, "precision": "auto",
+                                                                      "nested": {"a": 1}}}}
+    out = mod.apply_overrides(job, ["lr=1e-4", "precision=fp32", "nested.a=3"])
+    assert out["params"]["settings"] == {"lr": 1e-4, "precision": "fp32", "nested": {"a": 3}}
+    assert out["overrides"] == "lr=1e-4 precision=fp32 nested.a=3"
+    assert job["params"]["settings"]["lr"] == 0.0005 and "overrides" not in job  # the plan's job is untouched
+    assert mod.apply_overrides(job, []) is job
+    with pytest.raises(SystemExit, match="has no setting 'lrr'"):
+        mod.apply_overrides(job, ["lrr=1"])
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        mod.apply_overrides(job, ["lr"])
+
+
 @pytest.mark.slow
 def test_tiny_rehearsal_runs_each_rules_entry_point(tmp_path):
     """The demo config's plan, one job per GPU rule, at tiny sizes on CPU: every row ok, the
