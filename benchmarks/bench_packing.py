@@ -15,7 +15,8 @@ Transformer) and per length range, three arms on the same cells:
   unpadded speed at that shape; its "real tokens" are all its tokens).
 Lengths are drawn uniformly in [lo, hi] per cell (seed 0). Rows: model, arm, lo, hi, batch, rows
 (packed rows, or the batch), real_tokens_per_step, real_tokens_per_s (median of the timed steps),
-peak_gib, status, device, date. The backbone alone on random embeddings, as gpu_check.py.
+peak_gib, fused_seq_idx (packed Mamba2 rows on the fused path: 1, or on mamba_ssm's combined kernel:
+0, ``CELLMAMBA_FUSED_SEQ_IDX``), status, device, date. The backbone alone on random embeddings, as gpu_check.py.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellmamba.models import Backbone, BackboneConfig, plan_packing, same_size_transformer
+from cellmamba.models import Backbone, BackboneConfig, _fused, plan_packing, same_size_transformer
 
 FIELDS = ["model", "arm", "lo", "hi", "batch", "rows", "real_tokens_per_step", "real_tokens_per_s", "peak_gib",
-          "status", "device", "date"]
+          "fused_seq_idx", "status", "device", "date"]
 
 
 def configs(d_model: int, n_layers: int, backend: str) -> dict[str, BackboneConfig]:
@@ -111,8 +112,8 @@ def main(argv=None):
             lengths = np.random.default_rng(0).integers(lo, hi + 1, size=args.batch).tolist()
             lengths[0] = hi  # the longest cell sets the padded length
             for arm in ("padded", "packed", "packed_x4", "full"):
-                row = {"model": model, "arm": arm, "lo": lo, "hi": hi, "batch": args.batch, "device": name,
-                       "date": dt.date.today().isoformat()}
+                row = {"model": model, "arm": arm, "lo": lo, "hi": hi, "batch": args.batch,
+                       "fused_seq_idx": int(_fused.FUSED_SEQ_IDX), "device": name, "date": dt.date.today().isoformat()}
                 try:
                     tps, n_rows, peak = measure(cfg, lengths, arm, device=device, steps=args.steps, dtype=dtype)
                     row.update(rows=n_rows, real_tokens_per_step=sum(lengths) if arm != "full" else args.batch * hi,

@@ -404,10 +404,12 @@ def _conv_silu_bwd(xBC, conv_w, conv_b, dout, dx, seq_idx=None):
     return dconv_w, dconv_b
 
 
-#: packed rows (``seq_idx``) on the fused path: off until tests/gpu/test_fused.py has passed with it on a
-#: GPU (the kernels take mamba_ssm's seq_idx; our dCB kernel is skipped for them); off: packed rows run
-#: mamba_ssm's combined kernel. ``CELLMAMBA_FUSED_SEQ_IDX=1`` turns it on for that test and the benchmarks.
-FUSED_SEQ_IDX = os.environ.get("CELLMAMBA_FUSED_SEQ_IDX", "0") == "1"
+#: packed rows (``seq_idx``) on the fused path (the kernels take mamba_ssm's seq_idx; our dCB kernel is
+#: skipped for them). On since tests/gpu/test_fused.py's packed test passed on an H200 (2026-12-03), where
+#: it ran packed rows 10-13% faster than mamba_ssm's combined kernel
+#: (benchmarks/results/packing_NVIDIA_H200_2026-12-03.csv). ``CELLMAMBA_FUSED_SEQ_IDX=0`` sends packed
+#: rows to the combined kernel (the A/B of that benchmark).
+FUSED_SEQ_IDX = os.environ.get("CELLMAMBA_FUSED_SEQ_IDX", "1") != "0"
 
 
 def mamba2_mixer(mixer, zxbcdt: torch.Tensor, A: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -149,8 +149,8 @@ class Mamba2Mixer(nn.Module):
 
         if seq_idx is not None:
             seq_idx = seq_idx.to(torch.int32).contiguous()
-        # packed rows take the fused path only where it is switched on (_fused.FUSED_SEQ_IDX, until
-        # tested on a GPU); otherwise mamba_ssm's combined kernel, which reads seq_idx
+        # packed rows take the fused path unless it is switched off for them (_fused.FUSED_SEQ_IDX);
+        # otherwise mamba_ssm's combined kernel, which reads seq_idx
         if (seq_idx is None or _fused.FUSED_SEQ_IDX) and _fused.available(zxbcdt):  # mamba_ssm's kernels, our way
             return _fused.mamba2_mixer(self, zxbcdt, A, seq_idx)
         if has_compiled_causal_conv1d():  # fused conv + scan + gated norm + out_proj
