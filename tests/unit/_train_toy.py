@@ -111,5 +111,25 @@ def main(argv=None) -> None:
     train(model, toy_objective, loader, config, out_dir=a.out, step_callback=kill)
 
 
+
+class ReadCounter:
+    """Counts the reads of tensor values into Python (``item``, ``tolist``, ``float()``, ``int()``,
+    ``bool()``): on a GPU each waits for the device. ``paused`` while the optimizer updates (AdamW
+    reads its CPU step counter; that is no device wait)."""
+
+    NAMES = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+    def __init__(self, monkeypatch):
+        self.n, self.paused = 0, False
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _original=original, **k):
+                if not self.paused:
+                    self.n += 1
+                return _original(t, *a, **k)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
 if __name__ == "__main__":
     main()

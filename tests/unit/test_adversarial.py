@@ -93,10 +93,10 @@ def test_evaluation_returns_the_self_supervised_loss_alone():
     model, batch = _Encoder(), _batch()
     objective = AdversarialObjective(SSL(), np.array([0, 1] * 3), weight=1.0, pooling="mean")
     train_loss, m = objective(model, batch)
-    assert float(train_loss.detach()) == pytest.approx(m["ssl_loss"] + m["adv_loss"], rel=1e-6)
+    assert float(train_loss.detach()) == pytest.approx(float(m["ssl_loss"] + m["adv_loss"]), rel=1e-6)
     model.eval()
     eval_loss, m = objective(model, batch)
-    assert float(eval_loss.detach()) == pytest.approx(m["ssl_loss"], rel=1e-6) and m["adv_loss"] > 0
+    assert float(eval_loss.detach()) == pytest.approx(float(m["ssl_loss"]), rel=1e-6) and m["adv_loss"] > 0
 
 
 def test_reversal_weight_schedules_match_hand_computed_values():

@@ -478,3 +478,31 @@ def test_build_objective(repo_root, census_vocab):
         build_objective("scmamba", {"temperature": -1})
     with pytest.raises(InputError, match="modalities"):
         ContrastiveConfig(modalities=("rna", "rna"))
+
+
+def test_objectives_leave_their_metrics_on_the_device(monkeypatch):
+    """No objective reads a tensor into Python (each read waits for the GPU): metrics are 0-d tensors
+    that the training loop reads once per step (issue 23). The values stay the hand-computed ones,
+    and a batch without targets still gives a loss of 0 attached to the graph."""
+    from _train_toy import ReadCounter
+
+    C = 6
+    fwd = torch.zeros(2, 3, C)
+    fwd[0, 0, 5] = LN(3)  # row 0 pos 0 predicts its target 5: 1 of the 5 targets right (argmax 0 elsewhere)
+    model = StubModel(torch.zeros(2, 3, C), fwd, torch.zeros(2, 3, C))
+    labels = torch.tensor([[4, 5, 4], [1, 5, -100]])
+    batch = {"input_ids": labels.clamp(min=0), "attention_mask": labels != -100, "labels": labels}
+    za, zb = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0], [0.5, -1.0]])  # row 0 finds zb_0, row 1 too
+    none = {"input_ids": torch.tensor([[1, 5]]), "attention_mask": torch.ones(1, 2, dtype=torch.bool),
+            "labels": torch.full((1, 2), -100)}
+    counter = ReadCounter(monkeypatch)
+    loss, metrics = NextTokenObjective()(model, batch)
+    c_loss, c_metrics = contrastive_loss(za, zb, temperature=0.5, cosine_weight=0.5)
+    empty, e_metrics = MaskedGeneObjective()(StubModel(torch.zeros(1, 2, C, requires_grad=True)), none)
+    reads = counter.n
+    monkeypatch.undo()
+    assert reads == 0, reads
+    assert all(torch.is_tensor(v) and v.ndim == 0 for m in (metrics, c_metrics, e_metrics) for v in m.values())
+    assert float(metrics["n_targets"]) == 5 and float(metrics["accuracy"]) == pytest.approx(1 / 5)
+    assert float(c_metrics["retrieval_acc"]) == pytest.approx(0.5)
+    assert float(empty) == 0.0 and empty.requires_grad and float(e_metrics["n_targets"]) == 0

@@ -14,7 +14,7 @@ from cellmamba.train.checkpoint import list_checkpoints
 from cellmamba.train.loop import TrainConfig, evaluate, resolve_precision, train, train_step
 from cellmamba.train.schedule import build_optimizer, lr_at, param_groups
 
-from _train_toy import ToyModel, toy_dataset, toy_loader, toy_objective
+from _train_toy import ReadCounter, ToyModel, toy_dataset, toy_loader, toy_objective
 
 
 def test_lr_schedule_matches_hand_computed_values():
@@ -202,3 +202,40 @@ def test_loader_batch_size_mismatch_is_an_error(tmp_path):
     with pytest.raises(InputError, match="batch_size"):
         train(ToyModel(), toy_objective, toy_loader(4), TrainConfig(batch_size=8, max_steps=1, progress=False),
               out_dir=tmp_path)
+
+
+def test_train_step_reads_the_device_once_per_step_however_many_micro_batches(monkeypatch):
+    """Metrics stay tensors through the micro-batches; the step reads them with the gradient norm in
+    one transfer (issue 23: no per-step host synchronisation beyond the one the update needs). The
+    returned means are the hand-computed means of the micro-batches' values."""
+    torch.manual_seed(0)
+    model = ToyModel(dropout=0.0)
+    config = TrainConfig(lr=1e-2, warmup_steps=0, max_steps=10, batch_size=4, grad_accum=3, grad_clip=1.0)
+    opt = build_optimizer(model, config)
+    step_fn = opt.step
+
+    def objective(m, batch):
+        logits = m(batch["input_ids"])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+        hits = (logits.argmax(-1) == batch["labels"]).float().mean()
+        return loss, {"accuracy": hits.detach(), "rows": float(batch["input_ids"].shape[0])}
+
+    micro = [_batches(4, 4 * i) for i in range(3)]
+    with torch.no_grad():
+        want = [objective(model, b) for b in micro]
+    counter = ReadCounter(monkeypatch)
+
+    def paused_step(*a, **k):
+        counter.paused = True
+        try:
+            return step_fn(*a, **k)
+        finally:
+            counter.paused = False
+    monkeypatch.setattr(opt, "step", paused_step)
+    out = train_step(model, objective, micro, optimizer=opt, config=config, step=0)
+    reads = counter.n
+    monkeypatch.undo()
+    assert reads == 1, reads
+    assert out["loss"] == pytest.approx(sum(float(w[0]) for w in want) / 3, rel=1e-6)
+    assert out["accuracy"] == pytest.approx(sum(float(w[1]["accuracy"]) for w in want) / 3, rel=1e-6)
+    assert out["rows"] == 4.0 and math.isfinite(out["grad_norm"]) and out["grad_norm"] > 0

@@ -327,8 +327,8 @@ class AdversarialObjective:
         logits = model.heads["batch"](_pooled_output(emb)).float()
         y = self.batches.to(logits.device)[batch["cell_index"]]
         adv = F.cross_entropy(logits, y)
-        metrics = {"ssl_loss": float(ssl.detach()), **metrics, "adv_loss": float(adv.detach()),
-                   "batch_acc": float((logits.argmax(-1) == y).float().mean()), "adv_lambda": lam}
+        metrics = {"ssl_loss": ssl.detach(), **metrics, "adv_loss": adv.detach(),
+                   "batch_acc": (logits.argmax(-1) == y).float().mean(), "adv_lambda": lam}
         return (ssl + adv if model.training else ssl), metrics
 
 

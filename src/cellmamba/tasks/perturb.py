@@ -118,7 +118,7 @@ class PerturbationObjective:
         pred = model(batch["input_ids"], batch["values"], batch["flags"], mask)
         loss = masked_mse(pred, batch["target"], mask)
         flagged = mask & (batch["flags"] == 1)
-        return loss, {"mse_perturbed": float(masked_mse(pred.detach(), batch["target"], flagged))}
+        return loss, {"mse_perturbed": masked_mse(pred.detach(), batch["target"], flagged)}
 
 
 # ---------------------------------------------------------------- data

@@ -2,7 +2,9 @@
 over any model, any objective and any loader of dict batches.
 
 Objective interface: ``objective(model, batch) -> (loss, metrics)`` with ``loss`` a scalar
-tensor (mean over the batch) and ``metrics`` a ``dict[str, float]``. ``model`` is the module
+tensor (mean over the batch) and ``metrics`` a dict of 0-d tensors (detached, on the batch's device)
+or numbers; :func:`train_step` reads them from the device once per optimizer step, with the
+gradient norm, so an objective never waits for the GPU. ``model`` is the module
 being trained, possibly DDP-wrapped (attribute look-ups such as ``model.heads`` reach the raw
 module either way).
 
@@ -149,7 +151,8 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     ddp = _find_ddp(model)
     n = len(batches)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    metric_sums: dict[str, float] = {}
+    metric_sums: dict[str, torch.Tensor] = {}  # on the device: read once, with the gradient norm
+    number_sums: dict[str, float] = {}          # metrics given as numbers
     for i, batch in enumerate(batches):
         batch = to_device(batch, device)
         sync = ddp is None or i == n - 1
@@ -159,20 +162,29 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
             (loss / n).backward()
         loss_sum += loss.detach().to(torch.float64)
         for k, v in metrics.items():
-            metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            if torch.is_tensor(v):
+                v = v.detach().to(device=device, dtype=torch.float64)
+                metric_sums[k] = metric_sums[k] + v if k in metric_sums else v
+            else:
+                number_sums[k] = number_sums.get(k, 0.0) + float(v)
     max_norm = config.grad_clip if config.grad_clip else math.inf
-    set_norms = {scale: float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                 for scale, params in clip_sets(optimizer).items()}
-    grad_norm = math.sqrt(sum(n * n for n in set_norms.values()))
+    norms = {scale: torch.nn.utils.clip_grad_norm_(params, max_norm) for scale, params in clip_sets(optimizer).items()}
+    # the step's one read from the device: the update waits for the gradient norm's finiteness anyway
+    keys = list(metric_sums)
+    values = torch.stack([loss_sum, *metric_sums.values(),
+                          *(v.detach().to(device=device, dtype=torch.float64) for v in norms.values())]).tolist()
+    loss_value, metric_values = values[0], {**number_sums, **dict(zip(keys, values[1:1 + len(keys)]))}
+    set_norms = dict(zip(norms, values[1 + len(keys):]))
+    grad_norm = math.sqrt(sum(v * v for v in set_norms.values()))
     skipped = not math.isfinite(grad_norm)
     if skipped:
         log.warning("step %d: gradient norm is %s; the update is skipped", step, grad_norm)
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"loss": float(loss_sum) / n, "lr": lr, "grad_norm": grad_norm, "skipped": float(skipped),
+    out = {"loss": loss_value / n, "lr": lr, "grad_norm": grad_norm, "skipped": float(skipped),
            **{f"grad_norm_lr_x{scale:g}": norm for scale, norm in set_norms.items() if scale != 1.0}}
-    out.update({k: v / n for k, v in metric_sums.items() if k not in out})
+    out.update({k: v / n for k, v in metric_values.items() if k not in out})
     return out
 
 
@@ -241,8 +253,13 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
     device = torch.device(device)
     prec = resolve_precision(precision, device)
     was_training = model.training
-    sums: dict[str, float] = {}  # over batches: the batch's mean x its number of cells
+    sums: dict[str, torch.Tensor | float] = {}  # over batches: the batch's mean x its number of cells
     n_batches, n_cells = 0, 0
+
+    def add(key: str, value, cells: int) -> None:  # on the device where the objective left it: read once, below
+        value = value.detach().to(device=device, dtype=torch.float64) if torch.is_tensor(value) else float(value)
+        sums[key] = sums[key] + value * cells if key in sums else value * cells
+
     with _rng_fork(device), torch.no_grad():
         model.eval()
         try:
@@ -253,15 +270,18 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
                 cells = batch_counts(batch)[0]
                 with autocast(device, prec):
                     loss, metrics = _call_objective(objective, model, batch)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss) * cells
+                add("loss", loss, cells)
                 for k, v in metrics.items():
                     if k != "loss":
-                        sums[k] = sums.get(k, 0.0) + float(v) * cells
+                        add(k, v, cells)
                 n_batches += 1
                 n_cells += cells
         finally:
             model.train(was_training)
     keys = sorted(sums)
+    read = [k for k in keys if torch.is_tensor(sums[k])]
+    if read:
+        sums.update(zip(read, torch.stack([sums[k] for k in read]).tolist()))
     if env is not None and env.distributed:
         vec = torch.tensor([n_batches, n_cells] + [sums[k] for k in keys], dtype=torch.float64)
         total = all_reduce_mean(vec, env) * env.world_size
@@ -344,7 +364,7 @@ def train(model: nn.Module, objective: Objective, data: Any, config: TrainConfig
     model
         The raw module (e.g. a CellModel), built with its final config; moved to the device here.
     objective
-        ``objective(model, batch) -> (loss: scalar tensor, metrics: dict[str, float])``.
+        ``objective(model, batch) -> (loss: scalar tensor, metrics: dict of 0-d tensors or numbers)``.
     data
         A re-iterable loader of dict batches (this rank's share: use a DistributedSampler or
         similar with ``set_epoch``) or a factory ``data(epoch) -> iterable``.

@@ -55,7 +55,9 @@ IGNORE_INDEX = -100  # labels ignored by the losses (torch cross_entropy's defau
 #: the language-like objectives of genemamba (DESIGN.md options a and b)
 LM_OBJECTIVES = ("next_token", "masked_gene")
 
-Metrics = dict[str, float]
+#: metric name -> value: 0-d tensors on the batch's device (read by the training loop once per step,
+#: so an objective never waits for the GPU), or Python numbers
+Metrics = dict[str, "torch.Tensor | float"]
 
 
 def _bad(owner: str, msg: str):
@@ -238,16 +240,15 @@ def shift_targets(labels: torch.Tensor, attention_mask: torch.Tensor, *,
     return nxt.masked_fill(~real, IGNORE_INDEX), prv.masked_fill(~real, IGNORE_INDEX)
 
 
-def _ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Mean cross-entropy over non-ignored targets (0 attached to the graph when none), #targets, #correct."""
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over non-ignored targets (0 attached to the graph when none), #targets, #correct
+    (0-d tensors: nothing here waits for the device)."""
     flat_logits = logits.reshape(-1, logits.shape[-1]).float()
     flat = targets.reshape(-1)
     keep = flat != IGNORE_INDEX
-    n = int(keep.sum())
-    if n == 0:
-        return flat_logits.sum() * 0.0, 0, 0
-    loss = F.cross_entropy(flat_logits, flat, ignore_index=IGNORE_INDEX)
-    correct = int((flat_logits.argmax(-1)[keep] == flat[keep]).sum())
+    n = keep.sum()
+    loss = F.cross_entropy(flat_logits, flat, ignore_index=IGNORE_INDEX, reduction="sum") / n.clamp_min(1)
+    correct = ((flat_logits.argmax(-1) == flat) & keep).sum()
     return loss, n, correct
 
 
@@ -326,8 +327,8 @@ def contrastive_loss(z_a: torch.Tensor, z_b: torch.Tensor, *, temperature: float
     reg = cosine_regulariser(z_a, z_b)
     with torch.no_grad():
         sim = F.normalize(z_a.float(), dim=-1) @ F.normalize(z_b.float(), dim=-1).T
-        acc = float((sim.argmax(-1) == torch.arange(sim.shape[0], device=sim.device)).float().mean())
-    return nce + cosine_weight * reg, {"infonce": float(nce.detach()), "cosine_reg": float(reg.detach()),
+        acc = (sim.argmax(-1) == torch.arange(sim.shape[0], device=sim.device)).float().mean()
+    return nce + cosine_weight * reg, {"infonce": nce.detach(), "cosine_reg": reg.detach(),
                                        "retrieval_acc": acc}
 
 
@@ -371,7 +372,7 @@ class MaskedValueObjective:
         pred = _head(model, self.config.head, "masked_value objective")(out)
         mask = batch["value_mask"].bool() & batch["attention_mask"].bool()
         loss = masked_mse(pred, batch["value_targets"], mask)
-        return loss, {"mse": float(loss.detach()), "n_masked": float(mask.sum())}
+        return loss, {"mse": loss.detach(), "n_masked": mask.sum()}
 
 
 class MaskedGeneObjective:
@@ -398,7 +399,7 @@ class MaskedGeneObjective:
         labels = batch["labels"].masked_fill(~batch["attention_mask"].bool(), IGNORE_INDEX)
         sel = labels != IGNORE_INDEX  # logits only where there is a target: (n_targets, vocab), not (B, L, vocab)
         loss, n, correct = _ce(head.logits(out.hidden[sel]), labels[sel])
-        return loss, {"accuracy": correct / max(n, 1), "n_targets": float(n)}
+        return loss, {"accuracy": correct / n.clamp_min(1), "n_targets": n}
 
 
 class NextTokenObjective:
@@ -432,14 +433,14 @@ class NextTokenObjective:
             raise InputError(f"{owner}: {exc}") from exc
         nxt, prv = shift_targets(batch["labels"], batch["attention_mask"], predict_special=self.config.predict_special)
         loss_n, n_n, c_n = _ce(next_logits, nxt)
-        metrics = {"loss_next": float(loss_n.detach())}
+        metrics = {"loss_next": loss_n.detach()}
         if prev_logits is None:
             loss, n, correct = loss_n, n_n, c_n
         else:
             loss_p, n_p, c_p = _ce(prev_logits, prv)
             loss, n, correct = 0.5 * (loss_n + loss_p), n_n + n_p, c_n + c_p
-            metrics["loss_prev"] = float(loss_p.detach())
-        metrics.update(accuracy=correct / max(n, 1), n_targets=float(n))
+            metrics["loss_prev"] = loss_p.detach()
+        metrics.update(accuracy=correct / n.clamp_min(1), n_targets=n)
         return loss, metrics
 
 
@@ -531,8 +532,8 @@ class PathwayContrastiveLoss:
         loss = 0.5 * (info_nce(za, zp, temperature=t, exclude=self._members_of(k, positive))
                       + info_nce(zp, za, temperature=t, exclude=self._members_of(k, anchor)))
         with torch.no_grad():
-            pos_cos = float(F.cosine_similarity(za.float(), zp.float(), dim=-1).mean())
-        return loss, {"pathway_loss": float(loss.detach()), "pathway_pos_cos": pos_cos}
+            pos_cos = F.cosine_similarity(za.float(), zp.float(), dim=-1).mean()
+        return loss, {"pathway_loss": loss.detach(), "pathway_pos_cos": pos_cos}
 
 
 class GeneMambaObjective:
@@ -566,7 +567,7 @@ class GeneMambaObjective:
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         loss, metrics = self.lm(model, batch)
-        metrics["lm_loss"] = float(loss.detach())
+        metrics["lm_loss"] = loss.detach()
         if self.pathway is not None:
             p_loss, p_metrics = self.pathway(gene_embedding_table(model))
             loss = loss + self.config.pathway_weight * p_loss
