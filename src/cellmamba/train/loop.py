@@ -89,6 +89,13 @@ def _find_ddp(model: nn.Module) -> DistributedDataParallel | None:
             return None
 
 
+def _add_metric(sums: dict, key: str, value, device: torch.device, weight: float = 1.0) -> None:
+    """``sums[key] += weight * value``: a tensor stays on ``device`` (float64, read later, once), a number
+    stays a float."""
+    value = value.detach().to(device=device, dtype=torch.float64) if torch.is_tensor(value) else float(value)
+    sums[key] = sums[key] + value * weight if key in sums else value * weight
+
+
 def _call_objective(objective: Objective, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict]:
     out = objective(model, batch)
     if not (isinstance(out, tuple) and len(out) == 2):
@@ -151,8 +158,7 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     ddp = _find_ddp(model)
     n = len(batches)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    metric_sums: dict[str, torch.Tensor] = {}  # on the device: read once, with the gradient norm
-    number_sums: dict[str, float] = {}          # metrics given as numbers
+    metric_sums: dict[str, torch.Tensor | float] = {}  # tensors on the device: read once, with the gradient norm
     for i, batch in enumerate(batches):
         batch = to_device(batch, device)
         sync = ddp is None or i == n - 1
@@ -162,18 +168,14 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
             (loss / n).backward()
         loss_sum += loss.detach().to(torch.float64)
         for k, v in metrics.items():
-            if torch.is_tensor(v):
-                v = v.detach().to(device=device, dtype=torch.float64)
-                metric_sums[k] = metric_sums[k] + v if k in metric_sums else v
-            else:
-                number_sums[k] = number_sums.get(k, 0.0) + float(v)
+            _add_metric(metric_sums, k, v, device)
     max_norm = config.grad_clip if config.grad_clip else math.inf
     norms = {scale: torch.nn.utils.clip_grad_norm_(params, max_norm) for scale, params in clip_sets(optimizer).items()}
     # the step's one read from the device: the update waits for the gradient norm's finiteness anyway
-    keys = list(metric_sums)
-    values = torch.stack([loss_sum, *metric_sums.values(),
+    keys = [k for k, v in metric_sums.items() if torch.is_tensor(v)]
+    values = torch.stack([loss_sum, *(metric_sums[k] for k in keys),
                           *(v.detach().to(device=device, dtype=torch.float64) for v in norms.values())]).tolist()
-    loss_value, metric_values = values[0], {**number_sums, **dict(zip(keys, values[1:1 + len(keys)]))}
+    loss_value, metric_values = values[0], {**metric_sums, **dict(zip(keys, values[1:1 + len(keys)]))}
     set_norms = dict(zip(norms, values[1 + len(keys):]))
     grad_norm = math.sqrt(sum(v * v for v in set_norms.values()))
     skipped = not math.isfinite(grad_norm)
@@ -256,10 +258,6 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
     sums: dict[str, torch.Tensor | float] = {}  # over batches: the batch's mean x its number of cells
     n_batches, n_cells = 0, 0
 
-    def add(key: str, value, cells: int) -> None:  # on the device where the objective left it: read once, below
-        value = value.detach().to(device=device, dtype=torch.float64) if torch.is_tensor(value) else float(value)
-        sums[key] = sums[key] + value * cells if key in sums else value * cells
-
     with _rng_fork(device), torch.no_grad():
         model.eval()
         try:
@@ -270,10 +268,10 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
                 cells = batch_counts(batch)[0]
                 with autocast(device, prec):
                     loss, metrics = _call_objective(objective, model, batch)
-                add("loss", loss, cells)
+                _add_metric(sums, "loss", loss, device, cells)
                 for k, v in metrics.items():
                     if k != "loss":
-                        add(k, v, cells)
+                        _add_metric(sums, k, v, device, cells)
                 n_batches += 1
                 n_cells += cells
         finally:
