@@ -46,8 +46,15 @@ def test_padded_batch_equals_per_cell_runs(config):
     x, mask = padded_batch()
     with torch.no_grad():
         out = model(x, mask)
+        # the caller's word that the batch is padded (the collators' batch["padded"]) skips only the check
+        hinted = model(x, mask, padded=True)
+        for name in ("hidden", "forward", "reverse", "cls"):
+            got, want = getattr(hinted, name), getattr(out, name)
+            assert (got is None) == (want is None) and (got is None or torch.equal(got, want)), name
         for b, n in enumerate(LENGTHS):
             one = model(x[b:b + 1, :n])  # no padding at all
+            unpadded = model(x[b:b + 1, :n], torch.ones(1, n, dtype=torch.bool), padded=False)
+            assert torch.equal(unpadded.hidden, one.hidden)
             for name in ("hidden", "forward", "reverse"):
                 got, want = getattr(out, name), getattr(one, name)
                 assert (got is None) == (want is None)

@@ -121,6 +121,11 @@ def test_masked_gene_cross_entropy_with_ignore_hand_computed():
     # p(2 | pos 0) = 2 / (1 + 1 + 2) = 1/2; p(0 | pos 2) = 3 / (3 + 1 + 1) = 3/5; position 1 ignored
     assert loss.item() == pytest.approx((LN(2) + LN(5 / 3)) / 2)
     assert metrics["n_targets"] == 2 and metrics["accuracy"] == pytest.approx(1.0)
+    # the collator's flat target positions select the same targets without a boolean mask (0 and 2 of
+    # the (1, 3) batch); a wrong index changes the loss, so the index is what is read
+    indexed, indexed_metrics = MaskedGeneObjective()(model, dict(batch, target_index=torch.tensor([0, 2])))
+    assert indexed.item() == pytest.approx(loss.item(), rel=1e-7) and indexed_metrics["n_targets"] == 2
+    assert MaskedGeneObjective()(model, dict(batch, target_index=torch.tensor([0])))[0].item() == pytest.approx(LN(2))
 
 
 def test_shift_targets_hand_computed():

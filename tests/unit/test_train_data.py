@@ -299,7 +299,7 @@ def test_masked_value_batch(binned):
     ds = TokenDataset(path)
     items = [ds[g] for g in range(len(ds))]
     batch = MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=0.3), seed=1)(items)
-    assert set(batch) == {"input_ids", "attention_mask", "values", "value_mask", "value_targets", "dataset",
+    assert set(batch) == {"input_ids", "attention_mask", "values", "value_mask", "value_targets", "padded", "dataset",
                           "cell_index"}
     B, L = batch["input_ids"].shape
     assert L == max(r[0].shape[0] for r in ref) and B == len(ref)
@@ -369,8 +369,14 @@ def test_masked_gene_batch(rank):
     ds = TokenDataset(path)
     items = [ds[g] for g in range(len(ds))]
     batch = MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=0.25), seed=2)(items)
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "dataset", "cell_index"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "target_index", "padded", "dataset", "cell_index"}
+    lengths = [tok.shape[0] for tok, *_rest in ref]
+    assert batch["padded"] is (min(lengths) < batch["input_ids"].shape[1]) and batch["padded"] is (len(set(lengths)) > 1)
     ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
+    # the flat positions of the targets, in the order of a boolean selection of the (B, L) labels
+    want = [b * labels.shape[1] + t for b in range(labels.shape[0]) for t in range(labels.shape[1])
+            if labels[b, t] != IGNORE_INDEX]
+    assert batch["target_index"].tolist() == want
     for b, (tok, *_rest) in enumerate(ref):
         n = tok.shape[0]
         hidden = labels[b] != IGNORE_INDEX
@@ -416,8 +422,10 @@ def test_collators_deterministic(binned):
     config = MaskedValueCollateConfig(zeros_ratio=0.5)
     a = MaskedValueCollator(config, seed=9)(items)
     b = MaskedValueCollator(config, seed=9)(items)
+    assert a.keys() == b.keys() and a["padded"] == b["padded"]
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
     other_rank = MaskedValueCollator(config, seed=9, rank=1)(items)
     assert not torch.equal(a["value_mask"], other_rank["value_mask"])
     assert not torch.equal(a["input_ids"], other_rank["input_ids"])  # other zeros too
@@ -477,7 +485,7 @@ def test_build_dataloader_ranks_workers_epochs(binned):
     assert not set(cells[0]) & set(cells[1])
     assert all(b["input_ids"].shape[1] <= 12 for e in epoch0 for b in e)
     again = [b for b in loaders[0]]
-    assert all(torch.equal(x[k], y[k]) for x, y in zip(epoch0[0], again) for k in x)
+    assert all(torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k] for x, y in zip(epoch0[0], again) for k in x)
     loaders[0].batch_sampler.set_epoch(1)  # what a loop that only knows the sampler calls
     assert loaders[0].collate_fn.epoch == 1 and loaders[0].dataset.epoch == 1
     epoch1 = [b for b in loaders[0]]
@@ -487,7 +495,7 @@ def test_build_dataloader_ranks_workers_epochs(binned):
     workers.set_epoch(1)
     for x, y in zip(epoch1, workers, strict=True):  # same batches whatever the number of workers
         for k in x:
-            assert torch.equal(x[k], y[k]), k
+            assert torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k], k
     with pytest.raises(InputError, match="built for rank 1"):
         build_dataloader(path, MaskedValueCollator(rank=1), config, rank=0, world_size=2)
 

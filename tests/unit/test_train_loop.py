@@ -239,3 +239,97 @@ def test_train_step_reads_the_device_once_per_step_however_many_micro_batches(mo
     assert out["loss"] == pytest.approx(sum(float(w[0]) for w in want) / 3, rel=1e-6)
     assert out["accuracy"] == pytest.approx(sum(float(w[1]["accuracy"]) for w in want) / 3, rel=1e-6)
     assert out["rows"] == 4.0 and math.isfinite(out["grad_norm"]) and out["grad_norm"] > 0
+
+
+def _device_objective(m, batch):
+    logits = m(batch["input_ids"])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+    return loss, {"accuracy": (logits.argmax(-1) == batch["labels"]).float().mean().detach()}
+
+
+def test_train_step_without_read_never_waits_for_the_device(monkeypatch):
+    """read=False with the fused AdamW: no read at all in the step, the update included (the skip of
+    a non-finite step is the kernel's found_inf); the values, read afterwards, and the weights equal
+    those of the reading step."""
+    config = TrainConfig(lr=1e-2, warmup_steps=0, max_steps=10, batch_size=4, grad_accum=2, grad_clip=1.0)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(ToyModel(dropout=0.0))
+    opts = [build_optimizer(m, config) for m in models]
+    assert all(o.defaults["fused"] for o in opts)
+    micro = [_batches(4, 4 * i) for i in range(2)]
+    want = train_step(models[0], _device_objective, micro, optimizer=opts[0], config=config, step=0)
+    counter = ReadCounter(monkeypatch)
+    got = train_step(models[1], _device_objective, micro, optimizer=opts[1], config=config, step=0, read=False)
+    reads = counter.n
+    monkeypatch.undo()
+    assert reads == 0, reads
+    assert all(torch.is_tensor(got[k]) for k in ("loss", "grad_norm", "skipped", "accuracy"))
+    assert got["lr"] == want["lr"]
+    values = {k: float(v) for k, v in got.items()}
+    assert values == pytest.approx(want, rel=1e-12)
+    assert values["skipped"] == 0.0
+    for pa, pb in zip(*(m.parameters() for m in models)):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("read", [True, False])
+def test_a_non_finite_gradient_skips_the_update(fused, read, caplog):
+    """A NaN loss at step 1: weights, AdamW's moments and its step count are those after step 0
+    (the device-side skip of the fused kernel and the host's skip of another AdamW alike), and the
+    next finite step is the step an uninterrupted optimizer takes second."""
+    config = TrainConfig(lr=1e-2, warmup_steps=0, max_steps=10, batch_size=4)
+
+    def nan_objective(m, batch):
+        loss, metrics = _device_objective(m, batch)
+        return loss * float("nan"), metrics
+
+    runs = []
+    for poison in (True, False):
+        torch.manual_seed(0)
+        model = ToyModel(dropout=0.0)
+        opt = build_optimizer(model, config)
+        if not fused:
+            opt = torch.optim.AdamW(opt.param_groups, betas=config.betas, eps=config.eps)
+        assert bool(opt.defaults.get("fused")) == fused
+        train_step(model, _device_objective, [_batches(4)], optimizer=opt, config=config, step=0)
+        after0 = [p.detach().clone() for p in model.parameters()]
+        moments0 = [opt.state[p]["exp_avg_sq"].clone() for p in model.parameters()]
+        if poison:
+            with caplog.at_level("WARNING", logger="cellmamba.train.loop"):
+                out = train_step(model, nan_objective, [_batches(4, 4)], optimizer=opt, config=config, step=1,
+                                 read=read)
+            assert float(out["skipped"]) == 1.0 and not math.isfinite(float(out["grad_norm"]))
+            assert ("update is skipped" in caplog.text) == read
+            assert all(torch.equal(a, p) for a, p in zip(after0, model.parameters()))
+            assert all(torch.equal(v, opt.state[p]["exp_avg_sq"]) for v, p in zip(moments0, model.parameters()))
+            assert all(float(opt.state[p]["step"]) == 1.0 for p in model.parameters())
+        train_step(model, _device_objective, [_batches(4, 8)], optimizer=opt, config=config, step=1)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_the_loop_reports_skipped_updates_at_its_log_row(tmp_path, caplog):
+    """The loop reads its steps' values only at log rows: a skipped update at step 3 appears in the
+    warning of the row that covers it and as the row's fraction of skipped steps."""
+    torch.manual_seed(0)
+    calls = {"n": 0}
+
+    def objective(m, batch):
+        calls["n"] += 1
+        loss, metrics = _device_objective(m, batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+    config = TrainConfig(lr=1e-2, warmup_steps=0, max_steps=8, batch_size=8, log_every=4, checkpoint_every=8,
+                         progress=False)
+    with caplog.at_level("WARNING", logger="cellmamba.train.loop"):
+        train(ToyModel(dropout=0.0), objective, toy_loader(8, mask_prob=0.0), config, out_dir=tmp_path)
+    assert "steps 1-4: 1 of the 4 updates were skipped" in caplog.text
+    assert "steps 5-8" not in caplog.text
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["skipped"]) for r in rows] == [0.25, 0.0]
+    assert math.isfinite(float(rows[1]["loss"]))

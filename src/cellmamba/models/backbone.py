@@ -160,7 +160,7 @@ class Backbone(nn.Module):
                 self.merge = DirectionMerge(c.d_model, merge=c.merge)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                packing: Packing | None = None) -> BackboneOutput:
+                packing: Packing | None = None, padded: bool | None = None) -> BackboneOutput:
         """Run the backbone.
 
         Parameters
@@ -175,6 +175,11 @@ class Backbone(nn.Module):
             cell alone). The outputs are in the padded layout either way. ``attention_mask`` must
             be the plan's (it is not checked again: no host synchronisation). Mamba2, BiMamba2 and
             the Transformer; Mamba1 refuses.
+        padded
+            Whether any cell of the batch is shorter than seq_len, as the caller knows it from
+            building the right-padded ``attention_mask`` on the host (the collators'
+            ``batch["padded"]``): the mask is then not checked here, which on a GPU saves two
+            waits for the device at the start of every step. None (default): checked.
 
         Returns
         -------
@@ -185,10 +190,13 @@ class Backbone(nn.Module):
         if attention_mask is None:  # no checks to make: no host synchronisation either
             attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             lengths, padded = None, False
-        else:
+        elif padded is None:  # checked: two host waits for the device
             lengths = check_right_padded(attention_mask)
             attention_mask = attention_mask.bool()
             padded = not bool(attention_mask.all())
+        else:  # the caller built the mask right-padded and says whether anything is padded
+            attention_mask = attention_mask.bool()
+            lengths = attention_mask.sum(1)
         # nothing padded (the usual pretraining batch): no masking passes (a product with ones), and
         # reversals are plain flips (lengths None)
         mask = attention_mask.unsqueeze(-1).to(x.dtype) if padded else None

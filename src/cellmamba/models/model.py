@@ -108,7 +108,7 @@ class CellModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor, values: torch.Tensor | None = None, *,
                 attention_mask: torch.Tensor | None = None, value_mask: torch.Tensor | None = None,
-                packing: Packing | None = None) -> BackboneOutput:
+                packing: Packing | None = None, padded: bool | None = None) -> BackboneOutput:
         """Embed and run the backbone.
 
         Parameters
@@ -123,6 +123,10 @@ class CellModel(nn.Module):
         packing
             The batch's packing plan (the collators' ``batch["packing"]``): the backbone runs on
             packed rows, the outputs are the same (:meth:`Backbone.forward`).
+        padded
+            Whether any cell is shorter than seq_len, where the caller built the mask (the
+            collators' ``batch["padded"]``): the backbone then skips its check of the mask and
+            the host waits it costs (:meth:`Backbone.forward`).
 
         Returns
         -------
@@ -133,7 +137,8 @@ class CellModel(nn.Module):
                 attention_mask = torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
             else:
                 attention_mask = inputs != PAD_ID
-        return self.backbone(self.embed(inputs, values, value_mask=value_mask), attention_mask, packing=packing)
+        return self.backbone(self.embed(inputs, values, value_mask=value_mask), attention_mask, packing=packing,
+                             padded=padded)
 
     # ---- persistence ----
     def write_pretrained(self, directory: str | os.PathLike) -> None:

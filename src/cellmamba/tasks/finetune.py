@@ -25,6 +25,7 @@ from ..models import BackboneOutput, CellModel, HeadConfig
 from ..models.checkpoint import WEIGHTS_NAME, load_state_dict_strict, read_weights
 from ..models.heads import pool_cells
 from ..models.model import INITS, check_init, read_model_config
+from ..train.batches import to_device
 from ..train.config import OptimConfig
 from ..train.data import DataConfig, build_dataloader
 from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
@@ -220,9 +221,12 @@ def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
 
 def _model_forward(model, batch: Mapping[str, Any]):
     values = batch.get("values")
+    # the collators say whether the batch holds padding: the model need not wait for the device to check
+    kw = {"padded": batch["padded"]} if isinstance(batch.get("padded"), bool) else {}
     if values is not None and "value_mask" in batch:
-        return model(batch["input_ids"], values, attention_mask=batch["attention_mask"], value_mask=batch["value_mask"])
-    return model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        return model(batch["input_ids"], values, attention_mask=batch["attention_mask"], value_mask=batch["value_mask"],
+                     **kw)
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
 class ClassificationObjective:
@@ -359,7 +363,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collator)
     embs, logits = [], []
     for batch in tqdm(loader, desc="embed", disable=not progress, dynamic_ncols=True):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         with autocast(device, precision):
             out = _model_forward(model, batch)
             embs.append(pool_cells(out, pooling).float().cpu())

@@ -137,9 +137,12 @@ class _Collator:
         self.epoch = 0
 
     def _finish(self, batch: dict) -> dict:
-        """The batch, with its packing plan where ``pack``."""
+        """The batch, with ``padded`` (a bool: whether any cell is shorter than the batch, known
+        here on the host so the model need not ask the device: ``CellModel.forward(padded=)``) and
+        its packing plan where ``pack``."""
+        attn = batch["attention_mask"]
+        batch["padded"] = not bool(attn.all())
         if self.pack:
-            attn = batch["attention_mask"]
             batch["packing"] = plan_packing(attn.sum(1).numpy(), attn.shape[1], seq_len=attn.shape[1])
         return batch
 
@@ -292,7 +295,9 @@ class MaskedGeneCollator(_Collator):
     Returns (of a call)
     -------------------
     ``input_ids`` int64 (B, L), ``attention_mask`` bool (B, L), ``labels`` int64 (B, L),
-    ``dataset``, ``cell_index`` int64 (B,).
+    ``target_index`` int64 (n_targets,): the flat positions (row-major in (B, L)) where ``labels``
+    is not ignored, so the objective selects its targets without a boolean mask (whose size only
+    the device knows: a host wait per batch on a GPU); ``dataset``, ``cell_index`` int64 (B,).
     """
 
     def __init__(self, config: MaskedGeneCollateConfig = MaskedGeneCollateConfig(), *, n_genes: int | None = None, seed: int = 0,
@@ -326,7 +331,9 @@ class MaskedGeneCollator(_Collator):
                 ids[b, pos[:n_rand]] = N_SPECIAL + rng.integers(0, self.n_genes, size=n_rand)
             ids[b, pos[n_rand + n_keep:]] = MASK_ID
         return self._finish({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
-                             "labels": torch.from_numpy(labels), **self._provenance(items)})
+                             "labels": torch.from_numpy(labels),
+                             "target_index": torch.from_numpy(np.flatnonzero(labels != IGNORE_INDEX)),
+                             **self._provenance(items)})
 
 
 class NextTokenCollator(_Collator):

@@ -109,7 +109,7 @@ def _call_objective(objective: Objective, model: nn.Module, batch: Mapping[str, 
 
 def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str, Any]], *,
                optimizer: torch.optim.Optimizer, config: TrainConfig, step: int,
-               device: torch.device | str | None = None) -> dict[str, float]:
+               device: torch.device | str | None = None, read: bool = True) -> dict[str, Any]:
     """One optimizer update over ``len(batches)`` micro-batches (gradient accumulation).
 
     Sets the learning rate to ``lr_at(step, config)`` and, for an objective with a ``set_step``
@@ -119,7 +119,11 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     number of micro-batches before backward (so k micro-batches of b rows equal one batch of k*b
     rows for a mean loss); under DDP gradients are synchronised on the last micro-batch only;
     then the gradient norm is clipped to ``config.grad_clip`` and AdamW steps. A non-finite
-    gradient norm skips the update (logged as a warning).
+    gradient norm skips the update (logged as a warning). With a fused AdamW
+    (:func:`~cellmamba.train.schedule.build_optimizer`) the skip is decided on the device (the
+    kernel's ``found_inf``, as torch's GradScaler uses it: no change to weights, moments or step
+    count), so with ``read=False`` the step never waits for the device; another optimizer needs
+    the norm on the host first (one read).
 
     Clipping is per learning-rate scale (:func:`clip_sets`): the model's parameters together, and
     the parameters of each ``lr_scale`` group (a fresh adversarial head) on their own. Under one
@@ -136,6 +140,10 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
         ``objective(model, batch) -> (loss, metrics)``.
     batches
         Micro-batches (dicts of tensors), moved to ``device`` here.
+    read
+        Read the values into Python numbers (one transfer). ``False``: they stay 0-d float64
+        tensors on the device (the loop sums them and reads once per log row, where it also
+        reports skipped updates); ``lr`` and an objective's plain numbers stay floats.
 
     Returns
     -------
@@ -170,24 +178,44 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
         for k, v in metrics.items():
             _add_metric(metric_sums, k, v, device)
     max_norm = config.grad_clip if config.grad_clip else math.inf
-    norms = {scale: torch.nn.utils.clip_grad_norm_(params, max_norm) for scale, params in clip_sets(optimizer).items()}
-    # the step's one read from the device: the update waits for the gradient norm's finiteness anyway
-    keys = [k for k, v in metric_sums.items() if torch.is_tensor(v)]
-    values = torch.stack([loss_sum, *(metric_sums[k] for k in keys),
-                          *(v.detach().to(device=device, dtype=torch.float64) for v in norms.values())]).tolist()
-    loss_value, metric_values = values[0], {**metric_sums, **dict(zip(keys, values[1:1 + len(keys)]))}
-    set_norms = dict(zip(norms, values[1 + len(keys):]))
-    grad_norm = math.sqrt(sum(v * v for v in set_norms.values()))
-    skipped = not math.isfinite(grad_norm)
-    if skipped:
-        log.warning("step %d: gradient norm is %s; the update is skipped", step, grad_norm)
-    else:
+    norms = {scale: torch.nn.utils.clip_grad_norm_(params, max_norm).detach().to(device=device, dtype=torch.float64)
+             for scale, params in clip_sets(optimizer).items()}
+    grad_norm = (torch.stack(list(norms.values())).square().sum().sqrt() if norms
+                 else torch.zeros((), dtype=torch.float64, device=device))
+    not_finite = ~torch.isfinite(grad_norm)
+    if device_skip(optimizer):
+        # the fused kernel leaves weights, moments and step count alone where found_inf is 1
+        optimizer.grad_scale, optimizer.found_inf = None, not_finite.to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None
+    elif not bool(not_finite):  # the update waits for the host's decision: one read
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"loss": loss_value / n, "lr": lr, "grad_norm": grad_norm, "skipped": float(skipped),
-           **{f"grad_norm_lr_x{scale:g}": norm for scale, norm in set_norms.items() if scale != 1.0}}
-    out.update({k: v / n for k, v in metric_values.items() if k not in out})
+    out = {"loss": loss_sum / n, "lr": lr, "grad_norm": grad_norm, "skipped": not_finite.to(torch.float64),
+           **{f"grad_norm_lr_x{scale:g}": norm for scale, norm in norms.items() if scale != 1.0}}
+    out.update({k: v / n for k, v in metric_sums.items() if k not in out})
+    if not read:
+        return out
+    read_values(out)
+    if out["skipped"]:
+        log.warning("step %d: gradient norm is %s; the update is skipped", step, out["grad_norm"])
     return out
+
+
+def read_values(values: dict) -> dict:
+    """Replace the tensors of ``values`` by Python numbers, in one transfer from the device; in place."""
+    keys = [k for k, v in values.items() if torch.is_tensor(v)]
+    if keys:
+        values.update(zip(keys, torch.stack([values[k].detach().to(torch.float64) for k in keys]).tolist()))
+    return values
+
+
+def device_skip(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` skips a non-finite update on the device: a fused Adam / AdamW takes
+    ``found_inf`` (torch's GradScaler interface), so the step needs no host read."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused"))
 
 
 def clip_sets(optimizer: torch.optim.Optimizer) -> dict[float, list[torch.Tensor]]:
@@ -461,7 +489,7 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
              type(raw).__name__, config.max_steps, state.step, device, precision, env.world_size,
              config.batch_size * config.grad_accum * env.world_size)
 
-    window: dict[str, float] = {}
+    window: dict[str, torch.Tensor | float] = {}  # sums since the last log row; tensors on the device
     last_eval = -1
     window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
 
@@ -501,12 +529,13 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
         while state.step < config.max_steps:
             batches = [stream.next() for _ in range(config.grad_accum)]
             counts = [batch_counts(b) for b in batches]
+            # no read from the device here: the step's values are summed there and read once per log row
             result = train_step(wrapped, objective, batches, optimizer=optimizer, config=config, step=state.step,
-                                device=device)
+                                device=device, read=False)
             state.step += 1
             rows, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
             for k, v in result.items():
-                window[k] = window.get(k, 0.0) + v
+                _add_metric(window, k, v, device)
             window_steps += 1
             window_tokens += tokens
             state.samples += rows * env.world_size  # approximate; exact totals are all-reduced at log time
@@ -514,6 +543,10 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
             bar.update(1)
 
             if state.step % config.log_every == 0 or state.step == config.max_steps:
+                read_values(window)
+                if window.get("skipped"):
+                    log.warning("steps %d-%d: %d of the %d updates were skipped (non-finite gradient norm)",
+                                state.step - window_steps + 1, state.step, round(window["skipped"]), window_steps)
                 keys = sorted(k for k in window if k not in ("lr", "grad_norm"))
                 vec = torch.tensor([window[k] / window_steps for k in keys] + [float(window_tokens)], dtype=torch.float64)
                 reduced = all_reduce_mean(vec, env).tolist()

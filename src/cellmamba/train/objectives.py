@@ -202,9 +202,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (diff * diff).sum() / mask.sum().clamp(min=1)
 
 
-def _packing(batch: Mapping[str, Any]) -> dict:
-    """The model's ``packing=`` keyword where the batch has a plan (pretraining with pack: true)."""
-    return {"packing": batch["packing"]} if batch.get("packing") is not None else {}
+def _layout(batch: Mapping[str, Any]) -> dict:
+    """The model's ``packing=`` keyword where the batch has a plan (pretraining with pack: true), and
+    its ``padded=`` where the collator says whether the batch holds padding (no check of the mask,
+    no host wait for it)."""
+    out = {"packing": batch["packing"]} if batch.get("packing") is not None else {}
+    if isinstance(batch.get("padded"), bool) and "packing" not in out:
+        out["padded"] = batch["padded"]
+    return out
 
 
 def shift_targets(labels: torch.Tensor, attention_mask: torch.Tensor, *,
@@ -364,7 +369,7 @@ class MaskedValueObjective:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_value objective", "input_ids", "values", "attention_mask", "value_mask", "value_targets")
         out = model(batch["input_ids"], batch["values"], attention_mask=batch["attention_mask"],
-                    value_mask=batch["value_mask"], **_packing(batch))
+                    value_mask=batch["value_mask"], **_layout(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -379,7 +384,8 @@ class MaskedGeneObjective:
     """genemamba option (a): predict the genes hidden by ``<mask>`` from the merged states.
 
     Batch (MaskedGeneCollator): ``input_ids`` (``<mask>`` at hidden genes), ``attention_mask``,
-    ``labels`` (-100 except at hidden genes). Loss: cross-entropy of ``model.heads[head]``
+    ``labels`` (-100 except at hidden genes), optionally ``target_index`` (the flat positions of the
+    targets; without it they are found by a boolean selection, a host wait on a GPU). Loss: cross-entropy of ``model.heads[head]``
     (batch, seq_len, vocab_size) over the non-ignored labels. Leak-free because the answers are
     not in the input; works for every backbone (the Transformer peers included).
     Metrics: ``accuracy``, ``n_targets``.
@@ -390,15 +396,22 @@ class MaskedGeneObjective:
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_gene objective", "input_ids", "attention_mask", "labels")
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_packing(batch))
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_layout(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         """The loss given the model's output on ``batch`` (for objectives that reuse the forward pass)."""
         head = _head(model, self.config.head, "masked_gene objective")
         labels = batch["labels"].masked_fill(~batch["attention_mask"].bool(), IGNORE_INDEX)
-        sel = labels != IGNORE_INDEX  # logits only where there is a target: (n_targets, vocab), not (B, L, vocab)
-        loss, n, correct = _ce(head.logits(out.hidden[sel]), labels[sel])
+        # logits only where there is a target: (n_targets, vocab), not (B, L, vocab)
+        index = batch.get("target_index")
+        if index is not None:  # the collator's positions: their number is known on the host, no wait
+            hidden = out.hidden.reshape(-1, out.hidden.shape[-1]).index_select(0, index)
+            targets = labels.reshape(-1).index_select(0, index)
+        else:  # a boolean selection: the host waits for the device to count it
+            sel = labels != IGNORE_INDEX
+            hidden, targets = out.hidden[sel], labels[sel]
+        loss, n, correct = _ce(head.logits(hidden), targets)
         return loss, {"accuracy": correct / n.clamp_min(1), "n_targets": n}
 
 
@@ -426,7 +439,7 @@ class NextTokenObjective:
         owner = "next_token objective"
         _need(batch, owner, "input_ids", "attention_mask", "labels")
         head = _head(model, self.config.head, owner)
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_packing(batch))
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_layout(batch))
         try:
             next_logits, prev_logits = next_token_logits(head, out)
         except InputError as exc:

@@ -101,13 +101,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return out
 
 
+#: devices with torch's fused AdamW kernel (torch >= 2.4 for the CPU): it takes ``found_inf``, so a
+#: non-finite step is skipped on the device (:func:`cellmamba.train.loop.train_step`), and it is one
+#: kernel per step for all parameters
+FUSED_DEVICES = ("cuda", "cpu")
+
+
 def build_optimizer(model: nn.Module, config: "TrainConfig") -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the config's betas and eps; lr is set per step by :func:`set_lr`."""
+    """AdamW over :func:`param_groups` with the config's betas and eps; lr is set per step by
+    :func:`set_lr`. Fused (one kernel; the skip of a non-finite step decided on the device) where
+    every parameter is on a device of :data:`FUSED_DEVICES`, else torch's default implementation."""
     groups = param_groups(model, config.weight_decay)
     if not any(g["params"] for g in groups):
         raise InputError(f"{type(model).__name__} has no trainable parameters")
+    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
     optimizer = torch.optim.AdamW(groups, lr=lr_at(0, config), betas=tuple(config.betas), eps=config.eps,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=fused or None)
     set_lr(optimizer, lr_at(0, config))
     return optimizer
 
