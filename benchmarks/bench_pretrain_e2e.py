@@ -27,7 +27,8 @@ recipe[:transformer]`` (genemamba: masked-gene objective, no pathway loss) gives
 
 Options that vary the arms: ``--distinct`` (in_memory: as many different batches as steps,
 not the first 32 over and over: every step a new padded length, as in the loop), ``--no-cudnn-sdp``
-(attention without PyTorch's cuDNN backend), ``--micro-batch`` (cells per pass; the batch by
+(attention without PyTorch's cuDNN backend), ``--pad-to-multiple`` (PretrainConfig's: fewer
+distinct batch shapes), ``--micro-batch`` (cells per pass; the batch by
 accumulation, as paper.yaml's micro_batch_size). Each is named in the row's ``variant``.
 
 Columns: recipe, backbone, arm, variant, d_model, layers, context, batch (cells per optimizer
@@ -281,6 +282,7 @@ def main(argv=None):
     p.add_argument("--distinct", action="store_true", help="in_memory: a different batch at every step")
     p.add_argument("--no-cudnn-sdp", action="store_true", help="attention without the cuDNN backend")
     p.add_argument("--micro-batch", type=int, default=None, help="cells per pass (batch by accumulation)")
+    p.add_argument("--pad-to-multiple", type=int, default=None, help="PretrainConfig.pad_to_multiple (default: the backbone's)")
     args = p.parse_args(argv)
 
     import torch
@@ -290,7 +292,8 @@ def main(argv=None):
 
     setup_logging(None)
     variant = " ".join(v for v, on in (("distinct", args.distinct), ("no_cudnn_sdp", args.no_cudnn_sdp),
-                                       (f"micro_{args.micro_batch}", args.micro_batch)) if on)
+                                       (f"micro_{args.micro_batch}", args.micro_batch),
+                                       (f"pad_{args.pad_to_multiple}", args.pad_to_multiple)) if on)
     if args.no_cudnn_sdp:
         torch.backends.cuda.enable_cudnn_sdp(False)
     micro = args.micro_batch or args.batch
@@ -310,7 +313,7 @@ def main(argv=None):
                              max_steps=args.steps, lr=1e-4,
                              warmup_steps=min(20, args.steps), checkpoint_every=args.steps,
                              log_every=max(1, min(10, args.steps // 3)), pathway_weight=0.0,
-                             num_workers=args.workers, backend="cuda" if device.type == "cuda" else "torch")
+                             num_workers=args.workers, pad_to_multiple=args.pad_to_multiple, backend="cuda" if device.type == "cuda" else "torch")
         common = {"recipe": recipe, "backbone": backbone, "variant": variant, "d_model": args.d_model,
                   "layers": args.layers, "context": context, "batch": args.batch, "grad_accum": args.batch // micro, "code": code, "device": name,
                   "date": dt.date.today().isoformat()}

@@ -25,6 +25,30 @@ def test_transformer_peer_has_the_same_size(recipe):
     assert set(mamba.config.heads) == set(peer.config.heads) == {head}
 
 
+@pytest.mark.parametrize("recipe", ["genemamba", "scmamba2"])
+def test_transformer_peers_pad_their_batches_to_multiples_of_64(recipe):
+    """A Transformer peer's batches come in lengths that are multiples of 64 (cuDNN attention plans
+    per length); a Mamba model's are the longest cell's; a setting overrides both."""
+    import numpy as np
+
+    from cellmamba.train.pretrain import _collator
+
+    tokens = np.arange(4, 4 + 70)  # one cell of 70 tokens
+    item = {"tokens": tokens, "values": np.ones(70, dtype=np.uint8), "dataset": 0, "cell_index": 0}
+    lengths, real = {}, set()
+    for backbone, pad in (("transformer", None), ("bimamba_mamba2", None), ("transformer", 8)):
+        config = PretrainConfig(recipe=recipe, backbone=backbone, pad_to_multiple=pad)
+        batch = _collator(config, n_genes=100, rank=0)([item])
+        lengths[backbone, pad] = batch["input_ids"].shape[1]
+        real.add(int(batch["attention_mask"].sum()))
+        assert batch["padded"] is (lengths[backbone, pad] > int(batch["attention_mask"].sum()))
+    (n,) = real  # the same real tokens in every case
+    assert n >= 70 and lengths == {("transformer", None): 128, ("bimamba_mamba2", None): n,
+                                   ("transformer", 8): -(-n // 8) * 8}
+    with pytest.raises(InputError, match="pad_to_multiple"):
+        PretrainConfig(pad_to_multiple=0)
+
+
 def test_transformer_peer_cannot_take_next_token():
     with pytest.raises(InputError, match="next_token"):
         PretrainConfig(recipe="genemamba", backbone="transformer", lm="next_token")

@@ -53,6 +53,12 @@ NEXT_TOKEN_MERGE = ("gate", "stack")
 #: SC-MAMBA2 maps the binned value through a continuous function: scGPT's continuous value
 #: encoder form (models.embeddings, "continuous_norm")
 RECIPE_VALUE_ENCODING = {"scmamba2": "continuous_norm"}
+#: batch lengths rounded up to a multiple, by backbone: PyTorch's cuDNN attention builds a plan for
+#: every new sequence length, so a Transformer on length-bucketed batches (a new length almost every
+#: step) ran at 0.32 M real tokens/s through run_pretraining against 0.80 M with lengths in steps
+#: of 64; the Mamba kernels plan nothing per length and pay for the extra padding (0.96 -> 0.89 M)
+#: (benchmarks/README.md "End to end", H200 2026-12-04)
+PAD_TO_MULTIPLE = {"transformer": 64}
 #: learned positions of a Transformer peer on rank tokens (Geneformer: 2,048): enough for the longest
 #: sequence fine-tuning feeds (perturbation predicts every Norman gene: 5,045 + <cls>); positions past
 #: the pretraining context are learned in fine-tuning only
@@ -92,9 +98,13 @@ class PretrainConfig:
     backend: str = "auto"               # SSM kernels: auto | torch | cuda
     recompute: bool = False             # Mamba2 on CUDA: recompute activations in the backward pass (long contexts)
     pack: bool = False                  # several cells per row, no computation on padding (models.packing; not Mamba1)
+    pad_to_multiple: int | None = None  # batch lengths rounded up to a multiple; None = the backbone's (PAD_TO_MULTIPLE)
 
     def __post_init__(self):
         check_optim(self)
+        if self.pad_to_multiple is not None and (isinstance(self.pad_to_multiple, bool)
+                                                 or not isinstance(self.pad_to_multiple, int) or self.pad_to_multiple < 1):
+            raise InputError(f"PretrainConfig: pad_to_multiple must be an integer >= 1 or null, got {self.pad_to_multiple!r}")
         if self.recipe not in RECIPE_TOKENIZER:
             raise InputError(f"PretrainConfig: recipe must be one of {sorted(RECIPE_TOKENIZER)}, got {self.recipe!r}")
         if self.backbone == "transformer" and self.recipe == "genemamba" and self.lm != "masked_gene":
@@ -162,6 +172,11 @@ class PretrainConfig:
         return self.merge or default[0], self.merge_every or default[1]
 
     @property
+    def resolved_pad_to_multiple(self) -> int:
+        """Batch lengths are rounded up to this multiple: the setting, else :data:`PAD_TO_MULTIPLE`'s."""
+        return self.pad_to_multiple or PAD_TO_MULTIPLE.get(self.backbone, 1)
+
+    @property
     def resolved_value_encoding(self) -> str:
         return self.value_encoding or RECIPE_VALUE_ENCODING.get(self.recipe, "categorical")
 
@@ -217,7 +232,7 @@ def loader_workers(cpus: int | None, gpus: int = 1) -> int:
 
 
 def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
-    common = dict(seed=config.seed, rank=rank, pack=config.pack)
+    common = dict(seed=config.seed, rank=rank, pack=config.pack, pad_to_multiple=config.resolved_pad_to_multiple)
     if config.recipe == "scmamba2":
         return MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
                                    **common)
