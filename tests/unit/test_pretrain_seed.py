@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import _pretrain_toy as toy
+from cellmamba.errors import InputError
 from cellmamba.train.checkpoint import list_checkpoints
 from cellmamba.train.pretrain import PretrainConfig, run_pretraining
 
@@ -160,3 +161,42 @@ def test_packed_pretraining_follows_the_padded_run(tmp_path, inputs):
                     gene_stats=inputs["gene_stats"], device="cpu")
     worker = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "worker" / "metrics.csv"))]
     assert worker == pytest.approx(losses[True], rel=1e-6)
+
+
+def test_token_budget_pretraining_takes_its_steps_in_passes(tmp_path, inputs):
+    """models.<recipe>.max_tokens_per_pass through run_pretraining: every step's batch_size cells in
+    passes within the budget (2 cells of <= 12 tokens here), the same number of cells per step as
+    the unsplit run, the same run with a loader worker, and a first loss (initial weights) equal to
+    the unsplit run's up to the weighting of the passes by cells."""
+    import csv
+
+    from cellmamba.train import data_collate
+
+    base = toy.settings("genemamba")
+    passes = []
+    real = data_collate.TokenBudget.__call__
+
+    def spy(self, items):
+        out = real(self, items)
+        passes.append([int(p["input_ids"].numel()) for p in out])
+        return out
+
+    rows = {}
+    for name, extra in (("whole", {}), ("budget", {"max_tokens_per_pass": 24})):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(data_collate.TokenBudget, "__call__", spy)
+            state = run_pretraining(inputs["genemamba"], tmp_path / name, config=PretrainConfig(**base, **extra),
+                                    gene_stats=inputs["gene_stats"], device="cpu")
+        rows[name] = list(csv.DictReader(open(tmp_path / name / "metrics.csv")))
+        assert state.samples == base["max_steps"] * base["batch_size"]
+    assert len(passes) == base["max_steps"] and all(len(p) >= 2 and max(p) <= 24 for p in passes)
+    assert float(rows["budget"][0]["loss"]) == pytest.approx(float(rows["whole"][0]["loss"]), rel=0.05)
+    run_pretraining(inputs["genemamba"], tmp_path / "worker",
+                    config=PretrainConfig(**base, max_tokens_per_pass=24, num_workers=1),
+                    gene_stats=inputs["gene_stats"], device="cpu")
+    worker = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "worker" / "metrics.csv"))]
+    assert worker == pytest.approx([float(r["loss"]) for r in rows["budget"]], rel=1e-6)
+    with pytest.raises(InputError, match="max_tokens_per_pass.*context_length"):
+        PretrainConfig(**{**base, "max_tokens_per_pass": 8})
+    with pytest.raises(InputError, match="micro_batch_size.*max_tokens_per_pass"):
+        PretrainConfig.from_workflow({"micro_batch_size": 2, "max_tokens_per_pass": 4096}, {}, name="genemamba")

@@ -542,3 +542,38 @@ def test_packed_batches_give_the_padded_loss_and_gradient(binned, rank, recipe, 
         assert (g1 is None) == (g0 is None)
         if g1 is not None:
             torch.testing.assert_close(g1, g0, rtol=1e-7, atol=1e-10)
+
+
+def test_token_budget_passes_hand_computed():
+    """Longest first; a pass grows while (cells + 1) x its padded length stays within the budget."""
+    from cellmamba.train.data_collate import TokenBudget
+
+    plain = TokenBudget(MaskedGeneCollator(), 20)
+    assert plain.passes([10, 3, 8, 2, 5]) == [[0, 2], [4, 1, 3]]  # 2 x 10 = 20; then 3 x 5 = 15
+    rounded = TokenBudget(MaskedGeneCollator(pad_to_multiple=4), 20)
+    assert rounded.passes([10, 3, 8, 2, 5]) == [[0], [2, 4], [1, 3]]  # 12 alone; 2 x 8 = 16; 2 x 4 = 8
+    assert plain.passes([30, 4]) == [[0], [1]]  # a cell over the budget has a pass of its own
+    with pytest.raises(InputError, match="max_tokens"):
+        TokenBudget(MaskedGeneCollator(), 0)
+
+
+def test_token_budget_passes_are_the_collators_batches_of_their_cells(rank):
+    """Each pass is the wrapped collator's batch of its cells, within the budget, and every cell's
+    masks are the ones it gets in the whole batch (per-cell generators)."""
+    from cellmamba.train.data_collate import TokenBudget
+
+    path, _, _ = rank
+    ds = TokenDataset(path)
+    items = [ds[g] for g in range(len(ds))]
+    collator = MaskedGeneCollator(MaskedGeneCollateConfig(mask_ratio=0.25), seed=2)
+    whole = collator(items)
+    longest = max(len(it["tokens"]) for it in items)
+    passes = TokenBudget(collator, longest * 2)(items)
+    assert len(passes) > 1 and sorted(torch.cat([p["cell_index"] for p in passes]).tolist()) == list(range(len(ds)))
+    for p in passes:
+        assert p["input_ids"].numel() <= longest * 2 and set(p) == set(whole)
+        for b, cell in enumerate(p["cell_index"].tolist()):
+            n = int(p["attention_mask"][b].sum())
+            row = whole["cell_index"].tolist().index(cell)
+            assert torch.equal(p["labels"][b, :n], whole["labels"][row, :n])
+            assert torch.equal(p["input_ids"][b, :n], whole["input_ids"][row, :n])

@@ -88,6 +88,33 @@ def test_grad_accumulation_equals_one_big_batch():
     assert opt_a.param_groups[0]["lr"] == pytest.approx(lr_at(2, config))
 
 
+def test_unequal_passes_weigh_their_cells_like_one_batch():
+    """Passes of 3 and 5 cells (a token budget's) make the step of the 8-cell batch: each pass's
+    mean loss counts for its share of the cells (equal weights would give 3-cell rows 5/3 the weight)."""
+    config = TrainConfig(lr=0.05, warmup_steps=0, max_steps=10, grad_clip=0.0, batch_size=8, eps=1.0)
+    runs = []
+    for split in ([3, 5], [8], [4, 4]):
+        torch.manual_seed(0)
+        model = ToyModel(dropout=0.0)
+        opt = build_optimizer(model, config)
+        starts = [sum(split[:i]) for i in range(len(split))]
+        out = train_step(model, toy_objective, [_batches(k, s) for k, s in zip(split, starts)], optimizer=opt,
+                         config=config, step=0)
+        runs.append((out, [p.detach().clone() for p in model.parameters()]))
+    (uneven, w_uneven), (whole, w_whole), _ = runs
+    assert uneven["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert uneven["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+    for a, b in zip(w_uneven, w_whole):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # equal weights would not: the 3-cell pass's mean counted as much as the 5-cell pass's
+    torch.manual_seed(0)
+    model = ToyModel(dropout=0.0)
+    with torch.no_grad():
+        means = [float(toy_objective(model, _batches(k, s))[0]) for k, s in ((3, 0), (5, 3))]
+    assert uneven["loss"] == pytest.approx((3 * means[0] + 5 * means[1]) / 8, rel=1e-6)
+    assert abs((means[0] + means[1]) / 2 - uneven["loss"]) > 1e-4
+
+
 def test_train_step_changes_parameters_and_sets_lr():
     torch.manual_seed(0)
     model = ToyModel()

@@ -14,7 +14,7 @@ from .checkpoint import capture_rng, restore_rng
 if TYPE_CHECKING:
     from .loop import TrainState
 
-__all__ = ["BatchStream", "batch_counts", "rank_rng", "to_device"]
+__all__ = ["BatchStream", "batch_counts", "batch_rows", "rank_rng", "to_device", "micro_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,28 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
+def batch_rows(batch: Mapping[str, Any]) -> int:
+    """The rows (cells) of a batch, from shapes alone (no read of the device): the leading
+    dimension of input_ids, else of attention_mask, else of the first tensor with one; 0 if none."""
+    mask = batch.get("attention_mask")
+    first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim >= 1), None)
+    lead = next((v for v in (batch.get("input_ids"), mask) if torch.is_tensor(v) and v.ndim >= 1), first)
+    return int(lead.shape[0]) if lead is not None else 0
+
+
+def micro_batches(items: list) -> list[Mapping[str, Any]]:
+    """The micro-batches of one optimizer step from what the loader gave: a batch dict, or a list
+    of them (the passes of :class:`~cellmamba.train.data_collate.TokenBudget`), per item."""
+    return [b for item in items for b in (item if isinstance(item, list) else [item])]
+
+
 def batch_counts(batch: Mapping[str, Any]) -> tuple[int, int]:
     """(rows, tokens) of a batch: rows (cells) = the leading dimension of input_ids, else of
     attention_mask, else of the first tensor with one (0 when the batch holds no tensor); tokens =
     attention_mask.sum() when present, else the numel of input_ids (or of the first 2-d tensor)."""
-    rows, tokens = 0, 0
+    rows, tokens = batch_rows(batch), 0
     mask = batch.get("attention_mask")
     first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim >= 1), None)
-    lead = next((v for v in (batch.get("input_ids"), mask) if torch.is_tensor(v) and v.ndim >= 1), first)
-    if lead is not None:
-        rows = int(lead.shape[0])
     if torch.is_tensor(mask):
         tokens = int(mask.sum())
     elif torch.is_tensor(batch.get("input_ids")):

@@ -33,7 +33,7 @@ from ..tokenize.patch import to_patches
 from ..vocab import MASK_ID, N_SPECIAL, PAD_ID
 
 __all__ = ["MaskedValueCollateConfig", "MaskedGeneCollateConfig", "MaskedValueCollator", "MaskedGeneCollator",
-           "NextTokenCollator", "PatchCollator", "mask_count", "IGNORE_INDEX", "HIDDEN_VALUE"]
+           "NextTokenCollator", "PatchCollator", "TokenBudget", "mask_count", "IGNORE_INDEX", "HIDDEN_VALUE"]
 
 IGNORE_INDEX = -100   # labels value ignored by the loss (torch cross_entropy's default)
 HIDDEN_VALUE = -1     # ``values`` at value_mask positions: never a valid bin, so a model that
@@ -400,3 +400,58 @@ class PatchCollator(_Collator):
             attn[b, :x.shape[0]] = True
         return {"values": torch.from_numpy(values), "attention_mask": torch.from_numpy(attn),
                 **self._provenance(items)}
+
+
+class TokenBudget:
+    """A token collator's batch in passes of at most ``max_tokens`` padded tokens: one optimizer
+    step's cells, as many per forward / backward pass as the GPU holds whatever their length.
+
+    A fixed number of cells per pass must be set for the longest cells, which leaves passes of
+    ordinary cells too small to keep the GPU busy: at paper depth, passes of 2 cells of ~2,000
+    tokens ran ~10x below 32 at once (benchmarks/README.md "End to end"). Here the cells are
+    taken longest first and a pass grows while (cells + 1) x its padded length (rounded up to the
+    collator's ``pad_to_multiple``) stays within ``max_tokens``; a cell longer than the budget
+    has a pass of its own. Each pass is the wrapped collator's batch, so every cell's masks and
+    zeros are what they would be in any other batch (the collators' per-cell generators).
+
+    Returns (of a call): a list of the collator's batch dicts; the training loop accumulates
+    them into one optimizer step, weighted by their cells (:func:`cellmamba.train.loop.train_step`).
+    ``set_epoch``, ``output_lengths``, ``rank``, ``seed`` and ``pad_to_multiple`` are the collator's.
+    """
+
+    def __init__(self, collator, max_tokens: int):
+        _check_int("TokenBudget", "max_tokens", max_tokens, low=1)
+        if isinstance(collator, (TokenBudget, PatchCollator)):
+            raise InputError(f"TokenBudget: wraps a token collator, got {type(collator).__name__}")
+        self.collator, self.max_tokens = collator, int(max_tokens)
+
+    rank = property(lambda self: self.collator.rank)
+    seed = property(lambda self: self.collator.seed)
+    pad_to_multiple = property(lambda self: self.collator.pad_to_multiple)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.collator.set_epoch(epoch)
+
+    def output_lengths(self, lengths: np.ndarray) -> np.ndarray:
+        f = getattr(self.collator, "output_lengths", None)
+        return f(lengths) if f is not None else np.asarray(lengths, dtype=np.int64)
+
+    def passes(self, lengths) -> list[list[int]]:
+        """The positions of each pass's cells (longest first), for cells of these row lengths."""
+        lengths = self.output_lengths(np.asarray(lengths, dtype=np.int64))
+        m = self.pad_to_multiple
+        out: list[list[int]] = []
+        padded = 0  # the current pass's padded length: its first (longest) cell's, rounded up
+        for i in np.argsort(-lengths, kind="stable").tolist():
+            if out and (len(out[-1]) + 1) * padded <= self.max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+                padded = max(1, -(-int(lengths[i]) // m) * m)
+        return out
+
+    def __call__(self, items) -> list[dict]:
+        if len(items) == 0:
+            raise InputError("TokenBudget: got an empty batch")
+        lengths = [np.asarray(it["tokens"]).shape[0] for it in items]
+        return [self.collator([items[i] for i in p]) for p in self.passes(lengths)]

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .._util import seed_all
 from ..errors import CellmambaError, CorruptFileError, InputError
 from ..io import atomic_path
-from .batches import BatchStream, batch_counts, rank_rng, to_device
+from .batches import BatchStream, batch_counts, batch_rows, micro_batches, rank_rng, to_device
 from .best import BestWeights
 from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model, latest_good_checkpoint,
                          load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
@@ -115,9 +115,10 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     Sets the learning rate to ``lr_at(step, config)`` and, for an objective with a ``set_step``
     method (a schedule inside the objective, e.g. the adversarial reversal weight), calls
     ``objective.set_step(step, config.max_steps)``: the schedule follows the optimizer step, so a
-    resumed run continues it where it stopped. Each micro-batch's loss is divided by the
-    number of micro-batches before backward (so k micro-batches of b rows equal one batch of k*b
-    rows for a mean loss); under DDP gradients are synchronised on the last micro-batch only;
+    resumed run continues it where it stopped. Each micro-batch's loss is weighted by its share of
+    the step's cells before backward (1 / k for k equal micro-batches, so k micro-batches of b rows
+    equal one batch of k*b rows for a per-cell mean loss; the passes of a token budget hold
+    different numbers of cells); under DDP gradients are synchronised on the last micro-batch only;
     then the gradient norm is clipped to ``config.grad_clip`` and AdamW steps. A non-finite
     gradient norm skips the update (logged as a warning). With a fused AdamW
     (:func:`~cellmamba.train.schedule.build_optimizer`) the skip is decided on the device (the
@@ -148,7 +149,7 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     Returns
     -------
     dict
-        ``loss`` and objective metrics (means over micro-batches, this rank), ``lr``, ``grad_norm``
+        ``loss`` and objective metrics (means over micro-batches weighted by their cells, this rank), ``lr``, ``grad_norm``
         (global, before clipping), ``grad_norm_lr_x<scale>`` (that of each scaled group, before
         clipping; only where there is one), ``skipped`` (1.0 if the update was skipped).
     """
@@ -165,6 +166,9 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     model.train()
     ddp = _find_ddp(model)
     n = len(batches)
+    # each micro-batch weighs as many cells as it holds (equal micro-batches: 1 / n each)
+    rows = [batch_rows(b) for b in batches]
+    shares = [sum(rows) / r for r in rows] if all(rows) else [float(n)] * n
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     metric_sums: dict[str, torch.Tensor | float] = {}  # tensors on the device: read once, with the gradient norm
     for i, batch in enumerate(batches):
@@ -173,10 +177,10 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
         with (contextlib.nullcontext() if sync else ddp.no_sync()):
             with autocast(device, precision):
                 loss, metrics = _call_objective(objective, model, batch)
-            (loss / n).backward()
-        loss_sum += loss.detach().to(torch.float64)
+            (loss / shares[i]).backward()
+        loss_sum += loss.detach().to(torch.float64) / shares[i]
         for k, v in metrics.items():
-            _add_metric(metric_sums, k, v, device)
+            _add_metric(metric_sums, k, v, device, 1.0 / shares[i])
     max_norm = config.grad_clip if config.grad_clip else math.inf
     norms = {scale: torch.nn.utils.clip_grad_norm_(params, max_norm).detach().to(device=device, dtype=torch.float64)
              for scale, params in clip_sets(optimizer).items()}
@@ -193,9 +197,9 @@ def train_step(model: nn.Module, objective: Objective, batches: list[Mapping[str
     elif not bool(not_finite):  # the update waits for the host's decision: one read
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"loss": loss_sum / n, "lr": lr, "grad_norm": grad_norm, "skipped": not_finite.to(torch.float64),
+    out = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "skipped": not_finite.to(torch.float64),
            **{f"grad_norm_lr_x{scale:g}": norm for scale, norm in norms.items() if scale != 1.0}}
-    out.update({k: v / n for k, v in metric_sums.items() if k not in out})
+    out.update({k: v for k, v in metric_sums.items() if k not in out})
     if not read:
         return out
     read_values(out)
@@ -293,7 +297,7 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
                 if max_batches is not None and i >= max_batches:
                     break
                 batch = to_device(batch, device)
-                cells = batch_counts(batch)[0]
+                cells = batch_rows(batch)  # from the shape: no read of the device
                 with autocast(device, prec):
                     loss, metrics = _call_objective(objective, model, batch)
                 _add_metric(sums, "loss", loss, device, cells)
@@ -527,7 +531,8 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
 
     try:
         while state.step < config.max_steps:
-            batches = [stream.next() for _ in range(config.grad_accum)]
+            # grad_accum loader items, each a batch or a list of passes (data_collate.TokenBudget)
+            batches = micro_batches([stream.next() for _ in range(config.grad_accum)])
             counts = [batch_counts(b) for b in batches]
             # no read from the device here: the step's values are summed there and read once per log row
             result = train_step(wrapped, objective, batches, optimizer=optimizer, config=config, step=state.step,

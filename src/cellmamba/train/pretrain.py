@@ -28,6 +28,7 @@ from ..vocab import N_SPECIAL, Vocabulary
 from .checkpoint import list_checkpoints
 from .data import (DataConfig, MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
                    MaskedValueCollator, NextTokenCollator, TokenDataset, build_dataloader)
+from .data_collate import TokenBudget
 from .config import TrainConfig, check_optim
 from .loop import train
 from .objectives import build_objective
@@ -99,12 +100,22 @@ class PretrainConfig:
     recompute: bool = False             # Mamba2 on CUDA: recompute activations in the backward pass (long contexts)
     pack: bool = False                  # several cells per row, no computation on padding (models.packing; not Mamba1)
     pad_to_multiple: int | None = None  # batch lengths rounded up to a multiple; None = the backbone's (PAD_TO_MULTIPLE)
+    max_tokens_per_pass: int | None = None  # a step's cells in passes of at most this many padded tokens (data_collate.TokenBudget)
 
     def __post_init__(self):
         check_optim(self)
         if self.pad_to_multiple is not None and (isinstance(self.pad_to_multiple, bool)
                                                  or not isinstance(self.pad_to_multiple, int) or self.pad_to_multiple < 1):
             raise InputError(f"PretrainConfig: pad_to_multiple must be an integer >= 1 or null, got {self.pad_to_multiple!r}")
+        budget = self.max_tokens_per_pass
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < self.context_length:
+                raise InputError(f"PretrainConfig: max_tokens_per_pass must be null or an integer >= context_length "
+                                 f"({self.context_length}, so that a whole cell fits in a pass), got {budget!r}")
+            if self.grad_accum != 1:
+                raise InputError(f"PretrainConfig: max_tokens_per_pass ({budget}) sizes the passes of a step itself; "
+                                 f"grad_accum must be 1 (got {self.grad_accum}), and models.<recipe>.micro_batch_size "
+                                 "null")
         if self.recipe not in RECIPE_TOKENIZER:
             raise InputError(f"PretrainConfig: recipe must be one of {sorted(RECIPE_TOKENIZER)}, got {self.recipe!r}")
         if self.backbone == "transformer" and self.recipe == "genemamba" and self.lm != "masked_gene":
@@ -143,6 +154,9 @@ class PretrainConfig:
                 for key in keys:
                     pretrain.pop(key, None)
         micro = model.pop("micro_batch_size", None)
+        if micro is not None and model.get("max_tokens_per_pass") is not None:
+            raise InputError(f"config: models.{recipe}.micro_batch_size ({micro}) and max_tokens_per_pass "
+                             f"({model['max_tokens_per_pass']}) both size the passes of a step; set one, the other null")
         if micro is not None:  # the same cells per optimizer step, in micro-batches that fit the GPU
             batch, accum = pretrain.get("batch_size", cls.batch_size), pretrain.get("grad_accum", cls.grad_accum)
             if not isinstance(micro, int) or micro < 1 or batch % micro:
@@ -358,9 +372,12 @@ def run_pretraining(corpus: str | os.PathLike, out_dir: str | os.PathLike, *, co
     n_bins = int(manifest.get("settings", {}).get("n_bins", 51))
     model = build_pretrain_model(config, n_genes=dataset.n_genes, n_bins=n_bins)
     objective = _objective(config, vocabulary=vocabulary, gene_sets=gene_sets)
+    collator = _collator(config, n_genes=dataset.n_genes, rank=rank)
+    if config.max_tokens_per_pass is not None:  # a step's batch_size cells in passes that fit the budget
+        collator = TokenBudget(collator, config.max_tokens_per_pass)
     # page-locked batches on a GPU: their host-to-device copies run asynchronously (to_device)
     pin = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-    loader = build_dataloader(dataset, _collator(config, n_genes=dataset.n_genes, rank=rank),
+    loader = build_dataloader(dataset, collator,
                               DataConfig(max_len=config.context_length, batch_size=config.batch_size,
                                          seed=config.seed, num_workers=config.num_workers, pin_memory=pin),
                               rank=rank, world_size=world_size)
