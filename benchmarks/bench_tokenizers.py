@@ -3,7 +3,7 @@
 Corpora (written under ``--work``, git-ignored):
 
 - ``qc_20k.h5ad``: the peers' corpus (``$PEERS_DATA/gf_in/cells.h5ad``, made by
-  /work/shared/bench/peers/setup.sh: 20,000 cells x 20,000 genes, negative-binomial, ~1,950
+  ../shared/bench/peers/setup.sh: 20,000 cells x 20,000 genes, negative-binomial, ~1,950
   non-zeros per cell) rewritten in the QC shard layout (obs dataset_id, varm measured, uns);
   gene_stats from the peers' Geneformer median dictionary (the medians Geneformer gets).
 - ``qc_<N>.h5ad``: ``--big-cells`` cells (default 100,000) from the same generator
@@ -13,7 +13,7 @@ Each of our tokenizers runs in a fresh subprocess under ``taskset -c 0`` with on
 (OMP / NUMBA / MKL), after a warm-up on a tiny file (loads the numba cache); the timed part is
 :func:`cellmamba.tokenize.tokenize_h5ad` end to end (read h5ad, tokenize, write + checksum the
 shard). Peak memory is the child's ``VmHWM``. With ``--peers`` the peer tokenizers run through
-/work/shared/bench/peers/run.sh on the 20k corpus in the same session (needs PEERS_VENV and
+../shared/bench/peers/run.sh on the 20k corpus in the same session (needs PEERS_VENV and
 PEERS_DATA), and ratios ours / peer are recorded.
 
     PEERS_VENV=$PWD/.peers-venv PEERS_DATA=$PWD/peers-data \\
@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PEERS = Path("/work/shared/bench/peers")
+#: the peers' benchmark folder: ../shared/bench/peers beside the checkout, or $PEERS_DIR, or --peers-dir
+PEERS = Path(os.environ.get("PEERS_DIR", REPO.parent / "shared" / "bench" / "peers"))
 N_GENES = 20_000
 
 _CHILD = r"""
@@ -152,11 +153,14 @@ def run_ours(op: str, corpus: Path, files: dict, work: Path, repeats: int, chunk
     return res
 
 
-def run_peer(op: str) -> dict:
+def run_peer(op: str, peers_dir: Path = PEERS) -> dict:
     venv = os.environ.get("PEERS_VENV", str(REPO / ".peers-venv"))
     env = {**os.environ, "PATH": f"{venv}/bin:{os.environ['PATH']}", "VIRTUAL_ENV": venv,
            "PEERS_DATA": os.environ.get("PEERS_DATA", str(REPO / "peers-data"))}
-    out = subprocess.run(["bash", str(PEERS / "run.sh"), op], env=env, capture_output=True, text=True).stdout
+    if not (peers_dir / "run.sh").is_file():
+        raise FileNotFoundError(f"{peers_dir / 'run.sh'}: the peers' benchmark is not there; pass --peers-dir "
+                                "(or PEERS_DIR) with the folder that holds setup.sh and run.sh")
+    out = subprocess.run(["bash", str(peers_dir / "run.sh"), op], env=env, capture_output=True, text=True).stdout
     line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"peer {op} gave no RESULT:\n{out[-2000:]}")
@@ -188,6 +192,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk-cells", type=int, default=4096)
     p.add_argument("--peers", action="store_true", help="also time the peers on the 20k corpus (run.sh)")
+    p.add_argument("--peers-dir", type=Path, default=PEERS,
+                   help="the peers' benchmark folder (setup.sh, run.sh); default ../shared/bench/peers beside the checkout")
     p.add_argument("--reuse-peers", action="store_true",
                    help="take the peer rows (and ratios) from the existing --out file instead of rerunning them")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tokenizers.csv")
@@ -204,7 +210,7 @@ def main(argv=None) -> None:
     peers = {}
     if a.peers:
         for op in ("gf_helical", "scgpt_prep_bin", "scgpt_tok_1200"):
-            peers[op] = run_peer(op)
+            peers[op] = run_peer(op, a.peers_dir)
             print(op, peers[op], flush=True)
             rows.append({"op": {"gf_helical": "rank", "scgpt_prep_bin": "binned",
                                 "scgpt_tok_1200": "binned"}[op], "tool": op, "n_cells": peers[op]["n_cells"],
