@@ -15,6 +15,8 @@ rule baseline_annotation:
         settings=baseline_settings,
     log:
         "logs/baseline_annotation/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/baseline_annotation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -58,6 +60,8 @@ rule baseline_perturbation:
         seed=seed_param,
     log:
         "logs/baseline_perturbation/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/baseline_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -78,6 +82,8 @@ rule baseline_multiomics:
         settings=EVAL["multiomics"]["pca_cca"],
     log:
         "logs/baseline_multiomics/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/baseline_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:

@@ -14,6 +14,8 @@ rule build_demo_census:
         census_version=config["census"]["census_version"],
     log:
         "logs/build_demo_census/build_demo_census.log",
+    benchmark:
+        "logs/build_demo_census/build_demo_census.benchmark.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -31,6 +33,8 @@ rule census_plan:
         census=census_params(),
     log:
         "logs/census_plan/census_plan.log",
+    benchmark:
+        "logs/census_plan/census_plan.benchmark.tsv"
     resources:
         mem_mb=32000,
         runtime=120,

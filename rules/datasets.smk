@@ -13,6 +13,8 @@ rule download_dataset:
         lock_file=EVAL["lock_file"],
     log:
         "logs/download_dataset/{dataset}/{name}.log",
+    benchmark:
+        "logs/download_dataset/{dataset}/{name}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -31,6 +33,8 @@ rule prepare_dataset:
         lock_file=EVAL["lock_file"],
     log:
         "logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "logs/prepare_dataset/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -48,6 +52,8 @@ rule perturbation_split:
         settings=perturbation_split_settings,
     log:
         "logs/perturbation_split/{dataset}.log",
+    benchmark:
+        "logs/perturbation_split/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:

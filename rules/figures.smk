@@ -16,6 +16,8 @@ rule plot_metric_bars:
         task="|".join(FIGURE_TASKS),
     log:
         "logs/plot_metric_bars/{task}.log",
+    benchmark:
+        "logs/plot_metric_bars/{task}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -40,6 +42,8 @@ rule plot_umaps:
         variant="protocol|all_genes|paired",
     log:
         "logs/plot_umaps/{task}_{dataset}_{variant}.log",
+    benchmark:
+        "logs/plot_umaps/{task}_{dataset}_{variant}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -59,6 +63,8 @@ rule plot_perturbation_scatter:
         n_conditions=4,
     log:
         "logs/plot_perturbation_scatter/{dataset}.log",
+    benchmark:
+        "logs/plot_perturbation_scatter/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -79,6 +85,8 @@ rule plot_confusion:
         simulated=figure_simulated,
     log:
         "logs/plot_confusion/{dataset}.log",
+    benchmark:
+        "logs/plot_confusion/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -95,6 +103,8 @@ rule plot_loss_curves:
         pdf=f"{FIGURES}/pretrain_loss.pdf",
     log:
         "logs/plot_loss_curves.log",
+    benchmark:
+        "logs/plot_loss_curves.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -115,6 +125,8 @@ rule plot_throughput:
         tasks_pdf=f"{FIGURES}/gpu_tasks.pdf",
     log:
         "logs/plot_throughput.log",
+    benchmark:
+        "logs/plot_throughput.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -132,6 +144,8 @@ rule table_report:
         task="|".join(FIGURE_TASKS),
     log:
         "logs/table_report/{task}.log",
+    benchmark:
+        "logs/table_report/{task}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:

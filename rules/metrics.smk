@@ -17,6 +17,8 @@ rule score_annotation:
         extra=score_extra,
     log:
         "logs/score_annotation/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/score_annotation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -58,6 +60,8 @@ rule annotation_table:
         title="Cell-type annotation (query split)",
     log:
         "logs/annotation_table.log",
+    benchmark:
+        "logs/annotation_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -76,6 +80,8 @@ rule integration_table:
         title="Batch integration (scib, all cells)",
     log:
         "logs/integration_table.log",
+    benchmark:
+        "logs/integration_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -100,6 +106,8 @@ rule score_perturbation:
         extra=score_extra,
     log:
         "logs/score_perturbation/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/score_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -120,6 +128,8 @@ rule score_multiomics:
         extra=score_extra,
     log:
         "logs/score_multiomics/{dataset}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/score_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -139,6 +149,8 @@ rule perturbation_table:
         title="Perturbation prediction (GEARS simulation split, test conditions)",
     log:
         "logs/perturbation_table.log",
+    benchmark:
+        "logs/perturbation_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:
@@ -157,6 +169,8 @@ rule multiomics_table:
         title="Multi-omics integration (paired modalities, all cells)",
     log:
         "logs/multiomics_table.log",
+    benchmark:
+        "logs/multiomics_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
     script:

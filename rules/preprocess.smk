@@ -11,6 +11,8 @@ rule qc:
         qc=config["qc"],
     log:
         "logs/qc/{shard}.log",
+    benchmark:
+        "logs/qc/{shard}.benchmark.tsv"
     resources:
         mem_mb=16000,
         runtime=60,

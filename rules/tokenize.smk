@@ -11,6 +11,8 @@ rule gene_positions:
         positions=GENE_POSITIONS_GENCODE48,
     log:
         "logs/gene_positions.log",
+    benchmark:
+        "logs/gene_positions.benchmark.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -48,6 +50,8 @@ rule token_manifest:
         corpus_config=corpus_config,
     log:
         "logs/token_manifest/{tokenizer}.log",
+    benchmark:
+        "logs/token_manifest/{tokenizer}.benchmark.tsv"
     conda:
         "../envs/data.yaml"
     script:

@@ -151,6 +151,24 @@ def _conda_specs(path: Path) -> dict[str, str]:
     return specs
 
 
+def test_every_rule_that_runs_something_writes_a_benchmark_beside_its_log():
+    """Snakemake's ``benchmark:`` (wall time, peak memory, CPU) for every job, at its log's path
+    with ``.benchmark.tsv``: a user's own run gives the cost table's inputs (issue 26)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    with SnakemakeApi() as api:
+        wf = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
+                          snakefile=REPO / "Snakefile", workdir=REPO)
+        rules = [r for r in wf._workflow.rules if r.output]
+        missing = [r.name for r in rules if not r.benchmark]
+        assert not missing, f"rules without benchmark: {missing}"
+        for r in rules:
+            (log,) = [str(x) for x in r.log]
+            assert str(r.benchmark) == log.removesuffix(".log") + ".benchmark.tsv", (r.name, str(r.benchmark), log)
+    assert len(rules) >= 30
+
+
 def test_every_rule_has_a_parsing_conda_env():
     """Every rule (except named targets) names a conda env file that exists, parses and is pinned."""
     from rattler import MatchSpec
