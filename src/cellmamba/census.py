@@ -444,7 +444,7 @@ def download_shard(config: CensusConfig, plan_path: str | os.PathLike, shard_ind
     """
     import anndata as ad
     import h5py
-    from tqdm.auto import tqdm
+    from .runlog import progress as _bar
 
     plan, meta = read_plan(plan_path, shard_index=shard_index)
     _check_plan_matches(meta, config, plan_path)
@@ -519,7 +519,7 @@ def download_shard(config: CensusConfig, plan_path: str | os.PathLike, shard_ind
                 # index over that many chunks makes memory grow with the shard
                 ad.io.write_elem(fh, "X", empty, dataset_kwargs={"chunks": (_H5_CHUNK,)})
                 x_disk = ad.io.sparse_dataset(fh["X"])
-                bar = tqdm(total=len(joinids), unit="cell", desc=f"census shard {shard_index}",
+                bar = _bar(total=len(joinids), unit="cell", desc=f"census shard {shard_index}",
                            mininterval=5.0, disable=None)
                 for sl in _iter_chunks(len(joinids), config.chunk_cells):
                     chunk = _chunk_csr(x_raw, joinids[sl], len(var), config.source)

@@ -10,14 +10,20 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["setup_logging", "provenance"]
+__all__ = ["setup_logging", "provenance", "progress"]
+
+#: seconds between two progress lines when stderr is not a terminal (a Slurm output file, a rule
+#: log): a bar there is a line of its own every so often, not a stream of carriage returns
+LOG_PROGRESS_INTERVAL = 30.0
 
 _PACKAGES = ("cellmamba", "numpy", "scipy", "pandas", "anndata", "scanpy", "numba", "torch",
              "tiledbsoma", "cellxgene-census", "mamba-ssm", "snakemake")
 
 
 def setup_logging(log_path: str | Path | None = None, *, level: int = logging.INFO) -> logging.Logger:
-    """Send the root logger (and warnings) to ``log_path`` and to stderr, one format for all jobs."""
+    """Send the root logger (and warnings) to ``log_path`` and to stderr, one format for all jobs;
+    an uncaught exception is logged with its traceback (so a failed job's rule log holds the
+    error, not only the Slurm output) before Python's own report of it."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +31,54 @@ def setup_logging(log_path: str | Path | None = None, *, level: int = logging.IN
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    if log_path is not None and not getattr(sys.excepthook, "_cellmamba", False):
+        sys.excepthook = _log_uncaught(sys.excepthook, handlers[-1])
     return logging.getLogger("cellmamba")
+
+
+def _log_uncaught(previous, file_handler: logging.Handler):
+    """An excepthook writing the traceback to the log file (stderr gets Python's own report)."""
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            record = logging.LogRecord("cellmamba", logging.CRITICAL, "", 0, "the job failed: %s: %s",
+                                       (kind.__name__, value), (kind, value, tb))
+            file_handler.handle(record)
+            file_handler.flush()
+        previous(kind, value, tb)
+    hook._cellmamba = True
+    return hook
+
+
+class _LogLines:
+    """A file for tqdm that logs each rendered bar as one INFO line (carriage returns dropped)."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger, self.last = logger, None
+
+    def write(self, text: str) -> int:
+        for line in text.replace("\r", "\n").split("\n"):
+            line = line.strip()
+            if line and line != self.last:
+                self.logger.info(line)
+                self.last = line
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def progress(iterable=None, **kwargs):
+    """``tqdm(iterable, **kwargs)`` for jobs: on a terminal the live bar; elsewhere (a Slurm
+    output file, a rule log) the bar goes to the ``cellmamba.progress`` logger as a line at most
+    every :data:`LOG_PROGRESS_INTERVAL` seconds (and at the end), so the rule log shows it readably."""
+    from tqdm.auto import tqdm
+
+    if kwargs.get("disable") or sys.stderr.isatty():
+        return tqdm(iterable, **kwargs)
+    kwargs.pop("dynamic_ncols", None)
+    kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.0), LOG_PROGRESS_INTERVAL)
+    kwargs.setdefault("maxinterval", max(kwargs["mininterval"], 10.0))
+    return tqdm(iterable, file=_LogLines(logging.getLogger("cellmamba.progress")), ascii=True, ncols=100, **kwargs)
 
 
 def _git_revision() -> str | None:

@@ -147,14 +147,14 @@ def verify_file(path: str | os.PathLike, *, sha256: str | None, lock_file: str |
 # --------------------------------------------------------------------------- download
 def _download(url: str, tmp: Path, *, dest: Path) -> str:
     """Stream ``url`` into ``tmp`` with a progress bar; return the sha256 of what was written."""
-    from tqdm.auto import tqdm
+    from ..runlog import progress as _bar
 
     request = urllib.request.Request(url, headers={"User-Agent": "cellmamba (dataset download)"})
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(request, timeout=120) as response, open(tmp, "wb") as out:
             total = response.headers.get("Content-Length")
-            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name,
+            with _bar(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name,
                       mininterval=2.0) as bar:
                 while block := response.read(_CHUNK):
                     out.write(block)

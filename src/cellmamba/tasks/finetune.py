@@ -353,7 +353,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     embeddings : float32 (n_cells, d_model)
     logits : float32 (n_cells, n_classes), or None unless ``classifier``
     """
-    from tqdm.auto import tqdm
+    from ..runlog import progress as _bar
 
     from ..train.precision import autocast, resolve_precision
 
@@ -362,7 +362,7 @@ def embed_cells(model: CellModel, data: TokenCells, collator, *, pooling: str, b
     precision = resolve_precision("auto", device)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collator)
     embs, logits = [], []
-    for batch in tqdm(loader, desc="embed", disable=not progress, dynamic_ncols=True):
+    for batch in _bar(loader, desc="embed", disable=not progress, dynamic_ncols=True):
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = _model_forward(model, batch)

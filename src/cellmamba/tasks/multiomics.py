@@ -433,7 +433,7 @@ def embed_modalities(model: TwoTowerModel, data: Mapping[str, ModalityData], *, 
     -------
     dict modality -> float32 (n_cells, d_out), rows in the data's cell order, unit norm.
     """
-    from tqdm.auto import tqdm
+    from ..runlog import progress as _bar
 
     from ..train.precision import autocast, resolve_precision
 
@@ -442,7 +442,7 @@ def embed_modalities(model: TwoTowerModel, data: Mapping[str, ModalityData], *, 
     precision = resolve_precision(precision, device)
     n = next(iter(data.values())).matrix.shape[0]
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    for start in tqdm(range(0, n, batch_size), desc="embed", disable=not progress, dynamic_ncols=True):
+    for start in _bar(range(0, n, batch_size), desc="embed", disable=not progress, dynamic_ncols=True):
         rows = np.arange(start, min(start + batch_size, n))
         batch = {k: v.to(device) for k, v in _batch(data, rows).items()}
         with autocast(device, precision):

@@ -288,7 +288,7 @@ def predict_conditions(model: PerturbationModel, ctrl_values, conditions: Sequen
     the predictions over each condition's pool. ``df.attrs["unflagged"]``: condition -> genes
     not in the gene set (they carry no flag; see :func:`condition_flags`).
     """
-    from tqdm.auto import tqdm
+    from ..runlog import progress as _bar
 
     from ..train.precision import autocast, resolve_precision
 
@@ -314,7 +314,7 @@ def predict_conditions(model: PerturbationModel, ctrl_values, conditions: Sequen
     ids = torch.from_numpy(gene_ids).to(device)
     sums = torch.zeros(len(conditions), n_genes, dtype=torch.float64, device=device)
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="predict", disable=not progress, dynamic_ncols=True):
+    for start in _bar(starts, desc="predict", disable=not progress, dynamic_ncols=True):
         r, o = rows[start:start + batch_size], owner[start:start + batch_size]
         values = torch.from_numpy(_dense_rows(ctrl, r)).to(device)
         f = torch.from_numpy(flags[o].astype(np.int64)).to(device)

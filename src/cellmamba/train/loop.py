@@ -485,9 +485,9 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
                        rank_rng(ckpt.rng, env.rank, "now"))
     # From here on nothing may draw random numbers outside the steps (determinism after resume).
 
-    from tqdm.auto import tqdm
+    from ..runlog import progress as _bar
 
-    bar = tqdm(total=config.max_steps, initial=state.step, disable=not (env.is_main and config.progress),
+    bar = _bar(total=config.max_steps, initial=state.step, disable=not (env.is_main and config.progress),
                desc="train", dynamic_ncols=True)
     log.info("training %s for %d steps (from step %d) on %s, %s, %d rank(s), global batch %d",
              type(raw).__name__, config.max_steps, state.step, device, precision, env.world_size,
