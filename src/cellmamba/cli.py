@@ -3,7 +3,7 @@
     cellmamba pretrain --corpus results/tokens/binned/manifest.json --out results/pretrain/scmamba2 \
         --config '{"recipe": "scmamba2", ...}' [--gene-stats ...] [--gene-sets a.gmt b.gmt] [--log FILE]
     cellmamba embed --checkpoint results/pretrain/scmamba2/model [--vocabulary gene_stats.tsv] \
-        [--key K] [--batch-size N] [--device D] in.h5ad out.h5ad
+        [--key K] [--layer L] [--batch-size N] [--device D] in.h5ad out.h5ad
     cellmamba tokenize --checkpoint DIR [--vocabulary gene_stats.tsv] [--max-len N] in.h5ad out.npz
     cellmamba info [--json] DIR
 
@@ -102,8 +102,8 @@ def _embed(args) -> int:
     setup_logging(None)
     key = args.key or obsm_embedding(model_recipe(args.checkpoint))
     adata = read_h5ad_checked(args.input)
-    emb = embed(adata, args.checkpoint, vocabulary=args.vocabulary, key=key, batch_size=args.batch_size,
-                device=args.device, max_len=args.max_len)
+    emb = embed(adata, args.checkpoint, vocabulary=args.vocabulary, key_added=key, layer=args.layer,
+                batch_size=args.batch_size, device=args.device, max_len=args.max_len)
     write_h5ad_atomic(adata, args.output)
     record = adata.uns[UNS]["embeddings"][key]
     print(f"{args.output}: obsm[{key!r}] float32 {emb.shape[0]} x {emb.shape[1]} ({record['recipe']}, "
@@ -182,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="write cell embeddings into obsm['X_cellmamba_<recipe>']")
     model_args(p)
     p.add_argument("--key", default=None, help="obsm key (default X_cellmamba_<recipe>)")
+    p.add_argument("--layer", default=None, help="read raw counts from this layer instead of X")
     p.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("input", help="input .h5ad")

@@ -253,22 +253,32 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
     return tokens, kind
 
 
-def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike | None = None,
-          key: str | None = None, max_len: int | None = None, batch_size: int = 64, pooling: str = "auto",
-          device=None, backend: str = "auto", progress: bool = True) -> np.ndarray:
-    """Embed every cell of ``adata`` with a pretrained model.
+def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None, layer: str | None = None,
+          copy: bool = False, vocabulary: str | os.PathLike | None = None, key: str | None = None,
+          max_len: int | None = None, batch_size: int = 64, pooling: str = "auto", device=None,
+          backend: str = "auto", progress: bool = True):
+    """Embed every cell of ``adata`` with a pretrained model (scanpy's tool conventions:
+    ``key_added``, ``layer``, ``copy``).
 
     Parameters
     ----------
     adata
-        AnnData (n_cells, n_genes); see :func:`tokenize_for_model` for what X must hold.
+        AnnData (n_cells, n_genes); see :func:`tokenize_for_model` for what X must hold. Genes by
+        Ensembl id or symbol: var ``gene_id`` / ``gene_name``, CELLxGENE's ``feature_id`` /
+        ``feature_name``, or the var names.
     checkpoint
         A model directory (``results/pretrain/<model>/model``).
+    key_added
+        obsm key; default ``X_cellmamba_<recipe>`` (:func:`cellmamba.keys.obsm_embedding`).
+    layer
+        Read raw counts from ``adata.layers[layer]`` instead of X (non-negative integers).
+    copy
+        Embed a copy of ``adata`` and return it; ``adata`` is left as it is.
     vocabulary
         Gene table in token order (gene_stats.tsv of the pretraining corpus) when the model
         directory has no vocabulary.tsv.
     key
-        obsm key; default ``X_cellmamba_<recipe>`` (:func:`cellmamba.keys.obsm_embedding`).
+        The earlier name of ``key_added`` (either, not both).
     max_len
         Tokens per cell (binned: CLS included); default the model's training context
         (:func:`training_context`; an error when the directory does not say it).
@@ -288,9 +298,11 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
 
     Returns
     -------
-    float32 (n_cells, d_model), also written to ``adata.obsm[key]``; what was done is recorded
-    in ``adata.uns["cellmamba"]["embeddings"][key]`` (checkpoint, recipe, pooling, tokenizer,
-    max_len, max_len_from, value_source, x_kind, n_genes_used, n_genes_unmapped, vocabulary, device).
+    With ``copy``: the embedded copy (an AnnData). Otherwise the float32 (n_cells, d_model)
+    embedding, also written to ``adata.obsm[key_added]`` (scanpy's tools return None there; the
+    array is returned for scripts that use it). What was done is recorded in
+    ``uns["cellmamba"]["embeddings"][key_added]`` (checkpoint, recipe, pooling, tokenizer, max_len,
+    max_len_from, value_source, x_kind, layer, n_genes_used, n_genes_unmapped, vocabulary, device).
     """
     from ._version import __version__
     from .models import CellModel
@@ -299,10 +311,14 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
 
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if key is not None and key_added is not None and key != key_added:
+        raise InputError(f"embed: key={key!r} and key_added={key_added!r}; pass key_added only")
     checkpoint = Path(checkpoint)
     config = _config(checkpoint)
     recipe = model_recipe(config)
-    key = key or obsm_embedding(recipe)
+    key = key_added or key or obsm_embedding(recipe)
+    if copy:
+        adata = adata.copy()
     if pooling not in ("auto", "cls", "mean", "last"):
         raise InputError(f"pooling must be 'auto', 'cls', 'mean' or 'last', got {pooling!r}")
     settings = read_inference_settings(checkpoint, config=config)
@@ -312,7 +328,9 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     uns = adata.uns.get(UNS, {})
     if not isinstance(uns, dict):
         raise InputError(f"adata.uns['{UNS}'] is a {type(uns).__name__}; expected a dict")
-    tokens, kind = tokenize_for_model(adata, checkpoint, vocabulary=vocabulary, max_len=max_len)
+    tokens, kind = tokenize_for_model(_from_layer(adata, layer) if layer is not None else adata, checkpoint,
+                                      vocabulary=vocabulary, max_len=max_len,
+                                      source=f"adata.layers[{layer!r}]" if layer is not None else "adata")
     model = CellModel.from_pretrained(checkpoint, backend=backend)
     device = pick_device(device)
     emb, _ = embed_cells(model, TokenCells(tokens), collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=0),
@@ -320,14 +338,27 @@ def embed(adata, checkpoint: str | os.PathLike, *, vocabulary: str | os.PathLike
     adata.obsm[key] = emb
     record = {"checkpoint": str(checkpoint.resolve()), "recipe": recipe, "pooling": pooling,
               "tokenizer": tokens.tokenizer, "max_len": tokens.max_len, "max_len_from": tokens.max_len_from,
-              "value_source": tokens.value_source,
-              "x_kind": kind, "n_genes_used": tokens.n_genes_used, "n_genes_unmapped": tokens.n_genes_unmapped,
+              "value_source": tokens.value_source, "x_kind": kind, "layer": layer if layer is not None else "X",
+              "n_genes_used": tokens.n_genes_used, "n_genes_unmapped": tokens.n_genes_unmapped,
               "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None
               else str((checkpoint / VOCABULARY_NAME).resolve()),
               "device": str(device), "cellmamba_version": __version__}
     adata.uns.setdefault(UNS, {}).setdefault("embeddings", {})[key] = record
     log.info("embedded %d cells with %s (%s, %s pooling) into obsm[%r]", emb.shape[0], checkpoint, recipe, pooling, key)
-    return emb
+    return adata if copy else emb
+
+
+def _from_layer(adata, layer: str):
+    """A light AnnData whose X is ``adata.layers[layer]`` read as raw counts (var shared)."""
+    import anndata as ad
+
+    if layer not in adata.layers:
+        raise InputError(f"embed: layer {layer!r} is not in adata.layers (it has {sorted(adata.layers)})")
+    X = adata.layers[layer]
+    if not _is_integer_valued(X):
+        raise InputError(f"embed: adata.layers[{layer!r}] does not hold raw counts (non-negative integers); "
+                         "pass the layer of counts, or layer=None to read X")
+    return ad.AnnData(X=X, var=adata.var, uns={UNS: {UNS_X_KIND: "counts"}})
 
 
 def checkpoint_info(checkpoint: str | os.PathLike) -> dict:

@@ -168,8 +168,13 @@ def read_profiles(path: str | os.PathLike):
             a.obs.copy(), dict(a.uns.get(UNS, {})))
 
 
-#: obsm key prefix of a paired embedding: obsm["emb_<modality>"]
-PAIRED_PREFIX = "emb_"
+#: obsm key prefix of the paired embeddings written before the scverse-style keys (still read)
+LEGACY_PAIRED_PREFIX = "emb_"
+
+
+def paired_key(method: str, modality: str) -> str:
+    """The obsm key of one modality's embedding by ``method``: ``X_<method>_<modality>``."""
+    return f"X_{method}_{modality}"
 
 
 def write_paired_embedding(obs, embeddings, path: str | os.PathLike, *, info: dict | None = None) -> None:
@@ -182,8 +187,10 @@ def write_paired_embedding(obs, embeddings, path: str | os.PathLike, *, info: di
     embeddings
         Mapping modality -> (n_cells, n_dims) array, exactly two, in order (first = RNA).
     path
-        Output .h5ad: obsm['emb_<modality>'] float32, uns['cellmamba'] = ``info`` plus
-        ``modalities`` (the order).
+        Output .h5ad: obsm['X_<method>_<modality>'] float32 (:func:`paired_key`),
+        uns['cellmamba'] = ``info`` plus ``modalities`` (the order).
+    info
+        Must name the ``method`` (the obsm keys carry it).
     """
     import anndata as ad
     import numpy as np
@@ -191,7 +198,10 @@ def write_paired_embedding(obs, embeddings, path: str | os.PathLike, *, info: di
     mods = list(embeddings)
     if len(mods) != 2:
         raise InputError(f"{path}: a paired embedding has two modalities, got {mods}")
-    obsm = {f"{PAIRED_PREFIX}{m}": np.asarray(embeddings[m], dtype=np.float32) for m in mods}
+    method = (info or {}).get("method")
+    if not method:
+        raise InputError(f"{path}: a paired embedding needs info['method'] (its obsm keys are X_<method>_<modality>)")
+    obsm = {paired_key(method, m): np.asarray(embeddings[m], dtype=np.float32) for m in mods}
     for key, emb in obsm.items():
         if emb.ndim != 2 or emb.shape[0] != len(obs):
             raise InputError(f"{path}: obsm['{key}'] has shape {emb.shape}; expected ({len(obs)}, n_dims)")
@@ -204,10 +214,14 @@ def read_paired_embedding(path: str | os.PathLike):
     """Inverse of :func:`write_paired_embedding`: (obs, [modality 1, modality 2], x, y)."""
     import numpy as np
 
-    a = read_h5ad_plain(path, "a paired-embedding h5ad (obsm['emb_<modality>'] x 2)")
-    mods = [str(m) for m in a.uns.get(UNS, {}).get("modalities", [])]
-    keys = [f"{PAIRED_PREFIX}{m}" for m in mods]
+    a = read_h5ad_plain(path, "a paired-embedding h5ad (obsm['X_<method>_<modality>'] x 2)")
+    uns = a.uns.get(UNS, {})
+    mods = [str(m) for m in uns.get("modalities", [])]
+    keys = [paired_key(str(uns.get("method")), m) for m in mods]
+    if any(k not in a.obsm for k in keys):  # a file written before the scverse-style keys
+        keys = [f"{LEGACY_PAIRED_PREFIX}{m}" for m in mods]
     if len(mods) != 2 or any(k not in a.obsm for k in keys):
-        raise InputError(f"{path}: expected uns['cellmamba']['modalities'] naming two modalities with "
-                         f"obsm['emb_<modality>']; found modalities {mods}, obsm {list(a.obsm)}")
+        raise InputError(f"{path}: expected uns['cellmamba']['modalities'] naming two modalities and "
+                         f"uns['cellmamba']['method'], with obsm['X_<method>_<modality>']; found modalities {mods}, "
+                         f"method {uns.get('method')!r}, obsm {list(a.obsm)}")
     return a.obs.copy(), mods, np.asarray(a.obsm[keys[0]]), np.asarray(a.obsm[keys[1]])

@@ -419,3 +419,30 @@ def test_a_damaged_inference_json_is_named(trained, tmp_path):
     (model / "inference.json").write_text("{")
     with pytest.raises(cellmamba.errors.CorruptFileError, match=r"inference\.json: not valid JSON"):
         cellmamba.embed(adata, model, progress=False)
+
+
+def test_embed_in_scanpys_style_key_added_layer_copy_and_cellxgene_var(runs):
+    """key_added names the obsm key; copy embeds a copy and returns it (the input untouched); layer
+    reads the counts from a layer (the same embedding as those counts in X); CELLxGENE's var
+    columns feature_id / feature_name map the genes as gene_id / the index do."""
+    adata = make_adata()
+    want = cellmamba.embed(adata.copy(), runs["scmamba2"], batch_size=5, progress=False)
+    out = cellmamba.embed(adata, runs["scmamba2"], key_added="X_mine", copy=True, batch_size=5, progress=False)
+    assert isinstance(out, ad.AnnData) and np.array_equal(out.obsm["X_mine"], want) and not adata.obsm
+    assert out.uns["cellmamba"]["embeddings"]["X_mine"]["layer"] == "X"
+    layered = ad.AnnData(X=sp.csr_matrix(np.log1p(adata.X.toarray())), var=adata.var, obs=adata.obs,
+                         layers={"raw": adata.X.copy()})
+    got = cellmamba.embed(layered, runs["scmamba2"], layer="raw", batch_size=5, progress=False)
+    assert np.array_equal(got, want) and layered.uns["cellmamba"]["embeddings"]["X_cellmamba_scmamba2"]["layer"] == "raw"
+    with pytest.raises(InputError, match=r"layer 'nope' is not in adata.layers"):
+        cellmamba.embed(layered, runs["scmamba2"], layer="nope", progress=False)
+    with pytest.raises(InputError, match=r"layers\['lognorm'\] does not hold raw counts"):
+        cellmamba.embed(ad.AnnData(X=adata.X, var=adata.var, layers={"lognorm": layered.X}), runs["scmamba2"],
+                        layer="lognorm", progress=False)
+    with pytest.raises(InputError, match="key_added only"):
+        cellmamba.embed(adata, runs["scmamba2"], key="a", key_added="b", progress=False)
+    # CELLxGENE's var: feature_id holds the Ensembl ids, the index something else
+    cxg = adata.copy()
+    cxg.var = pd.DataFrame({"feature_id": list(adata.var_names), "feature_name": [f"sym{i}" for i in range(adata.n_vars)]},
+                           index=[str(i) for i in range(adata.n_vars)])
+    assert np.array_equal(cellmamba.embed(cxg, runs["scmamba2"], batch_size=5, progress=False), want)

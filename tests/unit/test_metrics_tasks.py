@@ -93,10 +93,19 @@ def test_paired_embedding_round_trip_and_errors(tmp_path):
     write_paired_embedding(obs, {"rna": x, "atac": y}, tmp_path / "e.h5ad", info={"method": "m"})
     obs2, mods, x2, y2 = read_paired_embedding(tmp_path / "e.h5ad")
     assert mods == ["rna", "atac"] and np.array_equal(x2, x) and np.array_equal(y2, y)
+    import anndata as ad
+
+    assert sorted(ad.read_h5ad(tmp_path / "e.h5ad").obsm) == ["X_m_atac", "X_m_rna"]  # scverse's X_ keys
+    # a file written with the earlier keys (obsm['emb_<modality>']) still reads
+    old = ad.AnnData(obs=obs, obsm={"emb_rna": x, "emb_atac": y}, uns={"cellmamba": {"modalities": ["rna", "atac"]}})
+    old.write_h5ad(tmp_path / "old.h5ad")
+    assert np.array_equal(read_paired_embedding(tmp_path / "old.h5ad")[3], y)
     with pytest.raises(InputError, match="two modalities"):
-        write_paired_embedding(obs, {"rna": x}, tmp_path / "f.h5ad")
+        write_paired_embedding(obs, {"rna": x}, tmp_path / "f.h5ad", info={"method": "m"})
     with pytest.raises(InputError, match="shape"):
-        write_paired_embedding(obs, {"rna": x, "atac": y[:2]}, tmp_path / "f.h5ad")
+        write_paired_embedding(obs, {"rna": x, "atac": y[:2]}, tmp_path / "f.h5ad", info={"method": "m"})
+    with pytest.raises(InputError, match=r"info\['method'\]"):
+        write_paired_embedding(obs, {"rna": x, "atac": y}, tmp_path / "f.h5ad")
 
 
 def _clusters(n_per=40, n_types=3, dim=8, noise=0.05, seed=0):
@@ -119,15 +128,15 @@ def test_score_paired_embedding_file_pairs_and_shuffles(tmp_path):
     x, labels, rng = _clusters()
     y = x + rng.normal(scale=0.01, size=x.shape)
     obs = pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))])
-    write_paired_embedding(obs, {"rna": x, "protein": y}, tmp_path / "good.h5ad")
+    write_paired_embedding(obs, {"rna": x, "protein": y}, tmp_path / "good.h5ad", info={"method": "m"})
     good = score_paired_embedding_file(tmp_path / "good.h5ad")
     assert list(good) == ["foscttm", "omics_mixing_entropy", "nmi", "ari", "label_transfer", "label_transfer_1to2",
                           "label_transfer_2to1"]
     assert good["foscttm"] < 0.05 and good["label_transfer"] == 1.0 and good["ari"] > 0.95
-    write_paired_embedding(obs, {"rna": x, "protein": y[rng.permutation(len(y))]}, tmp_path / "bad.h5ad")
+    write_paired_embedding(obs, {"rna": x, "protein": y[rng.permutation(len(y))]}, tmp_path / "bad.h5ad", info={"method": "m"})
     bad = score_paired_embedding_file(tmp_path / "bad.h5ad")
     assert 0.3 < bad["foscttm"] < 0.7
-    write_paired_embedding(obs[[]], {"rna": x, "protein": y}, tmp_path / "nolabel.h5ad")
+    write_paired_embedding(obs[[]], {"rna": x, "protein": y}, tmp_path / "nolabel.h5ad", info={"method": "m"})
     with pytest.raises(InputError, match="cell_type"):
         score_paired_embedding_file(tmp_path / "nolabel.h5ad")
 

@@ -131,7 +131,7 @@ def test_embedding_umaps_integration_and_paired(tmp_path, monkeypatch):
 
     paired = tmp_path / "mo.h5ad"
     emb = {"rna": rng.normal(size=(n, 4)).astype(np.float32), "atac": rng.normal(size=(n, 4)).astype(np.float32)}
-    write_paired_embedding(obs, emb, paired)
+    write_paired_embedding(obs, emb, paired, info={"method": "scmamba"})
     data = plots.embedding_umaps({"scmamba": paired}, tmp_path / "mo.png")
     _written(tmp_path / "mo.png")
     assert len(data) == 2 * n and "batch" not in data

@@ -250,7 +250,7 @@ def run_multiomics_baseline_files(dataset: str | os.PathLike, embedding: str | o
         Path of the dataset (.h5ad) as written from :func:`cellmamba.datasets.read_bmmc`'s output.
     embedding
         Output .h5ad of :func:`cellmamba.io.write_paired_embedding` (written atomically): the
-        dataset's obs, ``obsm["emb_<modality>"]`` float32 (n_cells, k) for both modalities,
+        dataset's obs, ``obsm["X_<method>_<modality>"]`` float32 (n_cells, k) for both modalities,
         ``uns["cellmamba"]`` = method, seed, settings, canonical correlations, modalities.
     method, seed
         As :func:`run_multiomics_baseline`.

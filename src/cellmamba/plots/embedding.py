@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..keys import OBSM_EMBEDDING
+from ..keys import OBSM_EMBEDDING, UNS
 from .theme import files_by_method, finish_figure, title_color, save_figure, style
 
 __all__ = ["embedding_umaps"]
@@ -37,17 +37,17 @@ def _umap(emb: np.ndarray, seed: int) -> np.ndarray:
 
 def _read_embedding(path: Path) -> tuple[pd.DataFrame, np.ndarray, bool]:
     """(obs, embedding, paired): a paired file's two modalities stacked, obs ``modality`` set."""
-    from ..io import PAIRED_PREFIX, read_h5ad_plain, read_paired_embedding
+    from ..io import read_h5ad_plain, read_paired_embedding
 
-    a = read_h5ad_plain(path, "an embedding h5ad (obsm['X_emb'] or obsm['emb_<modality>'] x 2)")
+    a = read_h5ad_plain(path, "an embedding h5ad (obsm['X_emb'] or obsm['X_<method>_<modality>'] x 2)")
     if OBSM_EMBEDDING in a.obsm:
         return a.obs.copy(), np.asarray(a.obsm[OBSM_EMBEDDING]), False
-    if any(k.startswith(PAIRED_PREFIX) for k in a.obsm):
+    if len(a.uns.get(UNS, {}).get("modalities", [])) == 2:
         obs, mods, x, y = read_paired_embedding(path)
         stacked = pd.concat([obs.assign(modality=m) for m in mods])
         stacked.index = [f"{c}|{m}" for m in mods for c in obs.index]
         return stacked, np.vstack([x, y]), True
-    raise InputError(f"{path}: no obsm['X_emb'] and no obsm['emb_<modality>']; found {list(a.obsm)}")
+    raise InputError(f"{path}: no obsm['X_emb'] and no paired obsm['X_<method>_<modality>']; found {list(a.obsm)}")
 
 
 def embedding_umaps(embedding_files, out: str | os.PathLike, *, color: Sequence[str] = ("cell_type", "batch"),
@@ -59,7 +59,7 @@ def embedding_umaps(embedding_files, out: str | os.PathLike, *, color: Sequence[
     embedding_files
         Mapping method -> embedding h5ad, or a list of ``.../<method>/seed<s>/embedding.h5ad``
         (the first file of each method is drawn). Integration files: obsm['X_emb'] (n_cells, d).
-        Multi-omics files (obsm['emb_<modality>'] x 2): both modalities' embeddings are stacked
+        Multi-omics files (obsm['X_<method>_<modality>'] x 2): both modalities' embeddings are stacked
         (2 n_cells rows) and the colour ``batch`` is replaced by ``modality``.
     out
         Figure path; ``.png`` and ``.pdf`` are written.

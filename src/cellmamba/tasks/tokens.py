@@ -72,19 +72,22 @@ def vocabulary_index(var: pd.DataFrame, vocabulary: pd.DataFrame, *, source: str
     """int64 (n_vars,): each dataset gene's index in ``vocabulary`` (columns feature_id,
     feature_name, in token order), -1 where it has none.
 
-    Ensembl ids (``var["gene_id"]``, or a var index of Ensembl ids; versions ignored) when
-    present, else symbols (``var["gene_name"]``, or the var index), legacy symbols through
-    ``aliases`` (:func:`cellmamba.genes.read_aliases`) when given."""
+    Ensembl ids (``var["gene_id"]``, CELLxGENE's ``var["feature_id"]``, or a var index of Ensembl
+    ids; versions ignored) when present, else symbols (``var["gene_name"]``, CELLxGENE's
+    ``var["feature_name"]``, or the var index), legacy symbols through ``aliases``
+    (:func:`cellmamba.genes.read_aliases`) when given."""
     for key in (VAR_FEATURE_ID, VAR_FEATURE_NAME):
         if key not in vocabulary:
             raise InputError(f"vocabulary table: missing column {key!r} (expected gene_stats.tsv)")
     vocab_ids = pd.Index(_strip_version(vocabulary[VAR_FEATURE_ID]))
-    ids = var[VAR_GENE_ID] if VAR_GENE_ID in var else (var.index if looks_like_ensembl(var.index) else None)
+    id_key = next((k for k in (VAR_GENE_ID, VAR_FEATURE_ID) if k in var), None)
+    ids = var[id_key] if id_key else (var.index if looks_like_ensembl(var.index) else None)
     if ids is not None:
         index = vocab_ids.get_indexer(_strip_version(ids))
         how = "Ensembl id"
     else:
-        symbols = var[VAR_GENE_NAME] if VAR_GENE_NAME in var else var.index
+        name_key = next((k for k in (VAR_GENE_NAME, VAR_FEATURE_NAME) if k in var), None)
+        symbols = var[name_key] if name_key else var.index
         mapping = map_symbols(np.asarray(symbols, dtype=str), vocabulary, aliases=aliases, source=source)
         index = np.where(mapping.mapped, vocab_ids.get_indexer(_strip_version(mapping.feature_ids)), -1)
         how = "symbol"
