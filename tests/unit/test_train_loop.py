@@ -360,3 +360,18 @@ def test_the_loop_reports_skipped_updates_at_its_log_row(tmp_path, caplog):
         rows = list(csv.DictReader(f))
     assert [float(r["skipped"]) for r in rows] == [0.25, 0.0]
     assert math.isfinite(float(rows[1]["loss"]))
+
+
+def test_peak_flops_and_mfu_hand_computed():
+    """Dense bf16 peaks by device name (PCIe before SXM, A100 not taken for an A10), none for fp32
+    or an unknown GPU; MFU = 6 N tokens/s over each GPU's peak."""
+    from cellmamba.train.metrics_log import model_flops_utilisation, peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert peak_flops("NVIDIA H200", "fp16") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12 and peak_flops("NVIDIA A10", "bf16") == 125e12
+    assert peak_flops("NVIDIA H200", "fp32") is None and peak_flops("Some GPU 9000", "bf16") is None
+    # 20.9 M parameters at 0.96 M tokens/s on one H200: 6 x 20.9e6 x 0.96e6 / 989e12 = 12.2%
+    assert model_flops_utilisation(20_900_000, 960_000, 989e12) == pytest.approx(0.12172, rel=1e-4)
+    assert model_flops_utilisation(20_900_000, 2 * 960_000, 989e12, world_size=2) == pytest.approx(0.12172, rel=1e-4)

@@ -10,7 +10,9 @@ module either way).
 
 Outputs in ``out_dir``: ``checkpoints/step_XXXXXXXX/`` (:mod:`cellmamba.train.checkpoint`),
 ``metrics.csv`` (step, epoch, loss, lr, grad_norm, tokens_per_s, samples, tokens, objective
-metrics), ``eval_metrics.csv``, ``model/`` (final weights, or with ``keep_best`` those of the
+metrics; on a GPU also peak_gib, the peak memory since the previous row, and mfu, 6 x parameters x
+tokens/s over the GPU's dense bf16 / fp16 peak: :func:`~cellmamba.train.metrics_log.peak_flops`),
+``eval_metrics.csv``, ``model/`` (final weights, or with ``keep_best`` those of the
 evaluation with the lowest loss, + config.json), ``best/`` (``keep_best``: those weights, kept
 across a resume), ``provenance.json``, ``loss_curve.png`` (if matplotlib is installed) and
 ``tensorboard/`` (if tensorboard is).
@@ -50,7 +52,7 @@ from .checkpoint import (Checkpoint, capture_rng, checkpoint_name, export_model,
 from .config import TrainConfig
 from .distributed import (DistEnv, all_gather_tensors, all_reduce_mean, barrier, broadcast_int,
                           destroy_distributed, init_distributed, unwrap, wrap_ddp)
-from .metrics_log import MetricsCSV, plot_loss_curve, tensorboard_writer
+from .metrics_log import MetricsCSV, model_flops_utilisation, peak_flops, plot_loss_curve, tensorboard_writer
 from .precision import PRECISIONS, autocast, resolve_precision
 from .schedule import build_optimizer, lr_at, set_lr
 
@@ -494,6 +496,11 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
              config.batch_size * config.grad_accum * env.world_size)
 
     window: dict[str, torch.Tensor | float] = {}  # sums since the last log row; tensors on the device
+    # on a GPU each row also gives the peak memory since the previous row and a lower bound of the MFU
+    n_params = sum(p.numel() for p in raw.parameters())
+    peak = peak_flops(torch.cuda.get_device_name(device), precision) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     last_eval = -1
     window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
 
@@ -561,6 +568,11 @@ def _train(model, objective, data, config: TrainConfig, *, out_dir: Path, eval_d
                        "tokens_per_s": reduced[-1] * env.world_size / elapsed,
                        "samples": state.samples, "tokens": state.tokens}
                 row.update({k: reduced[i] for i, k in enumerate(keys) if k not in row})
+                if device.type == "cuda":
+                    row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30  # this rank's
+                    torch.cuda.reset_peak_memory_stats(device)
+                    if peak is not None:
+                        row["mfu"] = model_flops_utilisation(n_params, row["tokens_per_s"], peak, env.world_size)
                 state.last_metrics = row
                 if env.is_main:
                     metrics_csv.write(row)

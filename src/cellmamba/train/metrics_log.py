@@ -9,7 +9,28 @@ from pathlib import Path
 
 from ..io import atomic_path
 
-__all__ = ["MetricsCSV", "tensorboard_writer", "plot_loss_curve"]
+__all__ = ["MetricsCSV", "tensorboard_writer", "plot_loss_curve", "peak_flops", "model_flops_utilisation"]
+
+#: dense bf16 / fp16 tensor-core peaks (FLOP/s, datasheets), by a substring of the CUDA device name;
+#: the first match wins (PCIe before the SXM default of the same chip)
+PEAK_FLOPS_16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("H800", 989e12),
+                 ("GH200", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12),
+                 ("A10G", 70e12), ("A10", 125e12), ("L4", 121e12), ("A6000", 155e12))
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """The device's dense tensor-core peak for ``precision`` ("bf16" / "fp16"), or None (another
+    precision, or a device not in :data:`PEAK_FLOPS_16`)."""
+    if precision not in ("bf16", "fp16"):
+        return None
+    return next((peak for key, peak in PEAK_FLOPS_16 if key in device_name), None)
+
+
+def model_flops_utilisation(n_params: int, tokens_per_s: float, peak: float, world_size: int = 1) -> float:
+    """6 x parameters x tokens/s (forward + backward of the matrix products) over each GPU's peak,
+    ``tokens_per_s`` being all ranks' together. A lower bound for both model kinds: a Mamba scan's
+    and an attention's own FLOPs are not counted."""
+    return 6.0 * n_params * tokens_per_s / (peak * max(world_size, 1))
 
 log = logging.getLogger(__name__)
 
