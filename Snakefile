@@ -26,9 +26,21 @@ report: "report/workflow.rst"
 
 
 localrules:
-    all, corpus, pretrained, download_dataset, annotation_table, integration_table, perturbation_table,
-    multiomics_table, plot_metric_bars, plot_umaps, plot_perturbation_scatter, plot_confusion, plot_loss_curves,
-    plot_throughput, table_report,
+    all,
+    corpus,
+    pretrained,
+    download_dataset,
+    annotation_table,
+    integration_table,
+    perturbation_table,
+    multiomics_table,
+    plot_metric_bars,
+    plot_umaps,
+    plot_perturbation_scatter,
+    plot_confusion,
+    plot_loss_curves,
+    plot_throughput,
+    table_report,
 
 
 rule all:

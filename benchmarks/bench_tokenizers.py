@@ -148,7 +148,7 @@ def run_ours(op: str, corpus: Path, files: dict, work: Path, repeats: int, chunk
         args["positions"] = str(files["positions"])
     cmd = ["taskset", "-c", "0", sys.executable, "-c", _CHILD, json.dumps(args)]
     out = subprocess.run(cmd, env=_pinned_env(), capture_output=True, text=True, check=True).stdout
-    res = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+    res = json.loads(next(s for s in out.splitlines() if s.startswith("RESULT "))[7:])
     res["cells_per_s"] = res["n_cells"] / statistics.median(res["times_s"])
     return res
 
@@ -161,7 +161,7 @@ def run_peer(op: str, peers_dir: Path = PEERS) -> dict:
         raise FileNotFoundError(f"{peers_dir / 'run.sh'}: the peers' benchmark is not there; pass --peers-dir "
                                 "(or PEERS_DIR) with the folder that holds setup.sh and run.sh")
     out = subprocess.run(["bash", str(peers_dir / "run.sh"), op], env=env, capture_output=True, text=True).stdout
-    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+    line = next((s for s in out.splitlines() if s.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"peer {op} gave no RESULT:\n{out[-2000:]}")
     res = json.loads(line[7:])

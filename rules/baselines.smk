@@ -7,18 +7,18 @@ rule baseline_annotation:
         dataset="results/datasets/{dataset}.h5ad",
     output:
         predictions="results/annotation/{dataset}/{method}/seed{seed}/predictions.csv",
-    wildcard_constraints:
-        method="|".join(ANNOTATION_BASELINES),
-    params:
-        method="{method}",
-        seed=seed_param,
-        settings=baseline_settings,
     log:
         "logs/baseline_annotation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/baseline_annotation/{dataset}/{method}/seed{seed}.benchmark.tsv"
+    wildcard_constraints:
+        method="|".join(ANNOTATION_BASELINES),
     conda:
         "../envs/eval.yaml"
+    params:
+        method="{method}",
+        seed=seed_param,
+        settings=baseline_settings,
     script:
         "../workflow_scripts/baseline_annotation.py"
 
@@ -29,19 +29,19 @@ rule baseline_integration:
         dataset="results/datasets/{dataset}.h5ad",
     output:
         embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
+    log:
+        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.log",
+    benchmark:
+        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.benchmark.tsv"
     wildcard_constraints:
         method="|".join(INTEGRATION_BASELINES),
+    conda:
+        "../envs/eval.yaml"
     params:
         method="{method}",
         seed=seed_param,
         settings=baseline_settings,
         genes=gene_protocol,
-    log:
-        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.log",
-    benchmark:
-        "logs/baseline_integration/{dataset}/{variant}/{method}/seed{seed}.benchmark.tsv"
-    conda:
-        "../envs/eval.yaml"
     script:
         "../workflow_scripts/baseline_integration.py"
 
@@ -53,17 +53,17 @@ rule baseline_perturbation:
         unpack(perturbation_inputs),
     output:
         predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
-    wildcard_constraints:
-        method="|".join(PERTURBATION_BASELINES),
-    params:
-        method="{method}",
-        seed=seed_param,
     log:
         "logs/baseline_perturbation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/baseline_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
+    wildcard_constraints:
+        method="|".join(PERTURBATION_BASELINES),
     conda:
         "../envs/eval.yaml"
+    params:
+        method="{method}",
+        seed=seed_param,
     script:
         "../workflow_scripts/baseline_perturbation.py"
 
@@ -74,17 +74,17 @@ rule baseline_multiomics:
         dataset="results/datasets/{dataset}.h5ad",
     output:
         embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
-    wildcard_constraints:
-        method="|".join(MULTIOMICS_BASELINES),
-    params:
-        method="{method}",
-        seed=seed_param,
-        settings=EVAL["multiomics"]["pca_cca"],
     log:
         "logs/baseline_multiomics/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/baseline_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
+    wildcard_constraints:
+        method="|".join(MULTIOMICS_BASELINES),
     conda:
         "../envs/eval.yaml"
+    params:
+        method="{method}",
+        seed=seed_param,
+        settings=EVAL["multiomics"]["pca_cca"],
     script:
         "../workflow_scripts/baseline_multiomics.py"

@@ -10,14 +10,14 @@ rule build_demo_census:
         id2name=RESOURCES["id2name"],
     output:
         store=directory(config["census"]["uri"] or "results/demo/census_soma"),
-    params:
-        census_version=config["census"]["census_version"],
     log:
         "logs/build_demo_census/build_demo_census.log",
     benchmark:
         "logs/build_demo_census/build_demo_census.benchmark.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        census_version=config["census"]["census_version"],
     script:
         "../workflow_scripts/build_demo_census.py"
 
@@ -29,17 +29,17 @@ rule census_plan:
     output:
         plan="results/census/plan.parquet",
         genes="results/census/genes.tsv",
-    params:
-        census=census_params(),
     log:
         "logs/census_plan/census_plan.log",
     benchmark:
         "logs/census_plan/census_plan.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=32000,
         runtime=120,
-    conda:
-        "../envs/data.yaml"
+    params:
+        census=census_params(),
     script:
         "../workflow_scripts/census_plan.py"
 
@@ -51,16 +51,16 @@ rule census_download:
         store=census_store(),
     output:
         shard="results/census/shards/{shard}.h5ad",
-    params:
-        census=census_params(),
     log:
         "logs/census_download/{shard}.log",
     benchmark:
         "logs/census_download/{shard}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../envs/data.yaml"
+    params:
+        census=census_params(),
     script:
         "../workflow_scripts/census_download.py"

@@ -2,7 +2,6 @@
 import yaml
 from snakemake.utils import validate
 
-
 validate(config, "../config/schema.yaml")
 
 #: the tokens each recipe reads (cellmamba.train.pretrain.RECIPE_TOKENIZER; scmamba: genomic patches);
@@ -10,8 +9,10 @@ validate(config, "../config/schema.yaml")
 RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned", "scmamba": "patch"}
 for _name, _model in config["models"].items():
     if _model.get("tokenizer", RECIPE_TOKENIZER[_name]) != RECIPE_TOKENIZER[_name]:
-        raise ValueError(f"config: models.{_name}.tokenizer is {_model['tokenizer']!r}, but the {_name} recipe reads "
-                         f"{RECIPE_TOKENIZER[_name]!r} tokens; set it to {RECIPE_TOKENIZER[_name]!r} or leave it out")
+        raise ValueError(
+            f"config: models.{_name}.tokenizer is {_model['tokenizer']!r}, but the {_name} recipe reads "
+            f"{RECIPE_TOKENIZER[_name]!r} tokens; set it to {RECIPE_TOKENIZER[_name]!r} or leave it out"
+        )
 
 SHARDS = [str(i) for i in range(config["census"]["n_shards"])]
 TOKENIZERS = list(config["tokenize"]["tokenizers"])
@@ -42,7 +43,9 @@ def census_store():
     """The local SOMA store the census rules read, as an input list ([] for the public Census)."""
     if config["demo_census"]["build"]:
         if not config["census"]["uri"]:
-            raise ValueError("config: demo_census.build is true but census.uri is null; give the path to build the store at")
+            raise ValueError(
+                "config: demo_census.build is true but census.uri is null; give the path to build the store at"
+            )
         return [config["census"]["uri"]]
     return []
 
@@ -51,8 +54,10 @@ def census_params():
     """The params the census rules pass to cellmamba.census.CensusConfig.from_workflow: the census
     sub-tree and every registry dataset's census_exclusion (config/datasets.yaml), which it adds
     to the config's own exclusions, so evaluation cells never reach pretraining."""
-    return {"census": dict(config["census"]),
-            "exclusions": {name: entry.get("census_exclusion") for name, entry in REGISTRY["datasets"].items()}}
+    return {
+        "census": dict(config["census"]),
+        "exclusions": {name: entry.get("census_exclusion") for name, entry in REGISTRY["datasets"].items()},
+    }
 
 
 def qc_shards():
@@ -94,8 +99,13 @@ def token_shards(wildcards):
 def corpus_config(wildcards):
     """The resolved config sub-trees that determine a token corpus (recorded in its manifest)."""
     keys = ("census", "qc", "gene_stats")
-    return {**{k: config[k] for k in keys}, "tokenize": {"chunk_cells": config["tokenize"]["chunk_cells"],
-                                                         wildcards.tokenizer: config["tokenize"][wildcards.tokenizer]}}
+    return {
+        **{k: config[k] for k in keys},
+        "tokenize": {
+            "chunk_cells": config["tokenize"]["chunk_cells"],
+            wildcards.tokenizer: config["tokenize"][wildcards.tokenizer],
+        },
+    }
 
 
 def token_manifests():
@@ -139,8 +149,10 @@ def pretrain_settings(wildcards):
     m = config["models"][recipe]
     micro = m.get("micro_batch_size")
     if micro is not None and p["batch_size"] % micro:  # fails the DAG, not the job
-        raise ValueError(f"config: models.{recipe}.micro_batch_size ({micro}) must divide pretrain.batch_size "
-                         f"({p['batch_size']})")
+        raise ValueError(
+            f"config: models.{recipe}.micro_batch_size ({micro}) must divide pretrain.batch_size "
+            f"({p['batch_size']})"
+        )
     return {"model": dict(m), "pretrain": {**p, "backend": run_backend(p)}, "name": wildcards.model}
 
 

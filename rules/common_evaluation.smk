@@ -25,14 +25,24 @@ def dataset_entry(name):
     if name in EVAL["user_datasets"]:
         user = EVAL["user_datasets"][name]
         if user["task"] == "integration" and not user.get("batch_key"):
-            raise ValueError(f"config: evaluation.user_datasets.{name}.batch_key is not set; the integration task "
-                             "needs the obs column with each cell's batch")
-        return {"task": user["task"], "reader": "user_h5ad", "files": {"h5ad": {"path": user["path"]}},
-                "keys": {k: user.get(k) for k in ("label_key", "batch_key", "split_key")},
-                "x_kind": user.get("x_kind", "counts"), "protocol": {}, "simulated": False}
+            raise ValueError(
+                f"config: evaluation.user_datasets.{name}.batch_key is not set; the integration task "
+                "needs the obs column with each cell's batch"
+            )
+        return {
+            "task": user["task"],
+            "reader": "user_h5ad",
+            "files": {"h5ad": {"path": user["path"]}},
+            "keys": {k: user.get(k) for k in ("label_key", "batch_key", "split_key")},
+            "x_kind": user.get("x_kind", "counts"),
+            "protocol": {},
+            "simulated": False,
+        }
     if name not in REGISTRY["datasets"]:
-        raise ValueError(f"config: dataset {name!r} is neither in {EVAL['registry']} nor in evaluation.user_datasets "
-                         f"(registry: {sorted(REGISTRY['datasets'])})")
+        raise ValueError(
+            f"config: dataset {name!r} is neither in {EVAL['registry']} nor in evaluation.user_datasets "
+            f"(registry: {sorted(REGISTRY['datasets'])})"
+        )
     return REGISTRY["datasets"][name]
 
 
@@ -40,7 +50,9 @@ def task_datasets(task):
     names = list(EVAL[task]["datasets"]) + [n for n, u in EVAL["user_datasets"].items() if u["task"] == task]
     for name in names:
         if dataset_entry(name)["task"] != task:
-            raise ValueError(f"config: evaluation.{task}.datasets lists {name!r}, a {dataset_entry(name)['task']} dataset")
+            raise ValueError(
+                f"config: evaluation.{task}.datasets lists {name!r}, a {dataset_entry(name)['task']} dataset"
+            )
     return names
 
 
@@ -99,9 +111,12 @@ def pretrained_of(method):
 
 
 def finetune_inputs(wildcards):
-    return {"dataset": f"results/datasets/{wildcards.dataset}.h5ad",
-            "model": f"results/pretrain/{pretrained_of(wildcards.method)}/model",
-            "vocabulary": "results/qc/gene_stats.tsv", "aliases": RESOURCES["aliases"]}
+    return {
+        "dataset": f"results/datasets/{wildcards.dataset}.h5ad",
+        "model": f"results/pretrain/{pretrained_of(wildcards.method)}/model",
+        "vocabulary": "results/qc/gene_stats.tsv",
+        "aliases": RESOURCES["aliases"],
+    }
 
 
 def gene_overlap_settings():
@@ -114,6 +129,7 @@ def finetune_settings(task):
         finetune = EVAL[task]["finetune"]
         init = "scratch" if wildcards.method.endswith(SCRATCH) else "pretrained"
         return {**finetune, "seed": int(wildcards.seed), "backend": run_backend(finetune), "init": init}
+
     return settings
 
 
@@ -127,11 +143,13 @@ def baseline_settings(wildcards):
 def score_train(task):
     """Named input of a score rule: the run's train/ directory (its run.json holds the parameter
     counts the tables print) for pretrained models and towers; nothing for baselines."""
+
     def inputs(wildcards):
         if wildcards.method not in FINETUNE_METHODS + MULTIOMICS_METHODS:
             return {}
         variant = f"{wildcards.variant}/" if hasattr(wildcards, "variant") else ""
         return {"train": f"results/{task}/{wildcards.dataset}/{variant}{wildcards.method}/seed{wildcards.seed}/train"}
+
     return inputs
 
 
@@ -143,43 +161,66 @@ def score_extra(wildcards):
 
 def annotation_runs():
     methods = list(EVAL["annotation"]["baselines"]) + finetuned_methods()
-    return expand("results/annotation/{dataset}/{method}/seed{seed}/metrics.csv",
-                  dataset=task_datasets("annotation"), method=methods, seed=EVAL["seeds"])
+    return expand(
+        "results/annotation/{dataset}/{method}/seed{seed}/metrics.csv",
+        dataset=task_datasets("annotation"),
+        method=methods,
+        seed=EVAL["seeds"],
+    )
 
 
 def integration_runs():
     methods = list(EVAL["integration"]["baselines"]) + finetuned_methods()
-    return [f"results/integration/{d}/{v}/{m}/seed{s}/metrics.csv" for d in task_datasets("integration")
-            for v in variants(d) for m in methods for s in EVAL["seeds"]]
+    return [
+        f"results/integration/{d}/{v}/{m}/seed{s}/metrics.csv"
+        for d in task_datasets("integration")
+        for v in variants(d)
+        for m in methods
+        for s in EVAL["seeds"]
+    ]
 
 
 def perturbation_split_settings(wildcards):
     """GEARS simulation-split settings of a perturbation dataset's protocol (defaults: GEARS')."""
     protocol = dataset_entry(wildcards.dataset).get("protocol") or {}
-    return {"seed": protocol.get("split_seed", 1),
-            "train_gene_set_size": protocol.get("train_gene_set_size", 0.75),
-            "combo_seen2_train_frac": protocol.get("combo_seen2_train_frac", 0.75),
-            "reverse_genes": EVAL["perturbation"]["reverse_genes"]}
+    return {
+        "seed": protocol.get("split_seed", 1),
+        "train_gene_set_size": protocol.get("train_gene_set_size", 0.75),
+        "combo_seen2_train_frac": protocol.get("combo_seen2_train_frac", 0.75),
+        "reverse_genes": EVAL["perturbation"]["reverse_genes"],
+    }
 
 
 def perturbation_inputs(wildcards):
-    return {"dataset": f"results/datasets/{wildcards.dataset}.h5ad",
-            "split": f"results/perturbation/{wildcards.dataset}/split.json"}
+    return {
+        "dataset": f"results/datasets/{wildcards.dataset}.h5ad",
+        "split": f"results/perturbation/{wildcards.dataset}/split.json",
+    }
 
 
 def perturbation_runs():
     methods = list(EVAL["perturbation"]["baselines"]) + finetuned_methods()
-    return expand("results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
-                  dataset=task_datasets("perturbation"), method=methods, seed=EVAL["seeds"])
+    return expand(
+        "results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
+        dataset=task_datasets("perturbation"),
+        method=methods,
+        seed=EVAL["seeds"],
+    )
 
 
 def multiomics_settings(wildcards):
     """cellmamba.tasks.multiomics.MultiomicsConfig of one run: the scmamba model size, the
     method's backbone, the patch size of the tokenizer config and evaluation.multiomics.train."""
     m = config["models"]["scmamba"]
-    settings = {**EVAL["multiomics"]["train"], "arch": MULTIOMICS_ARCH[wildcards.method], "d_model": m["d_model"],
-                "n_layers": m["n_layers"], "patch_size": config["tokenize"]["patch"]["patch_size"],
-                "seed": int(wildcards.seed), "backend": run_backend(EVAL["multiomics"]["train"])}
+    settings = {
+        **EVAL["multiomics"]["train"],
+        "arch": MULTIOMICS_ARCH[wildcards.method],
+        "d_model": m["d_model"],
+        "n_layers": m["n_layers"],
+        "patch_size": config["tokenize"]["patch"]["patch_size"],
+        "seed": int(wildcards.seed),
+        "backend": run_backend(EVAL["multiomics"]["train"]),
+    }
     for key in ("d_state", "merge", "merge_every"):  # null: MultiomicsConfig's default
         if m.get(key) is not None:
             settings[key] = m[key]
@@ -188,8 +229,12 @@ def multiomics_settings(wildcards):
 
 def multiomics_runs():
     methods = list(EVAL["multiomics"]["baselines"]) + list(EVAL["multiomics"]["methods"])
-    return expand("results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",
-                  dataset=task_datasets("multiomics"), method=methods, seed=EVAL["seeds"])
+    return expand(
+        "results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",
+        dataset=task_datasets("multiomics"),
+        method=methods,
+        seed=EVAL["seeds"],
+    )
 
 
 def tables():

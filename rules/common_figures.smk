@@ -40,8 +40,12 @@ def _first_seed():
 
 
 def metric_bar_inputs(wildcards):
-    runs = {"annotation": annotation_runs, "integration": integration_runs, "perturbation": perturbation_runs,
-            "multiomics": multiomics_runs}
+    runs = {
+        "annotation": annotation_runs,
+        "integration": integration_runs,
+        "perturbation": perturbation_runs,
+        "multiomics": multiomics_runs,
+    }
     return runs[wildcards.task]()
 
 

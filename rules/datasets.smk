@@ -7,16 +7,16 @@ rule download_dataset:
     A file placed at the path beforehand is verified the same way and not downloaded."""
     output:
         f"{EVAL['data_dir']}/{{dataset}}/{{name}}",
-    params:
-        entry=entry_param,
-        file_key=download_file_key,
-        lock_file=EVAL["lock_file"],
     log:
         "logs/download_dataset/{dataset}/{name}.log",
     benchmark:
         "logs/download_dataset/{dataset}/{name}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        entry=entry_param,
+        file_key=download_file_key,
+        lock_file=EVAL["lock_file"],
     script:
         "../workflow_scripts/download_dataset.py"
 
@@ -27,16 +27,16 @@ rule prepare_dataset:
         unpack(dataset_files),
     output:
         "results/datasets/{dataset}.h5ad",
-    params:
-        entry=entry_param,
-        dataset="{dataset}",
-        lock_file=EVAL["lock_file"],
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
         "logs/prepare_dataset/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        entry=entry_param,
+        dataset="{dataset}",
+        lock_file=EVAL["lock_file"],
     script:
         "../workflow_scripts/prepare_dataset.py"
 
@@ -48,13 +48,13 @@ rule perturbation_split:
         dataset="results/datasets/{dataset}.h5ad",
     output:
         split="results/perturbation/{dataset}/split.json",
-    params:
-        settings=perturbation_split_settings,
     log:
         "logs/perturbation_split/{dataset}.log",
     benchmark:
         "logs/perturbation_split/{dataset}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        settings=perturbation_split_settings,
     script:
         "../workflow_scripts/perturbation_split.py"

@@ -9,20 +9,20 @@ rule finetune_annotation:
     output:
         predictions="results/annotation/{dataset}/{method}/seed{seed}/predictions.csv",
         train=directory("results/annotation/{dataset}/{method}/seed{seed}/train"),
-    wildcard_constraints:
-        method="|".join(FINETUNE_METHODS),
-    params:
-        settings=finetune_settings("annotation"),
-        gene_overlap=gene_overlap_settings(),
-        genes={"n_hvg": None, "min_counts": 0},
     log:
         "logs/finetune_annotation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/finetune_annotation/{dataset}/{method}/seed{seed}.benchmark.tsv"
-    resources:
-        gpu=0,
+    wildcard_constraints:
+        method="|".join(FINETUNE_METHODS),
     conda:
         "../envs/gpu.yaml"
+    resources:
+        gpu=0,
+    params:
+        settings=finetune_settings("annotation"),
+        gene_overlap=gene_overlap_settings(),
+        genes={"n_hvg": None, "min_counts": 0},
     script:
         "../workflow_scripts/finetune_annotation.py"
 
@@ -34,20 +34,20 @@ rule finetune_integration:
     output:
         embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
         train=directory("results/integration/{dataset}/{variant}/{method}/seed{seed}/train"),
-    wildcard_constraints:
-        method="|".join(FINETUNE_METHODS),
-    params:
-        settings=finetune_settings("integration"),
-        gene_overlap=gene_overlap_settings(),
-        genes=gene_protocol,
     log:
         "logs/finetune_integration/{dataset}/{variant}/{method}/seed{seed}.log",
     benchmark:
         "logs/finetune_integration/{dataset}/{variant}/{method}/seed{seed}.benchmark.tsv"
-    resources:
-        gpu=0,
+    wildcard_constraints:
+        method="|".join(FINETUNE_METHODS),
     conda:
         "../envs/gpu.yaml"
+    resources:
+        gpu=0,
+    params:
+        settings=finetune_settings("integration"),
+        gene_overlap=gene_overlap_settings(),
+        genes=gene_protocol,
     script:
         "../workflow_scripts/finetune_integration.py"
 
@@ -61,19 +61,19 @@ rule finetune_perturbation:
     output:
         predictions="results/perturbation/{dataset}/{method}/seed{seed}/predictions.h5ad",
         train=directory("results/perturbation/{dataset}/{method}/seed{seed}/train"),
-    wildcard_constraints:
-        method="|".join(FINETUNE_METHODS),
-    params:
-        settings=finetune_settings("perturbation"),
-        gene_overlap=gene_overlap_settings(),
     log:
         "logs/finetune_perturbation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/finetune_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
-    resources:
-        gpu=0,
+    wildcard_constraints:
+        method="|".join(FINETUNE_METHODS),
     conda:
         "../envs/gpu.yaml"
+    resources:
+        gpu=0,
+    params:
+        settings=finetune_settings("perturbation"),
+        gene_overlap=gene_overlap_settings(),
     script:
         "../workflow_scripts/finetune_perturbation.py"
 
@@ -87,17 +87,17 @@ rule train_multiomics:
     output:
         embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
         train=directory("results/multiomics/{dataset}/{method}/seed{seed}/train"),
-    wildcard_constraints:
-        method="|".join(MULTIOMICS_METHODS),
-    params:
-        settings=multiomics_settings,
     log:
         "logs/train_multiomics/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/train_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
-    resources:
-        gpu=0,
+    wildcard_constraints:
+        method="|".join(MULTIOMICS_METHODS),
     conda:
         "../envs/gpu.yaml"
+    resources:
+        gpu=0,
+    params:
+        settings=multiomics_settings,
     script:
         "../workflow_scripts/train_multiomics.py"

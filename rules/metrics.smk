@@ -10,17 +10,17 @@ rule score_annotation:
     output:
         metrics="results/annotation/{dataset}/{method}/seed{seed}/metrics.csv",
         confusion="results/annotation/{dataset}/{method}/seed{seed}/confusion.csv",
-    params:
-        dataset="{dataset}",
-        method="{method}",
-        seed=seed_param,
-        extra=score_extra,
     log:
         "logs/score_annotation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/score_annotation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
     script:
         "../workflow_scripts/score_annotation.py"
 
@@ -33,17 +33,17 @@ rule score_integration:
         embedding="results/integration/{dataset}/{variant}/{method}/seed{seed}/embedding.h5ad",
     output:
         metrics="results/integration/{dataset}/{variant}/{method}/seed{seed}/metrics.csv",
-    params:
-        dataset="{dataset}",
-        method="{method}",
-        seed=seed_param,
-        extra=score_extra,
     log:
         "logs/score_integration/{dataset}/{variant}/{method}/seed{seed}.log",
     benchmark:
         "logs/score_integration/{dataset}/{variant}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
     script:
         "../workflow_scripts/score_integration.py"
 
@@ -55,15 +55,15 @@ rule annotation_table:
     output:
         csv="results/tables/annotation.csv",
         md="results/tables/annotation.md",
-    params:
-        task="annotation",
-        title="Cell-type annotation (query split)",
     log:
         "logs/annotation_table.log",
     benchmark:
         "logs/annotation_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        task="annotation",
+        title="Cell-type annotation (query split)",
     script:
         "../workflow_scripts/make_table.py"
 
@@ -75,15 +75,15 @@ rule integration_table:
     output:
         csv="results/tables/integration.csv",
         md="results/tables/integration.md",
-    params:
-        task="integration",
-        title="Batch integration (scib, all cells)",
     log:
         "logs/integration_table.log",
     benchmark:
         "logs/integration_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        task="integration",
+        title="Batch integration (scib, all cells)",
     script:
         "../workflow_scripts/make_table.py"
 
@@ -99,17 +99,17 @@ rule score_perturbation:
         metrics="results/perturbation/{dataset}/{method}/seed{seed}/metrics.csv",
         per_condition="results/perturbation/{dataset}/{method}/seed{seed}/per_condition.csv",
         deltas="results/perturbation/{dataset}/{method}/seed{seed}/deltas.h5ad",
-    params:
-        dataset="{dataset}",
-        method="{method}",
-        seed=seed_param,
-        extra=score_extra,
     log:
         "logs/score_perturbation/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/score_perturbation/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
     script:
         "../workflow_scripts/score_perturbation.py"
 
@@ -121,17 +121,17 @@ rule score_multiomics:
         embedding="results/multiomics/{dataset}/{method}/seed{seed}/embedding.h5ad",
     output:
         metrics="results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",
-    params:
-        dataset="{dataset}",
-        method="{method}",
-        seed=seed_param,
-        extra=score_extra,
     log:
         "logs/score_multiomics/{dataset}/{method}/seed{seed}.log",
     benchmark:
         "logs/score_multiomics/{dataset}/{method}/seed{seed}.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        dataset="{dataset}",
+        method="{method}",
+        seed=seed_param,
+        extra=score_extra,
     script:
         "../workflow_scripts/score_multiomics.py"
 
@@ -143,16 +143,16 @@ rule perturbation_table:
     output:
         csv="results/tables/perturbation.csv",
         md="results/tables/perturbation.md",
-    params:
-        task="perturbation",
-        also=["reverse_perturbation"],
-        title="Perturbation prediction (GEARS simulation split, test conditions)",
     log:
         "logs/perturbation_table.log",
     benchmark:
         "logs/perturbation_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        task="perturbation",
+        also=["reverse_perturbation"],
+        title="Perturbation prediction (GEARS simulation split, test conditions)",
     script:
         "../workflow_scripts/make_table.py"
 
@@ -164,14 +164,14 @@ rule multiomics_table:
     output:
         csv="results/tables/multiomics.csv",
         md="results/tables/multiomics.md",
-    params:
-        task="multiomics",
-        title="Multi-omics integration (paired modalities, all cells)",
     log:
         "logs/multiomics_table.log",
     benchmark:
         "logs/multiomics_table.benchmark.tsv"
     conda:
         "../envs/eval.yaml"
+    params:
+        task="multiomics",
+        title="Multi-omics integration (paired modalities, all cells)",
     script:
         "../workflow_scripts/make_table.py"

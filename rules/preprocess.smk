@@ -7,17 +7,17 @@ rule qc:
         shard="results/census/shards/{shard}.h5ad",
     output:
         shard="results/qc/{shard}.h5ad",
-    params:
-        qc=config["qc"],
     log:
         "logs/qc/{shard}.log",
     benchmark:
         "logs/qc/{shard}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=16000,
         runtime=60,
-    conda:
-        "../envs/data.yaml"
+    params:
+        qc=config["qc"],
     script:
         "../workflow_scripts/qc.py"
 
@@ -28,16 +28,16 @@ rule gene_stats:
         shards=qc_shards(),
     output:
         stats="results/qc/gene_stats.tsv",
-    params:
-        target_sum=config["gene_stats"]["target_sum"],
     log:
         "logs/gene_stats/gene_stats.log",
     benchmark:
         "logs/gene_stats/gene_stats.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/data.yaml"
+    params:
+        target_sum=config["gene_stats"]["target_sum"],
     script:
         "../workflow_scripts/gene_stats.py"

@@ -13,19 +13,19 @@ rule pretrain:
     output:
         model=update(directory("results/pretrain/{model}/model")),
         metrics=update("results/pretrain/{model}/metrics.csv"),
-    params:
-        settings=pretrain_settings,
-        triton_cache="results/.triton_cache",
     log:
         "logs/pretrain/{model}.log",
     benchmark:
         "logs/pretrain/{model}.benchmark.tsv"
+    conda:
+        "../envs/gpu.yaml"
     resources:
         gpu=0,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/gpu.yaml"
+    params:
+        settings=pretrain_settings,
+        triton_cache="results/.triton_cache",
     script:
         "../workflow_scripts/pretrain.py"
 

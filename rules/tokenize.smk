@@ -25,17 +25,17 @@ rule tokenize:
         unpack(tokenize_inputs),
     output:
         shard=directory("results/tokens/{tokenizer}/{shard}"),
-    params:
-        settings=tokenize_params,
     log:
         "logs/tokenize/{tokenizer}_{shard}.log",
     benchmark:
         "logs/tokenize/{tokenizer}_{shard}.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/data.yaml"
+    params:
+        settings=tokenize_params,
     script:
         "../workflow_scripts/tokenize.py"
 
@@ -46,13 +46,13 @@ rule token_manifest:
         shards=token_shards,
     output:
         manifest="results/tokens/{tokenizer}/manifest.json",
-    params:
-        corpus_config=corpus_config,
     log:
         "logs/token_manifest/{tokenizer}.log",
     benchmark:
         "logs/token_manifest/{tokenizer}.benchmark.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        corpus_config=corpus_config,
     script:
         "../workflow_scripts/token_manifest.py"

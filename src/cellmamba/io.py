@@ -14,7 +14,7 @@ from .keys import UNS
 
 __all__ = ["atomic_path", "sha256_file", "read_h5ad_checked", "ensure_parent", "write_h5ad_atomic",
            "write_profiles", "read_profiles", "read_json_object", "read_h5ad_plain", "write_paired_embedding",
-           "read_paired_embedding", "PAIRED_PREFIX"]
+           "read_paired_embedding", "paired_key", "LEGACY_PAIRED_PREFIX"]
 
 
 def ensure_parent(path: str | os.PathLike) -> Path:

@@ -148,8 +148,8 @@ class Cluster:
         for d in ("state", "spool", "munge"):
             (r / d).mkdir(mode=0o700, exist_ok=True)
         self.munge_socket = r / "munge" / "munge.socket"
-        mem_total_mb = next(int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines()
-                            if l.startswith("MemTotal:"))
+        mem_total_mb = next(int(row.split()[1]) // 1024 for row in Path("/proc/meminfo").read_text().splitlines()
+                            if row.startswith("MemTotal:"))
         self.real_memory = max(1200, min(4000, int(mem_total_mb * 0.6)))
         cpus = max(1, min(2, os.cpu_count() or 1))
         self.cpus = cpus
@@ -439,7 +439,7 @@ def test_demo_dag_outputs_through_slurm(demo_run):
     for model in models:
         model_dir = work / f"results/pretrain/{model}/model"
         assert model_dir.is_dir() and any(model_dir.iterdir()), model
-        steps = [l.split(",")[0] for l in (work / f"results/pretrain/{model}/metrics.csv").read_text().splitlines()]
+        steps = [row.split(",")[0] for row in (work / f"results/pretrain/{model}/metrics.csv").read_text().splitlines()]
         assert steps[-1] == str(MAX_STEPS), f"{model}: the --config override did not reach the job ({steps[-3:]})"
     for table, model, baseline in (("annotation", "scmamba2", "logreg"), ("integration", "scmamba2", "pca"),
                                    ("perturbation", "scmamba2", "additive"), ("multiomics", "scmamba", "pca_cca")):

@@ -8,7 +8,6 @@ import sqlite3
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cellmamba.genes import map_symbols, read_aliases
 from cellmamba.tasks import vocabulary_index

@@ -63,7 +63,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path, sampler, kill_at, resume_fro
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # the training curve is the same too, and the lost step appears once
-    curve = lambda out: [line.split(",")[:3] for line in (out / "metrics.csv").read_text().splitlines()]
+    def curve(out):
+        return [line.split(",")[:3] for line in (out / "metrics.csv").read_text().splitlines()]
     assert curve(tmp_path / "full") == curve(tmp_path / "cut")
     assert len(curve(tmp_path / "cut")) == 11
 

@@ -42,7 +42,8 @@ def test_two_rank_gloo_ddp_equals_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
     assert not torch.equal(a["out.weight"], init["out.weight"])  # training moved the weights
     # the logged losses (averaged over ranks) agree with the single process's
-    loss = lambda out: [float(l.split(",")[2]) for l in (out / "metrics.csv").read_text().splitlines()[1:]]
+    def loss(out):
+        return [float(row.split(",")[2]) for row in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert loss(tmp_path / "ddp") == pytest.approx(loss(tmp_path / "one"), rel=1e-5)
     # the checkpoint holds both ranks' RNG states
     rng = load_file(str(tmp_path / "ddp" / "checkpoints" / "step_00000004" / "rng.safetensors"))

@@ -11,7 +11,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import REPO
@@ -51,7 +50,7 @@ def test_dry_run_paper_through_slurm_profile():
     assert "build_demo_census" not in out, "the paper config must not build the demo store"
     n_shards = yaml.safe_load((REPO / "config/paper.yaml").read_text())["census"]["n_shards"]
     # each shard is a job: the rule table lists census_download with n_shards jobs
-    line = next(l for l in out.splitlines() if l.split() and l.split()[0] == "census_download")
+    line = next(s for s in out.splitlines() if s.split() and s.split()[0] == "census_download")
     assert int(line.split()[1]) == n_shards
 
 
@@ -167,6 +166,19 @@ def test_every_rule_that_runs_something_writes_a_benchmark_beside_its_log():
             (log,) = [str(x) for x in r.log]
             assert str(r.benchmark) == log.removesuffix(".log") + ".benchmark.tsv", (r.name, str(r.benchmark), log)
     assert len(rules) >= 30
+
+
+def test_catalog_files_describe_the_usage_and_every_config_key_group():
+    """The Snakemake workflow catalog's files: .snakemake-workflow-catalog.yml with the profile flag,
+    conda and the report; config/README.md naming every top-level key group of the schema."""
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert "--profile slurm" in catalog["mandatory-flags"]["flags"] and catalog["mandatory-flags"]["desc"]
+    assert catalog["software-stack-deployment"]["conda"] is True and catalog["report"] is True
+    readme = (REPO / "config" / "README.md").read_text()
+    groups = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    missing = [g for g in groups if f"`{g}`" not in readme]
+    assert not missing, f"config/README.md does not describe {missing}"
+    assert "paper.yaml" in readme and "user_datasets" in readme
 
 
 def test_every_rule_has_a_parsing_conda_env():
@@ -309,7 +321,7 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
     seen = set()
     for job in jobs:
         name = job.split(":", 1)[0].strip()
-        resources = next((l for l in job.splitlines() if l.strip().startswith("resources:")), "")
+        resources = next((s for s in job.splitlines() if s.strip().startswith("resources:")), "")
         gpus = [int(t.split("=")[1]) for t in resources.replace(",", " ").split() if t.startswith("gpu=")]
         if name in GPU_RULES:
             assert gpus == [1], resources

@@ -25,7 +25,7 @@ import os
 import pickle
 import tarfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_M
                     UNS_X_KIND, VAR_FEATURE_TYPE, VAR_MODALITY)
 from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
                      check_normalized, check_size, validate_standard)
+
+if TYPE_CHECKING:  # annotations only: anndata is imported where it is used
+    import anndata as ad
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",

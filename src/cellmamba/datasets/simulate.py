@@ -23,6 +23,7 @@ parameter, the composition W, the batch library factors and the profile source.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ from ..errors import InputError
 from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, UNS_READER, UNS_SIMULATION, UNS_X_KIND,
                     VARM_BATCH_FACTOR)
 from .schema import UNS_SIMULATED, VAR_GENE_NAME
+
+if TYPE_CHECKING:  # annotations only: anndata is imported where it is used
+    import anndata as ad
 
 __all__ = ["simulate_integration", "pbmc68k_profiles", "VARM_BATCH_FACTOR", "UNS_SIMULATION"]
 

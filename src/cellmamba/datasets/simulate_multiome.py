@@ -57,6 +57,7 @@ fragment-level model (no Tn5 insertions, no fragment-length or TSS-enrichment QC
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 import os
 from pathlib import Path
 
@@ -68,6 +69,9 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..keys import LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, UNS, VAR_LINKED_GENE, VAR_PEAK_KIND, VARM_BATCH_FACTOR
 from .simulate import UNS_SIMULATION, pbmc68k_profiles, simulate_integration
+
+if TYPE_CHECKING:  # annotations only: anndata is imported where it is used
+    import anndata as ad
 
 __all__ = ["simulate_multiome", "write_simulated_multiome", "multiome_gene_table", "default_positions_path",
            "VAR_LINKED_GENE", "VAR_PEAK_KIND", "POSITIONS_FILE"]

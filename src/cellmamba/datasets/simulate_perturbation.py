@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,9 @@ from ..keys import LAYER_COUNTS, OBS_CELL_TYPE, OBS_CONDITION, UNS, UNS_X_KIND
 from ..keys import UNS_SIMULATION as UNS_PERT_SIMULATION
 from .schema import UNS_SIMULATED, VAR_GENE_NAME
 from .simulate import pbmc68k_profiles
+
+if TYPE_CHECKING:  # annotations only: anndata is imported where it is used
+    import anndata as ad
 
 __all__ = ["simulate_perturbation", "gears_de_genes", "gears_dropout_non_zero_genes", "UNS_PERT_SIMULATION",
            "COMBO_TYPES"]

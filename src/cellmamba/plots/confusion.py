@@ -48,8 +48,8 @@ def confusion_heatmaps(confusion_csvs, out: str | os.PathLike, *, title: str = "
     """
     files = files_by_method(confusion_csvs)
     mats = {m: _read_confusion(p) for m, p in files.items()}
-    rows_l = list(dict.fromkeys(l for m in mats.values() for l in m.index))
-    cols_l = list(dict.fromkeys(rows_l + [l for m in mats.values() for l in m.columns]))
+    rows_l = list(dict.fromkeys(label for m in mats.values() for label in m.index))
+    cols_l = list(dict.fromkeys(rows_l + [label for m in mats.values() for label in m.columns]))
     frames = []
     for method, mat in mats.items():
         mat = mat.reindex(index=rows_l, columns=cols_l, fill_value=0)
