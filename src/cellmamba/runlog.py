@@ -31,19 +31,22 @@ def setup_logging(log_path: str | Path | None = None, *, level: int = logging.IN
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
-    if log_path is not None and not getattr(sys.excepthook, "_cellmamba", False):
-        sys.excepthook = _log_uncaught(sys.excepthook, handlers[-1])
+    if not getattr(sys.excepthook, "_cellmamba", False):
+        sys.excepthook = _log_uncaught(sys.excepthook)
     return logging.getLogger("cellmamba")
 
 
-def _log_uncaught(previous, file_handler: logging.Handler):
-    """An excepthook writing the traceback to the log file (stderr gets Python's own report)."""
+def _log_uncaught(previous):
+    """An excepthook writing the traceback to the root logger's log files at the time of the
+    error (stderr gets Python's own report, so it is not repeated there)."""
     def hook(kind, value, tb):
         if not issubclass(kind, KeyboardInterrupt):
             record = logging.LogRecord("cellmamba", logging.CRITICAL, "", 0, "the job failed: %s: %s",
                                        (kind.__name__, value), (kind, value, tb))
-            file_handler.handle(record)
-            file_handler.flush()
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
+                    handler.flush()
         previous(kind, value, tb)
     hook._cellmamba = True
     return hook

@@ -15,6 +15,7 @@ def test_an_uncaught_exception_is_written_to_the_rule_log(tmp_path):
         import sys
         sys.path.insert(0, {str(REPO / 'src')!r})
         from cellmamba.runlog import setup_logging
+        setup_logging({str(tmp_path / "first.log")!r})  # a second set-up: the error goes to the newer log
         setup_logging({str(log)!r})
         def inner():
             raise ValueError("bad shard 3")
@@ -26,6 +27,7 @@ def test_an_uncaught_exception_is_written_to_the_rule_log(tmp_path):
     assert "CRITICAL cellmamba: the job failed: ValueError: bad shard 3" in text
     assert "Traceback (most recent call last)" in text and "in inner" in text
     assert "ValueError: bad shard 3" in proc.stderr  # Python's own report still reaches stderr
+    assert "bad shard 3" not in (tmp_path / "first.log").read_text()
 
 
 def test_progress_off_a_terminal_logs_whole_lines_at_an_interval(monkeypatch, caplog):
