@@ -28,7 +28,8 @@ recipe[:transformer]`` (genemamba: masked-gene objective, no pathway loss) gives
 Options that vary the arms: ``--distinct`` (in_memory: as many different batches as steps,
 not the first 32 over and over: every step a new padded length, as in the loop), ``--no-cudnn-sdp``
 (attention without PyTorch's cuDNN backend), ``--pad-to-multiple`` (PretrainConfig's: fewer
-distinct batch shapes), ``--micro-batch`` (cells per pass; the batch by
+distinct batch shapes), ``--max-tokens-per-pass`` (a step's cells in passes of a token budget),
+``--micro-batch`` (cells per pass; the batch by
 accumulation, as paper.yaml's micro_batch_size). Each is named in the row's ``variant``.
 
 Columns: recipe, backbone, arm, variant, d_model, layers, context, batch (cells per optimizer
@@ -141,6 +142,11 @@ def in_memory_arms(cfg, corpus: Path, *, device, steps: int, distinct: bool = Fa
 
     from cellmamba.train import pretrain as P
     from cellmamba.train.batches import batch_counts, to_device
+    try:
+        from cellmamba.train.batches import micro_batches
+    except ImportError:  # an older checkout (A/B): its loader yields batches only
+        def micro_batches(items):
+            return list(items)
     from cellmamba.train.data import DataConfig, TokenDataset, build_dataloader
     from cellmamba.train.loop import train_step
     from cellmamba.train.schedule import build_optimizer
@@ -151,7 +157,12 @@ def in_memory_arms(cfg, corpus: Path, *, device, steps: int, distinct: bool = Fa
     model = P.build_pretrain_model(cfg, n_genes=dataset.n_genes,
                                    n_bins=int(manifest.get("settings", {}).get("n_bins", 51))).to(device)
     objective = P._objective(cfg, vocabulary=None, gene_sets=())
-    loader = build_dataloader(dataset, P._collator(cfg, n_genes=dataset.n_genes, rank=0),
+    collator = P._collator(cfg, n_genes=dataset.n_genes, rank=0)
+    if getattr(cfg, "max_tokens_per_pass", None):  # as run_pretraining: a step's cells in passes of the budget
+        from cellmamba.train.data_collate import TokenBudget
+
+        collator = TokenBudget(collator, cfg.max_tokens_per_pass)
+    loader = build_dataloader(dataset, collator,
                               DataConfig(max_len=cfg.context_length, batch_size=cfg.batch_size, seed=cfg.seed))
     loader.set_epoch(0)
     batches, it = [], iter(loader)
@@ -160,9 +171,11 @@ def in_memory_arms(cfg, corpus: Path, *, device, steps: int, distinct: bool = Fa
             batches.append(next(it))
         except StopIteration:
             break
-    batches = [to_device(b, device) for b in batches]
     a = cfg.grad_accum
-    steps_of = [batches[i:i + a] for i in range(0, len(batches) - a + 1, a)]  # one optimizer step each
+    # one optimizer step each: grad_accum loader items, an item a batch or a token budget's passes
+    steps_of = [[to_device(b, device) for b in micro_batches(batches[i:i + a])]
+                for i in range(0, len(batches) - a + 1, a)]
+    batches = [b for m in steps_of for b in m]
     tokens = [sum(batch_counts(b)[1] for b in m) for m in steps_of]
     tc = cfg.to_train_config()
     optimizer = build_optimizer(model, tc)
@@ -283,6 +296,8 @@ def main(argv=None):
     p.add_argument("--no-cudnn-sdp", action="store_true", help="attention without the cuDNN backend")
     p.add_argument("--micro-batch", type=int, default=None, help="cells per pass (batch by accumulation)")
     p.add_argument("--pad-to-multiple", type=int, default=None, help="PretrainConfig.pad_to_multiple (default: the backbone's)")
+    p.add_argument("--max-tokens-per-pass", type=int, default=None,
+                   help="PretrainConfig.max_tokens_per_pass: a step's cells in passes of this many padded tokens")
     args = p.parse_args(argv)
 
     import torch
@@ -293,7 +308,8 @@ def main(argv=None):
     setup_logging(None)
     variant = " ".join(v for v, on in (("distinct", args.distinct), ("no_cudnn_sdp", args.no_cudnn_sdp),
                                        (f"micro_{args.micro_batch}", args.micro_batch),
-                                       (f"pad_{args.pad_to_multiple}", args.pad_to_multiple)) if on)
+                                       (f"pad_{args.pad_to_multiple}", args.pad_to_multiple),
+                                       (f"budget_{args.max_tokens_per_pass}", args.max_tokens_per_pass)) if on)
     if args.no_cudnn_sdp:
         torch.backends.cuda.enable_cudnn_sdp(False)
     micro = args.micro_batch or args.batch
@@ -313,7 +329,9 @@ def main(argv=None):
                              max_steps=args.steps, lr=1e-4,
                              warmup_steps=min(20, args.steps), checkpoint_every=args.steps,
                              log_every=max(1, min(10, args.steps // 3)), pathway_weight=0.0,
-                             num_workers=args.workers, pad_to_multiple=args.pad_to_multiple, backend="cuda" if device.type == "cuda" else "torch")
+                             num_workers=args.workers, pad_to_multiple=args.pad_to_multiple,
+                             **({"max_tokens_per_pass": args.max_tokens_per_pass} if args.max_tokens_per_pass else {}),
+                             backend="cuda" if device.type == "cuda" else "torch")
         common = {"recipe": recipe, "backbone": backbone, "variant": variant, "d_model": args.d_model,
                   "layers": args.layers, "context": context, "batch": args.batch, "grad_accum": args.batch // micro, "code": code, "device": name,
                   "date": dt.date.today().isoformat()}

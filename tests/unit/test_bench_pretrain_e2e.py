@@ -31,3 +31,9 @@ def test_bench_pretrain_e2e_rows_at_tiny_sizes(tmp_path, monkeypatch):
     # the binned corpus keeps every expressed gene (max_len 20,000): no cell is cropped at 2,048
     stats = pd.read_csv(work / "gene_stats.tsv", sep="\t")
     assert len(stats) == 20000
+    # a token budget: the in-memory arm steps on the budget's passes (lengths here are <= 256)
+    mod.main(["--work", str(work), "--out", str(out), "--device", "cpu", "--cells", "48", "--shards", "2",
+              "--d-model", "32", "--layers", "1", "--batch", "4", "--max-tokens-per-pass", "512", "--steps", "2",
+              "--workers", "0", "--run", "scmamba2", "--arms", "in_memory", "--tag", "_budget"])
+    budget = [r for r in csv.DictReader(open(out)) if r["variant"] == "budget_512"]
+    assert [r["arm"] for r in budget] == ["in_memory", "syncs"] and float(budget[0]["real_tokens_per_s"]) > 0
