@@ -23,7 +23,8 @@ rule qc:
 
 
 rule gene_stats:
-    """Per-gene non-zero medians and detection counts over every QC shard (bounded memory)."""
+    """Per-gene non-zero medians and detection counts over every QC shard (bounded memory): each
+    of the four radix passes maps over the shards in the job's processes and sums their histograms."""
     input:
         shards=qc_shards(),
     output:
@@ -34,6 +35,7 @@ rule gene_stats:
         "logs/gene_stats/gene_stats.benchmark.tsv"
     conda:
         "../envs/data.yaml"
+    threads: 8
     resources:
         mem_mb=16000,
         runtime=240,

@@ -10,4 +10,7 @@ setup_logging(snakemake.log[0])
 
 from cellmamba.genestats import compute_gene_stats
 
-compute_gene_stats(list(snakemake.input.shards), snakemake.output.stats, target_sum=snakemake.params.target_sum)
+# the job's cores (the profile's cpus_per_task, else the rule's threads) read the shards of each pass
+cores = int(snakemake.resources.get("cpus_per_task") or snakemake.threads)
+compute_gene_stats(list(snakemake.input.shards), snakemake.output.stats, target_sum=snakemake.params.target_sum,
+                   workers=max(1, cores))

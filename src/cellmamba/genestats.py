@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -144,10 +145,47 @@ def _select(hist: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return b.astype(np.uint64), rank - below
 
 
+def _shard_pass(path, vocab: pd.DataFrame | None, gene_table, target_sum: float, chunk_cells: int, p: int,
+                prefix: np.ndarray | None):
+    """The map of radix pass ``p`` over one shard: pass 0 gives (vocabulary, n_measured, the
+    (genes, 256) histogram of the top byte); pass p > 0 the (2, genes, 256) histogram of byte p
+    among the values that share each target's first p bytes (``prefix``)."""
+    shard = _Shard(Path(path), vocab, gene_table=gene_table)
+    try:
+        n_genes = len(shard.vocab)
+        if p == 0:
+            hist = np.zeros((n_genes, _BINS), dtype=np.int64)
+            for genes, counts, totals in shard.chunks(chunk_cells):
+                keys = _keys(counts, totals, target_sum)
+                np.add.at(hist, (genes, (keys >> np.uint64(32 - _BITS)).astype(np.intp)), 1)
+            return shard.vocab, shard.n_measured, hist
+        shift = np.uint64(32 - _BITS * (p + 1))
+        hist = np.zeros((2, n_genes, _BINS), dtype=np.int64)
+        for genes, counts, totals in shard.chunks(chunk_cells):
+            keys = _keys(counts, totals, target_sum)
+            high = keys >> (shift + np.uint64(_BITS))
+            byte = ((keys >> shift) & np.uint64(_BINS - 1)).astype(np.intp)
+            for t in range(2):
+                match = high == (prefix[t, genes] >> (shift + np.uint64(_BITS)))
+                np.add.at(hist[t], (genes[match], byte[match]), 1)
+        return hist
+    finally:
+        shard.close()
+
+
+def _shard_pass_args(args):
+    return _shard_pass(*args)
+
+
 def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: float = 1e4,
                      chunk_cells: int = 4096, vocabulary: pd.DataFrame | None = None,
-                     gene_table: pd.DataFrame | None = None) -> pd.DataFrame:
+                     gene_table: pd.DataFrame | None = None, workers: int = 1) -> pd.DataFrame:
     """Compute the gene statistics table (see module docstring) without writing it.
+
+    Each of the four radix passes is a map over the shards (a histogram per shard) and a reduce
+    (their sum, which fixes the next 8 bits of the two middle ranks). With ``workers`` > 1 the
+    shards of a pass are read by that many processes at once; the sums are integers, so the
+    table is the same whatever ``workers`` is (tested equal).
 
     Parameters
     ----------
@@ -160,6 +198,8 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
         shard's var. Shard genes outside it are counted, logged and left out.
     gene_table
         Reference table to map symbol-keyed shards to Ensembl ids (:func:`cellmamba.genes.map_symbols`).
+    workers
+        Processes reading the shards of a pass (the job's cores); 1: this process alone.
 
     Returns
     -------
@@ -169,21 +209,37 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
         raise InputError("gene statistics: no shard given")
     if not target_sum > 0:
         raise InputError(f"gene statistics: target_sum must be > 0, got {target_sum!r}")
-    shards: list[_Shard] = []
-    try:
-        for path in shard_paths:
-            shards.append(_Shard(Path(path), vocabulary if vocabulary is not None else
-                                 (shards[0].vocab if shards else None), gene_table=gene_table))
-        vocab = shards[0].vocab
-        n_genes = len(vocab)
-        n_measured = sum(s.n_measured for s in shards)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"gene statistics: workers must be an integer >= 1, got {workers!r}")
+    paths = [Path(p) for p in shard_paths]
+    # the vocabulary: the given one, else the first shard's var (opened here, so its errors come first)
+    if vocabulary is None:
+        first = _Shard(paths[0], None, gene_table=gene_table)
+        vocabulary = first.vocab
+        first.close()
+    workers = min(workers, len(paths))
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
+        # fork on Linux: a spawned worker would re-run the main module, which under Snakemake's
+        # script: is the job's script itself
+        context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+    def run_pass(p: int, prefix: np.ndarray | None) -> list:
+        jobs = [(path, vocabulary, gene_table, target_sum, chunk_cells, p, prefix) for path in paths]
+        return list(pool.map(_shard_pass_args, jobs)) if pool is not None else [_shard_pass(*job) for job in jobs]
+
+    try:
         # pass 0: top byte of every value; its row sums are the detection counts
-        hist = np.zeros((n_genes, _BINS), dtype=np.int64)
-        for shard in shards:
-            for genes, counts, totals in shard.chunks(chunk_cells):
-                keys = _keys(counts, totals, target_sum)
-                np.add.at(hist, (genes, (keys >> np.uint64(32 - _BITS)).astype(np.intp)), 1)
+        first_pass = run_pass(0, None)
+        vocab = first_pass[0][0]
+        n_genes = len(vocab)
+        n_measured = sum(m for _, m, _ in first_pass)
+        hist = sum(h for _, _, h in first_pass)
+        logger.info("gene statistics: pass 1 of 4 over %d shards (%d process(es))", len(paths), workers)
         n_detected = hist.sum(axis=1)
         ranks = np.stack([(n_detected - 1) // 2, n_detected // 2])  # (2, genes): the two middle ranks
         ranks = np.maximum(ranks, 0)
@@ -195,21 +251,14 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
         # passes 1-3: the next byte among the values sharing each target's prefix
         for p in range(1, 32 // _BITS):
             shift = np.uint64(32 - _BITS * (p + 1))
-            hist = np.zeros((2, n_genes, _BINS), dtype=np.int64)
-            for shard in shards:
-                for genes, counts, totals in shard.chunks(chunk_cells):
-                    keys = _keys(counts, totals, target_sum)
-                    high = keys >> (shift + np.uint64(_BITS))
-                    byte = ((keys >> shift) & np.uint64(_BINS - 1)).astype(np.intp)
-                    for t in range(2):
-                        match = high == (prefix[t, genes] >> (shift + np.uint64(_BITS)))
-                        np.add.at(hist[t], (genes[match], byte[match]), 1)
+            hist = sum(run_pass(p, prefix))
+            logger.info("gene statistics: pass %d of 4 done", p + 1)
             for t in range(2):
                 b, ranks[t] = _select(hist[t], ranks[t])
                 prefix[t] |= b << shift
     finally:
-        for shard in shards:
-            shard.close()
+        if pool is not None:
+            pool.shutdown()
 
     middle = prefix.astype(np.uint32).view(np.float32).astype(np.float64)
     median = np.where(n_detected > 0, (middle[0] + middle[1]) / 2, np.nan)
@@ -226,15 +275,16 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
 
 def compute_gene_stats(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
                        target_sum: float = 1e4, chunk_cells: int = 4096,
-                       vocabulary: pd.DataFrame | None = None, gene_table: pd.DataFrame | None = None) -> Path:
+                       vocabulary: pd.DataFrame | None = None, gene_table: pd.DataFrame | None = None,
+                       workers: int = 1) -> Path:
     """Compute gene statistics over all QC shards and write ``out_path`` (TSV, atomically).
 
     Columns: feature_id, feature_name, n_cells_measured, n_cells_detected, nonzero_median
     (NaN where never detected); one row per vocabulary gene in order. Memory: O(n_genes x 256)
-    plus one chunk, independent of the number of cells. See :func:`gene_stats_table`.
+    plus one chunk per worker, independent of the number of cells. See :func:`gene_stats_table`.
     """
     stats = gene_stats_table(shard_paths, target_sum=target_sum, chunk_cells=chunk_cells,
-                             vocabulary=vocabulary, gene_table=gene_table)
+                             vocabulary=vocabulary, gene_table=gene_table, workers=workers)
     with atomic_path(out_path) as tmp:
         stats.to_csv(tmp, sep="\t", index=False, na_rep="NaN")
     logger.info("gene statistics of %d shards -> %s: %d genes, %d detected at least once",

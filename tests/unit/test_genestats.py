@@ -75,6 +75,18 @@ def test_gene_stats_equal_a_direct_computation(shards, tmp_path, chunk_cells):
     assert (detected % 2 == 0).any() and (detected % 2 == 1).any()  # both median branches exercised
 
 
+def test_shards_read_by_worker_processes_give_the_same_table(shards):
+    """The map over shards in 2 processes (each pass's histograms summed) equals the one-process
+    table and the direct computation, exactly; a bad worker count is refused."""
+    paths, adatas = shards
+    serial = gene_stats_table(paths, target_sum=1e4, chunk_cells=16)
+    parallel = gene_stats_table(paths, target_sum=1e4, chunk_cells=16, workers=2)
+    pd.testing.assert_frame_equal(parallel, serial, check_exact=True)
+    np.testing.assert_array_equal(parallel["nonzero_median"].to_numpy(), _direct(adatas, 1e4)[0])
+    with pytest.raises(InputError, match="workers"):
+        gene_stats_table(paths, workers=0)
+
+
 def test_median_of_a_hand_computed_case(tmp_path):
     counts = np.array([[1, 0], [3, 4], [1, 1], [0, 0]], np.float32)  # totals 1, 7, 2, 0
     a = _shard(np.random.default_rng(0), 4, ["d0"], np.ones((N_GENES, 1), bool))
