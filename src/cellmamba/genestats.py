@@ -145,11 +145,11 @@ def _select(hist: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return b.astype(np.uint64), rank - below
 
 
-def _shard_pass(path, vocab: pd.DataFrame | None, gene_table, target_sum: float, chunk_cells: int, p: int,
+def _shard_pass(path, vocab: pd.DataFrame, gene_table, target_sum: float, chunk_cells: int, p: int,
                 prefix: np.ndarray | None):
-    """The map of radix pass ``p`` over one shard: pass 0 gives (vocabulary, n_measured, the
-    (genes, 256) histogram of the top byte); pass p > 0 the (2, genes, 256) histogram of byte p
-    among the values that share each target's first p bytes (``prefix``)."""
+    """The map of radix pass ``p`` over one shard, its genes aligned to ``vocab``: pass 0 gives
+    (n_measured, the (genes, 256) histogram of the top byte); pass p > 0 the (2, genes, 256)
+    histogram of byte p among the values that share each target's first p bytes (``prefix``)."""
     shard = _Shard(Path(path), vocab, gene_table=gene_table)
     try:
         n_genes = len(shard.vocab)
@@ -158,7 +158,7 @@ def _shard_pass(path, vocab: pd.DataFrame | None, gene_table, target_sum: float,
             for genes, counts, totals in shard.chunks(chunk_cells):
                 keys = _keys(counts, totals, target_sum)
                 np.add.at(hist, (genes, (keys >> np.uint64(32 - _BITS)).astype(np.intp)), 1)
-            return shard.vocab, shard.n_measured, hist
+            return shard.n_measured, hist
         shift = np.uint64(32 - _BITS * (p + 1))
         hist = np.zeros((2, n_genes, _BINS), dtype=np.int64)
         for genes, counts, totals in shard.chunks(chunk_cells):
@@ -217,16 +217,18 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
         first = _Shard(paths[0], None, gene_table=gene_table)
         vocabulary = first.vocab
         first.close()
+    if workers > 1 and not sys.platform.startswith("linux"):
+        # forked workers only: a spawned one would re-run the main module, which under Snakemake's
+        # script: is the job's script itself
+        logger.info("gene statistics: worker processes need fork (Linux); reading the shards in this process")
+        workers = 1
     workers = min(workers, len(paths))
     pool = None
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork on Linux: a spawned worker would re-run the main module, which under Snakemake's
-        # script: is the job's script itself
-        context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
 
     def run_pass(p: int, prefix: np.ndarray | None) -> list:
         jobs = [(path, vocabulary, gene_table, target_sum, chunk_cells, p, prefix) for path in paths]
@@ -235,10 +237,9 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
     try:
         # pass 0: top byte of every value; its row sums are the detection counts
         first_pass = run_pass(0, None)
-        vocab = first_pass[0][0]
-        n_genes = len(vocab)
-        n_measured = sum(m for _, m, _ in first_pass)
-        hist = sum(h for _, _, h in first_pass)
+        n_genes = len(vocabulary)
+        n_measured = sum(m for m, _ in first_pass)
+        hist = sum(h for _, h in first_pass)
         logger.info("gene statistics: pass 1 of 4 over %d shards (%d process(es))", len(paths), workers)
         n_detected = hist.sum(axis=1)
         ranks = np.stack([(n_detected - 1) // 2, n_detected // 2])  # (2, genes): the two middle ranks
@@ -262,8 +263,8 @@ def gene_stats_table(shard_paths: Sequence[str | os.PathLike], *, target_sum: fl
 
     middle = prefix.astype(np.uint32).view(np.float32).astype(np.float64)
     median = np.where(n_detected > 0, (middle[0] + middle[1]) / 2, np.nan)
-    stats = pd.DataFrame({VAR_FEATURE_ID: vocab[VAR_FEATURE_ID].astype(str).to_numpy(),
-                          VAR_FEATURE_NAME: vocab[VAR_FEATURE_NAME].astype(str).to_numpy(),
+    stats = pd.DataFrame({VAR_FEATURE_ID: vocabulary[VAR_FEATURE_ID].astype(str).to_numpy(),
+                          VAR_FEATURE_NAME: vocabulary[VAR_FEATURE_NAME].astype(str).to_numpy(),
                           "n_cells_measured": n_measured, "n_cells_detected": n_detected,
                           "nonzero_median": median})
     bad = stats["n_cells_detected"] > stats["n_cells_measured"]

@@ -28,6 +28,7 @@ from ..models.model import INITS, check_init, read_model_config
 from ..train.batches import to_device
 from ..train.config import OptimConfig
 from ..train.data import DataConfig, build_dataloader
+from ..train.objectives import layout_kwargs
 from ..train.data_collate import (MaskedGeneCollateConfig, MaskedGeneCollator, MaskedValueCollateConfig,
                                   MaskedValueCollator)
 from .tokens import DatasetTokens, TokenCells
@@ -221,8 +222,7 @@ def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
 
 def _model_forward(model, batch: Mapping[str, Any]):
     values = batch.get("values")
-    # the collators say whether the batch holds padding: the model need not wait for the device to check
-    kw = {"padded": batch["padded"]} if isinstance(batch.get("padded"), bool) else {}
+    kw = layout_kwargs(batch)  # the collators' word on padding: the model need not wait for the device to check
     if values is not None and "value_mask" in batch:
         return model(batch["input_ids"], values, attention_mask=batch["attention_mask"], value_mask=batch["value_mask"],
                      **kw)

@@ -311,9 +311,7 @@ def evaluate(model: nn.Module, objective: Objective, data: Iterable[Mapping[str,
         finally:
             model.train(was_training)
     keys = sorted(sums)
-    read = [k for k in keys if torch.is_tensor(sums[k])]
-    if read:
-        sums.update(zip(read, torch.stack([sums[k] for k in read]).tolist()))
+    read_values(sums)
     if env is not None and env.distributed:
         vec = torch.tensor([n_batches, n_cells] + [sums[k] for k in keys], dtype=torch.float64)
         total = all_reduce_mean(vec, env) * env.world_size

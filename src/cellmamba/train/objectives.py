@@ -202,12 +202,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (diff * diff).sum() / mask.sum().clamp(min=1)
 
 
-def _layout(batch: Mapping[str, Any]) -> dict:
+def layout_kwargs(batch: Mapping[str, Any]) -> dict:
     """The model's ``packing=`` keyword where the batch has a plan (pretraining with pack: true), and
     its ``padded=`` where the collator says whether the batch holds padding (no check of the mask,
     no host wait for it)."""
     out = {"packing": batch["packing"]} if batch.get("packing") is not None else {}
-    if isinstance(batch.get("padded"), bool) and "packing" not in out:
+    if isinstance(batch.get("padded"), bool):  # a packed forward pass does not read it
         out["padded"] = batch["padded"]
     return out
 
@@ -369,7 +369,7 @@ class MaskedValueObjective:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_value objective", "input_ids", "values", "attention_mask", "value_mask", "value_targets")
         out = model(batch["input_ids"], batch["values"], attention_mask=batch["attention_mask"],
-                    value_mask=batch["value_mask"], **_layout(batch))
+                    value_mask=batch["value_mask"], **layout_kwargs(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -396,7 +396,7 @@ class MaskedGeneObjective:
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
         _need(batch, "masked_gene objective", "input_ids", "attention_mask", "labels")
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_layout(batch))
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **layout_kwargs(batch))
         return self.loss_from_output(model, out, batch)
 
     def loss_from_output(self, model: nn.Module, out, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -439,7 +439,7 @@ class NextTokenObjective:
         owner = "next_token objective"
         _need(batch, owner, "input_ids", "attention_mask", "labels")
         head = _head(model, self.config.head, owner)
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **_layout(batch))
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], **layout_kwargs(batch))
         try:
             next_logits, prev_logits = next_token_logits(head, out)
         except InputError as exc:
