@@ -49,6 +49,36 @@ def test_transformer_peers_pad_their_batches_to_multiples_of_64(recipe):
         PretrainConfig(pad_to_multiple=0)
 
 
+def test_padding_stops_at_the_learned_positions():
+    """A rank Transformer peer of context 10,000 (not a multiple of 64) pads a 10,000-token cell
+    to 10,000, the slots its model has, and the model reads the batch; shorter cells still round
+    up to 64, and a token budget sizes its passes with the same capped length."""
+    import numpy as np
+    import torch
+
+    from cellmamba.train.data_collate import TokenBudget
+    from cellmamba.train.pretrain import _collator
+
+    def item(n, i=0):
+        return {"tokens": np.arange(4, 4 + n) % 90 + 4, "dataset": 0, "cell_index": i}
+
+    config = PretrainConfig(recipe="genemamba", backbone="transformer", context_length=10000,
+                            d_model=32, n_layers=1, backend="torch")
+    collate = _collator(config, n_genes=100, rank=0)
+    assert collate([item(10000)])["input_ids"].shape[1] == 10000  # was 10,048 > the 10,000 positions
+    assert collate([item(9990)])["input_ids"].shape[1] == 10000  # 10,048 uncapped
+    assert collate([item(70)])["input_ids"].shape[1] == 128
+    model = build_pretrain_model(config, n_genes=100)
+    batch = collate([item(10000)])
+    with torch.no_grad():
+        model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    # two cells of 9,990 + one of 10,000: capped passes of 10,000 tokens fit two cells in 20,000
+    assert TokenBudget(collate, 20000).passes([9990, 10000, 9990]) == [[1, 0], [2]]
+    # a Mamba model has no positions: no cap
+    assert _collator(PretrainConfig(recipe="genemamba", context_length=10000, pad_to_multiple=64),
+                     n_genes=100, rank=0)([item(9950)])["input_ids"].shape[1] == 9984
+
+
 def test_transformer_peer_cannot_take_next_token():
     with pytest.raises(InputError, match="next_token"):
         PretrainConfig(recipe="genemamba", backbone="transformer", lm="next_token")

@@ -120,20 +120,35 @@ class MaskedGeneCollateConfig:
                              f"{self.random_ratio} + {self.keep_ratio}")
 
 
+def padded_length(longest: int, multiple: int, cap: int | None = None) -> int:
+    """A batch's length: its longest row rounded up to ``multiple``, but not beyond ``cap``
+    (the model's longest input) unless the row itself is longer; at least 1."""
+    n = -(-int(longest) // multiple) * multiple
+    if cap is not None:
+        n = max(int(longest), min(n, cap))
+    return max(1, n)
+
+
 class _Collator:
     """Shared state: ``seed`` and ``rank`` (fixed), ``epoch`` (:meth:`set_epoch`), padding, and
     ``pack``: add the batch's packing plan (``batch["packing"]``, a
     :class:`~cellmamba.models.packing.Packing` of rows as long as the padded batch), made here on
     the host (in a loader worker) so the model needs no device synchronisation for it."""
 
-    def __init__(self, *, seed: int = 0, rank: int = 0, pad_to_multiple: int = 1, pack: bool = False):
+    def __init__(self, *, seed: int = 0, rank: int = 0, pad_to_multiple: int = 1, pack: bool = False,
+                 max_padded: int | None = None):
         name = type(self).__name__
         _check_int(name, "seed", seed)
         _check_int(name, "rank", rank)
         _check_int(name, "pad_to_multiple", pad_to_multiple, low=1)
+        if max_padded is not None:
+            _check_int(name, "max_padded", max_padded, low=1)
         if not isinstance(pack, bool):
             raise InputError(f"{name}: pack must be true or false, got {pack!r}")
         self.seed, self.rank, self.pad_to_multiple, self.pack = int(seed), int(rank), int(pad_to_multiple), pack
+        # the longest batch the model takes (e.g. its learned positions): rounding up to
+        # pad_to_multiple stops there, so a 10,000-token context never pads to 10,048
+        self.max_padded = None if max_padded is None else int(max_padded)
         self.epoch = 0
 
     def _finish(self, batch: dict) -> dict:
@@ -152,9 +167,7 @@ class _Collator:
         self.epoch = int(epoch)
 
     def _padded_len(self, lengths) -> int:
-        longest = max(lengths, default=0)
-        m = self.pad_to_multiple
-        return max(1, -(-longest // m) * m)
+        return padded_length(max(lengths, default=0), self.pad_to_multiple, self.max_padded)
 
     def _check_items(self, items) -> None:
         if len(items) == 0:
@@ -198,8 +211,8 @@ class MaskedValueCollator(_Collator):
     """
 
     def __init__(self, config: MaskedValueCollateConfig = MaskedValueCollateConfig(), *, seed: int = 0, rank: int = 0,
-                 pad_to_multiple: int = 1, pack: bool = False):
-        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack)
+                 pad_to_multiple: int = 1, pack: bool = False, max_padded: int | None = None):
+        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack, max_padded=max_padded)
         if not isinstance(config, MaskedValueCollateConfig):
             raise InputError(f"MaskedValueCollator: config must be a MaskedValueCollateConfig, got {type(config).__name__}")
         self.config = config
@@ -301,8 +314,8 @@ class MaskedGeneCollator(_Collator):
     """
 
     def __init__(self, config: MaskedGeneCollateConfig = MaskedGeneCollateConfig(), *, n_genes: int | None = None, seed: int = 0,
-                 rank: int = 0, pad_to_multiple: int = 1, pack: bool = False):
-        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack)
+                 rank: int = 0, pad_to_multiple: int = 1, pack: bool = False, max_padded: int | None = None):
+        super().__init__(seed=seed, rank=rank, pad_to_multiple=pad_to_multiple, pack=pack, max_padded=max_padded)
         if not isinstance(config, MaskedGeneCollateConfig):
             raise InputError(f"MaskedGeneCollator: config must be a MaskedGeneCollateConfig, got {type(config).__name__}")
         if config.random_ratio > 0:
@@ -428,6 +441,7 @@ class TokenBudget:
     rank = property(lambda self: self.collator.rank)
     seed = property(lambda self: self.collator.seed)
     pad_to_multiple = property(lambda self: self.collator.pad_to_multiple)
+    max_padded = property(lambda self: getattr(self.collator, "max_padded", None))
 
     def set_epoch(self, epoch: int) -> None:
         self.collator.set_epoch(epoch)
@@ -439,7 +453,7 @@ class TokenBudget:
     def passes(self, lengths) -> list[list[int]]:
         """The positions of each pass's cells (longest first), for cells of these row lengths."""
         lengths = self.output_lengths(np.asarray(lengths, dtype=np.int64))
-        m = self.pad_to_multiple
+        m, cap = self.pad_to_multiple, self.max_padded
         out: list[list[int]] = []
         padded = 0  # the current pass's padded length: its first (longest) cell's, rounded up
         for i in np.argsort(-lengths, kind="stable").tolist():
@@ -447,7 +461,7 @@ class TokenBudget:
                 out[-1].append(i)
             else:
                 out.append([i])
-                padded = max(1, -(-int(lengths[i]) // m) * m)
+                padded = padded_length(int(lengths[i]), m, cap)
         return out
 
     def __call__(self, items) -> list[dict]:

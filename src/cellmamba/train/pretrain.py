@@ -214,7 +214,7 @@ def build_pretrain_model(config: PretrainConfig, *, n_genes: int, n_bins: int = 
     positions = positions_for(tokenizer, config.backbone)
     embedding = EmbeddingConfig(kind=tokenizer, vocab_size=vocab_size, n_bins=n_bins,
                                 value_encoding=config.resolved_value_encoding, positions=positions,
-                                max_len=max(POSITION_SLOTS, config.context_length) if positions == "learned" else 0)
+                                max_len=position_slots(config) or 0)
     mamba = config.match_backbone if config.backbone == "transformer" else config.backbone
     d_state = config.d_state if config.d_state is not None else (16 if mamba.endswith("mamba1") else 128)
     merge, merge_every = config.resolved_merge
@@ -245,8 +245,19 @@ def loader_workers(cpus: int | None, gpus: int = 1) -> int:
     return max(0, min(MAX_LOADER_WORKERS, per_process - 1))
 
 
+def position_slots(config: PretrainConfig) -> int | None:
+    """The number of learned positions of the run's model (the longest input it reads), or None
+    when it has none (Mamba, and the Transformer peer of binned tokens)."""
+    from ..models.embeddings import positions_for
+
+    if positions_for(RECIPE_TOKENIZER[config.recipe], config.backbone) != "learned":
+        return None
+    return max(POSITION_SLOTS, config.context_length)
+
+
 def _collator(config: PretrainConfig, *, n_genes: int, rank: int):
-    common = dict(seed=config.seed, rank=rank, pack=config.pack, pad_to_multiple=config.resolved_pad_to_multiple)
+    common = dict(seed=config.seed, rank=rank, pack=config.pack, pad_to_multiple=config.resolved_pad_to_multiple,
+                  max_padded=position_slots(config))
     if config.recipe == "scmamba2":
         return MaskedValueCollator(MaskedValueCollateConfig(mask_ratio=config.mask_ratio, zeros_ratio=config.zeros_ratio),
                                    **common)
