@@ -345,8 +345,9 @@ def _job_env() -> dict[str, str]:
     return env
 
 
-def _test_profile(work: Path, rules: list[str]) -> Path:
-    """profiles/slurm with conda off, statuses through squeue, and resources that fit the test node."""
+def _test_profile(work: Path, rules: list[str], cluster: Cluster) -> Path:
+    """profiles/slurm with conda off, statuses through squeue, and resources that fit the test node
+    (its job groups kept: a group job is as wide as the node's cores and memory)."""
     real = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert real["executor"] == "slurm"
     gpu_rules = {r: v["gpu"] for r, v in real.get("set-resources", {}).items() if v.get("gpu")}
@@ -362,6 +363,8 @@ def _test_profile(work: Path, rules: list[str]) -> Path:
         "slurm-status-command": "squeue",
         "slurm-init-seconds-before-status-checks": 5,
         "slurm-no-account": True,
+        "cores": cluster.cpus,
+        "resources": [f"mem_mb={cluster.real_memory}"],
         "default-resources": {"runtime": 15, "mem_mb": 600, "cpus_per_task": 1, "slurm_partition": "cpu"},
         "set-resources": {r: {"mem_mb": 600, "runtime": 15, "cpus_per_task": 1, "slurm_partition": "cpu"}
                           for r in rules},
@@ -369,6 +372,13 @@ def _test_profile(work: Path, rules: list[str]) -> Path:
     for rule, n in gpu_rules.items():
         profile["set-resources"].setdefault(rule, {"runtime": 15, "cpus_per_task": 1}).update(
             gpu=n, mem_mb=1000, slurm_partition="gpu")
+    groups = dict(g.split("=", 1) for g in real.get("groups", []))
+    profile["groups"] = [f"{r}={g}" for r, g in groups.items() if r in rules]  # of this workflow's rules
+    used = {g for r, g in groups.items() if r in rules}
+    profile["group-components"] = [c for c in real.get("group-components", []) if c.split("=", 1)[0] in used]
+    for key in ("groups", "group-components"):
+        if not profile[key]:
+            del profile[key]
     path = work / "profiles/slurm_test/config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
@@ -397,7 +407,7 @@ def demo_run(slurm_cluster, tmp_path_factory):
     rules = _run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=work, timeout=120, check=True,
                  env=_job_env()).stdout
     rules = [line.split()[0] for line in rules.splitlines() if re.match(r"^[A-Za-z_]\w*( |$)", line)]
-    profile = _test_profile(work, rules)
+    profile = _test_profile(work, rules, slurm_cluster)
     cfg = yaml.safe_load((work / "config/config.yaml").read_text())
     # a second config file is deep-merged over the first (--config KEY={...} would give strings)
     overrides = work / "slurm_test_overrides.yaml"
@@ -411,7 +421,7 @@ def demo_run(slurm_cluster, tmp_path_factory):
         raise AssertionError(f"demo through Slurm failed after {elapsed:.0f} s:\n"
                              + _diagnostics(work, proc, slurm_cluster))
     jobs = [j for j in slurm_cluster.jobs() if os.path.realpath(j.get("WorkDir", "")) == os.path.realpath(work)]
-    return {"work": work, "proc": proc, "config": cfg, "jobs": jobs, "elapsed": elapsed}
+    return {"work": work, "proc": proc, "config": cfg, "jobs": jobs, "elapsed": elapsed, "cpus": slurm_cluster.cpus}
 
 
 def _rule(job: dict[str, str]) -> str:
@@ -456,8 +466,15 @@ def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run
         assert job.get("JobState") == "COMPLETED", (job.get("JobId"), job.get("JobState"), job.get("Reason"))
     n_models = len(cfg["pretrain"]["recipes"]) * (2 if cfg["pretrain"]["transformer_peers"] else 1)
     n_shards = cfg["census"]["n_shards"]
-    expected = {"build_demo_census": 1, "census_plan": 1, "census_download": n_shards, "qc": n_shards,
-                "gene_stats": 1, "gene_positions": 1, "tokenize": n_shards * len(cfg["tokenize"]["tokenizers"]),
+    n_tokenize = n_shards * len(cfg["tokenize"]["tokenizers"])
+    # the per-shard chain runs as the profile's group jobs ("rule_<group>_<its rules>" in Slurm's
+    # comment): ceil(components / group-components) jobs of each group
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    groups = dict(g.split("=", 1) for g in profile["groups"])
+    size = {g: int(n) for g, n in (c.split("=", 1) for c in profile["group-components"])}
+    assert groups == {"census_download": "shard", "qc": "shard", "tokenize": "tokens"}, groups
+    expected = {"build_demo_census": 1, "census_plan": 1, "shard_census_download_qc": -(-n_shards // size["shard"]),
+                "gene_stats": 1, "gene_positions": 1, "tokens_tokenize": -(-n_tokenize // size["tokens"]),
                 "token_manifest": len(cfg["tokenize"]["tokenizers"]), "pretrain": n_models,
                 # evaluation (tables are local rules): one dataset per task, one model, one baseline
                 "prepare_dataset": 4, "finetune_annotation": 1, "baseline_annotation": 1, "score_annotation": 2,
@@ -465,6 +482,14 @@ def test_every_demo_job_ran_in_slurm_and_only_gpu_rules_asked_for_a_gpu(demo_run
                 "perturbation_split": 1, "finetune_perturbation": 1, "baseline_perturbation": 1,
                 "score_perturbation": 2, "train_multiomics": 1, "baseline_multiomics": 1, "score_multiomics": 2}
     assert {r: len(v) for r, v in by_rule.items()} == expected
+    # a group job runs its jobs side by side: as many cores as the node has (the test profile's
+    # `cores`), and every job of it left its own log and benchmark
+    for group, width in (("shard_census_download_qc", n_shards), ("tokens_tokenize", n_tokenize)):
+        for job in by_rule[group]:
+            assert int(job["NumCPUs"]) == min(demo_run["cpus"], width), (group, job)
+    work = demo_run["work"]
+    for rule, n in (("census_download", n_shards), ("qc", n_shards), ("tokenize", n_tokenize)):
+        assert len(list((work / "logs" / rule).glob("*.benchmark.tsv"))) == n, rule
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
             gpus = _gpu_request(job)
@@ -480,7 +505,7 @@ def test_failing_job_is_reported_failed(slurm_cluster, tmp_path):
     work = tmp_path / "fail"
     work.mkdir()
     shutil.copy(HERE / "fail" / "Snakefile", work / "Snakefile")
-    profile = _test_profile(work, ["all", "fail"])
+    profile = _test_profile(work, ["all", "fail"], slurm_cluster)
     proc = _snakemake(["--executor", "slurm", "--profile", str(profile), "-s", "Snakefile"],
                       cwd=work, timeout=FAIL_TIMEOUT_S)
     assert proc.returncode not in (0, -9, 137), _diagnostics(work, proc, slurm_cluster)

@@ -43,15 +43,34 @@ def test_dry_run_demo():
 
 
 def test_dry_run_paper_through_slurm_profile():
-    """`snakemake -n --profile slurm all` as users type it; conda replaced (no conda on CI machines)."""
-    proc = _snakemake("-n", "--profile", "slurm", "all", "--sdm", "env-modules", "--quiet", "rules")
+    """`snakemake -n --profile slurm all` as users type it; conda replaced (no conda on CI machines).
+    The profile's job groups put the per-shard chain into a few dozen Slurm jobs, so the cluster
+    sees a few hundred jobs rather than ~3,000."""
+    proc = _snakemake("-n", "--profile", "slurm", "all", "--sdm", "env-modules")
     out = proc.stdout + proc.stderr
     assert "census_download" in out and "tokenize" in out, out[-3000:]
     assert "build_demo_census" not in out, "the paper config must not build the demo store"
-    n_shards = yaml.safe_load((REPO / "config/paper.yaml").read_text())["census"]["n_shards"]
-    # each shard is a job: the rule table lists census_download with n_shards jobs
-    line = next(s for s in out.splitlines() if s.split() and s.split()[0] == "census_download")
-    assert int(line.split()[1]) == n_shards
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    n_shards, n_tok = paper["census"]["n_shards"], len(paper["tokenize"]["tokenizers"])
+    table = {}  # the job stats table: rule -> count
+    for line in out[out.index("Job stats:"):].splitlines()[3:]:
+        if len(line.split()) != 2 or not line.split()[1].isdigit():
+            break
+        table[line.split()[0]] = int(line.split()[1])
+    assert table.pop("total") == sum(table.values()), table
+    # each shard is a job of each per-shard rule
+    assert table["census_download"] == table["qc"] == n_shards and table["tokenize"] == n_shards * n_tok
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    size = {g: int(n) for g, n in (c.split("=", 1) for c in profile["group-components"])}
+    n_groups = {g: out.count(f"Group job {g} ") for g in size}
+    assert n_groups == {"shard": -(-n_shards // size["shard"]), "tokens": -(-n_shards * n_tok // size["tokens"])}
+    snakefile = (REPO / "Snakefile").read_text()
+    block = snakefile[snakefile.index("localrules:") + len("localrules:"):].split("\n\n")[0]
+    local = {r.strip() for r in block.replace("\n", ",").split(",") if r.strip()} & set(table)
+    assert {"all", "download_dataset", "annotation_table"} <= local, local
+    submitted = (sum(table.values()) - sum(table[r] for r in local) - 2 * n_shards - n_shards * n_tok
+                 + sum(n_groups.values()))
+    assert submitted < 700, (submitted, table)
 
 
 _CONDA_EXES = ("conda", "mamba", "micromamba")
