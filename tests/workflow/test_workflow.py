@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,7 +336,7 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
                      "results/multiomics/bmmc_multiome/scmamba/seed0/metrics.csv",
                      "results/multiomics/bmmc_cite/pca_cca/seed0/metrics.csv",
                      "--sdm", "env-modules").stdout
-    jobs = out.split("\nrule ")[1:]
+    jobs = re.split(r"\n\s*rule ", out)[1:]  # a group job's jobs are indented
     assert jobs, out[-2000:]
     seen = set()
     for job in jobs:
