@@ -29,7 +29,7 @@ RESOURCES = {
 
 wildcard_constraints:
     shard=r"\d+",
-    model="|".join(f"{r}(_transformer)?" for r in ("genemamba", "scmamba2")),
+    model="|".join(f"{r}(_transformer|_u)?" for r in ("genemamba", "scmamba2")),
     tokenizer="|".join(["rank", "binned", "patch"]),
 
 
@@ -119,15 +119,17 @@ def all_targets():
 
 # --- pretraining ---
 def pretrain_models():
-    """Model names of the pretrain rule: each recipe, and '<recipe>_transformer' for its peer."""
+    """Model names of the pretrain rule: each recipe, '<recipe>_transformer' for its peer and
+    '<recipe>_u' for its unidirectional ablation (pretrain.unidirectional_ablations)."""
     names = list(config["pretrain"]["recipes"])
     if config["pretrain"]["transformer_peers"]:
         names += [f"{r}_transformer" for r in config["pretrain"]["recipes"]]
+    names += [f"{r}_u" for r in config["pretrain"]["unidirectional_ablations"]]
     return names
 
 
 def _recipe(model):
-    return model.removesuffix("_transformer")
+    return model.removesuffix("_transformer").removesuffix("_u")
 
 
 def pretrain_inputs(wildcards):

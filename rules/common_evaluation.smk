@@ -7,7 +7,7 @@ EVAL = config["evaluation"]
 with open(EVAL["registry"]) as _fh:
     REGISTRY = yaml.safe_load(_fh)
 validate(REGISTRY, "../config/datasets.schema.yaml")
-MODEL_NAMES = [f"{r}{s}" for r in ("genemamba", "scmamba2") for s in ("", "_transformer")]
+MODEL_NAMES = [f"{r}{s}" for r in ("genemamba", "scmamba2") for s in ("", "_transformer", "_u")]
 #: the no-pretraining control of a fine-tuned model: its architecture, random init, the same fine-tuning
 SCRATCH = "_scratch"
 FINETUNE_METHODS = MODEL_NAMES + [m + SCRATCH for m in MODEL_NAMES]

@@ -61,7 +61,8 @@ def _config(checkpoint):
 
 def model_recipe(config) -> str:
     """The recipe name of a model (its obsm key suffix): ``"scmamba2"`` (binned tokens),
-    ``"genemamba"`` (rank tokens), ``"<recipe>_transformer"`` for a Transformer peer.
+    ``"genemamba"`` (rank tokens), ``"<recipe>_transformer"`` for a Transformer peer,
+    ``"<recipe>_u"`` for a unidirectional Mamba (the ablation GeneMamba_U).
 
     ``config``: a :class:`~cellmamba.models.CellModelConfig` or a model directory."""
     if isinstance(config, (str, os.PathLike)):
@@ -71,7 +72,9 @@ def model_recipe(config) -> str:
         raise InputError(f"this model reads {kind!r} inputs; embedding supports rank (genemamba) and binned "
                          "(scmamba2) models only (patch models, the scmamba towers, read another format)")
     recipe = _TOKENIZER_RECIPE[kind]
-    return f"{recipe}_transformer" if config.backbone.arch == "transformer" else recipe
+    if config.backbone.arch == "transformer":
+        return f"{recipe}_transformer"
+    return f"{recipe}_u" if config.backbone.arch in ("mamba1", "mamba2") else recipe  # unidirectional ablation
 
 
 def read_inference_settings(checkpoint: str | os.PathLike, *, config=None) -> dict | None:

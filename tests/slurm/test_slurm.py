@@ -62,7 +62,7 @@ EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False, "scratch_c
 # pretraining cut to the one model the evaluation uses: the pretrain rule runs once (the plain demo
 # test pretrains all four)
 PRETRAIN_OVERRIDES = {"max_steps": MAX_STEPS, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1,
-                      "recipes": ["scmamba2"], "transformer_peers": False}
+                      "recipes": ["scmamba2"], "transformer_peers": False, "unidirectional_ablations": []}
 
 
 # --------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def test_confusion_rows_are_normalised(tmp_path):
 def test_loss_curves(tmp_path):
     paths = []
     for model, loss in (("scmamba2", [3.0, 2.0, 1.5]), ("scmamba2_transformer", [3.1, 2.5, 2.0]),
-                        ("genemamba", [9.0, 8.0, 7.0])):
+                        ("genemamba", [9.0, 8.0, 7.0]), ("genemamba_u", [9.5, 8.5, 7.5])):
         path = tmp_path / model / "metrics.csv"
         path.parent.mkdir()
         pd.DataFrame({"step": [5, 10, 15], "loss": loss, "lr": 0.1}).to_csv(path, index=False)
@@ -230,7 +230,7 @@ def test_loss_curves(tmp_path):
     data = plots.loss_curves(paths, out)
     _written(out)
     assert data.groupby("recipe")["model"].unique().map(sorted).to_dict() == {
-        "genemamba": ["genemamba"], "scmamba2": ["scmamba2", "scmamba2_transformer"]}
+        "genemamba": ["genemamba", "genemamba_u"], "scmamba2": ["scmamba2", "scmamba2_transformer"]}
     assert data[data["model"] == "scmamba2_transformer"]["loss"].tolist() == [3.1, 2.5, 2.0]
     pd.DataFrame({"step": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InputError, match="lack columns \\['loss'\\]"):

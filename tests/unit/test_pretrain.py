@@ -235,3 +235,40 @@ def test_loader_workers_leave_each_process_one_core():
     assert loader_workers(16, 4) == 3                     # four ranks share 16 cores
     assert loader_workers(1, 1) == 0 and loader_workers(3, 4) == 0 and loader_workers(None) == 0
     assert loader_workers(64, 1) == MAX_LOADER_WORKERS
+
+
+def test_unidirectional_ablation_is_the_recipe_s_mamba_forward_only(tmp_path):
+    """genemamba_u (GeneMamba_U): the genemamba job's settings with the backward direction gone, so
+    a gene's state depends on the genes before it only; the bidirectional model's does on later ones."""
+    import torch
+
+    import _pretrain_toy as toy
+    from cellmamba.train.pretrain import run_pretraining, split_model_name
+
+    assert split_model_name("genemamba_u") == ("genemamba", "_u")
+    assert split_model_name("genemamba_transformer") == ("genemamba", "_transformer")
+    model = {"backbone": "bimamba_mamba2", "d_model": 64, "n_layers": 2, "d_state": 8}
+    pretrain = {"backend": "torch", "genemamba_lm": "masked_gene"}
+    bi = PretrainConfig.from_workflow(model, pretrain, name="genemamba")
+    uni = PretrainConfig.from_workflow(model, pretrain, name="genemamba_u")
+    assert (bi.backbone, uni.backbone) == ("bimamba_mamba2", "mamba2")
+    assert {k: v for k, v in vars(uni).items() if k not in ("backbone", "match_backbone")} == {
+        k: v for k, v in vars(bi).items() if k not in ("backbone", "match_backbone")}
+    torch.manual_seed(0)
+    ids = torch.randint(4, 40, (1, 12))
+    later = ids.clone()
+    later[0, 8:] = torch.randint(4, 40, (4,))  # other genes after position 7
+    for config, causal in ((uni, True), (bi, False)):
+        net = build_pretrain_model(config, n_genes=40).eval()
+        with torch.no_grad():
+            a, b = (net(x).hidden for x in (ids, later))
+        assert torch.allclose(a[0, :8], b[0, :8], atol=1e-6) is causal, config.backbone
+    with pytest.raises(InputError, match="unidirectional ablation needs a bidirectional"):
+        PretrainConfig.from_workflow({**model, "backbone": "mamba2"}, pretrain, name="genemamba_u")
+    # it pretrains and saves the unidirectional model
+    corpus = toy.write_corpus(tmp_path, "rank")
+    flat = toy.settings("genemamba", backbone="mamba1", match_backbone="mamba1", max_steps=2)
+    run_pretraining(corpus, tmp_path / "run", config=PretrainConfig(**flat),
+                    gene_stats=toy.write_gene_stats(tmp_path / "stats.tsv"), device="cpu")
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["config"]["backbone"]["arch"] == "mamba1", saved["config"]["backbone"]

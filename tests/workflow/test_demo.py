@@ -81,13 +81,16 @@ def test_demo_pretrained_models_load_and_embed(demo_run):
     from cellmamba.train.data import DataConfig, MaskedValueCollator, MaskedValueCollateConfig, build_dataloader
 
     sizes = {}
-    for name in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer"):
+    for name in ("genemamba", "scmamba2", "genemamba_transformer", "scmamba2_transformer", "genemamba_u"):
         run = demo_run / "results/pretrain" / name
         metrics = pd.read_csv(run / "metrics.csv")
         assert metrics["step"].iloc[-1] == 20 and metrics["loss"].notna().all()
         model = CellModel.from_pretrained(run / "model")
         sizes[name] = count_parameters(model.backbone)
         assert (model.config.backbone.arch == "transformer") == name.endswith("_transformer")
+    # GeneMamba_U: genemamba's Mamba2 forward direction only, its shape kept (so fewer parameters)
+    assert CellModel.from_pretrained(demo_run / "results/pretrain/genemamba_u/model").config.backbone.arch == "mamba2"
+    assert sizes["genemamba_u"] < sizes["genemamba"]
     for recipe in ("genemamba", "scmamba2"):
         assert abs(sizes[f"{recipe}_transformer"] - sizes[recipe]) <= 0.1 * sizes[recipe]
     # the pretrained scmamba2 model embeds real cells of the demo corpus

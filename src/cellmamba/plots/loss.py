@@ -92,7 +92,7 @@ def _read_losses(metrics_csvs) -> pd.DataFrame:
         missing = [c for c in ("step", "loss") if c not in frame]
         if missing:
             raise InputError(f"{path}: pretraining metrics lack columns {missing}")
-        frames.append(pd.DataFrame({"model": model, "recipe": model.removesuffix("_transformer"),
+        frames.append(pd.DataFrame({"model": model, "recipe": model.removesuffix("_transformer").removesuffix("_u"),
                                     "step": frame["step"].to_numpy(), "loss": frame["loss"].to_numpy(float)}))
     if not frames:
         raise InputError(f"no pretraining metrics file has training rows: {empty} (failed runs? rerun their "
@@ -101,7 +101,8 @@ def _read_losses(metrics_csvs) -> pd.DataFrame:
 
 
 def _draw(data: pd.DataFrame, out: str | os.PathLike, *, title: str, formats: Sequence[str] = ("png", "pdf")) -> None:
-    """One panel per recipe (the model and its ``_transformer`` peer), saved as ``out`` in ``formats``."""
+    """One panel per recipe (the model, its ``_transformer`` peer and its ``_u`` unidirectional
+    ablation), saved as ``out`` in ``formats``."""
     import matplotlib.pyplot as plt
 
     recipes = list(dict.fromkeys(data["recipe"]))
@@ -111,7 +112,8 @@ def _draw(data: pd.DataFrame, out: str | os.PathLike, *, title: str, formats: Se
             block = data[data["recipe"] == recipe]
             for model in method_order(block["model"]):
                 sub = block[block["model"] == model]
-                label = "Transformer peer" if model.endswith("_transformer") else "Mamba"
+                label = ("Transformer peer" if model.endswith("_transformer")
+                         else "Mamba, forward only" if model.endswith("_u") else "Mamba")
                 ax.plot(sub["step"], sub["loss"], marker="o", ms=3, color=method_color(model),
                         label=f"{model} ({label})")
             ax.set(xlabel="optimizer step", ylabel="training loss (lower is better)", title=f"recipe {recipe}")

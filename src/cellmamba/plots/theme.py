@@ -23,7 +23,8 @@ __all__ = ["SCRATCH", "is_scratch", "style", "method_color", "method_order", "sa
 
 
 # Okabe-Ito: blue, sky blue, bluish green for Mamba; vermillion, orange, reddish purple for Transformers
-_MAMBA = {"scmamba2": "#0072B2", "genemamba": "#56B4E9", "scmamba": "#0072B2", "scmamba_bimamba": "#009E73",
+_MAMBA = {"scmamba2": "#0072B2", "genemamba": "#56B4E9", "genemamba_u": "#009E73", "scmamba": "#0072B2",
+          "scmamba_bimamba": "#009E73",
           "mamba2": "#0072B2", "bimamba_mamba2": "#009E73", "bimamba_mamba1": "#56B4E9"}
 _TRANSFORMER = {"scmamba2_transformer": "#D55E00", "genemamba_transformer": "#E69F00",
                 "scmamba_transformer": "#D55E00", "transformer": "#D55E00"}

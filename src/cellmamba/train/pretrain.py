@@ -43,7 +43,7 @@ RECIPE_TOKENIZER = {"genemamba": "rank", "scmamba2": "binned"}
 #: PretrainConfig fields of one recipe's objective only; the other recipe's job leaves them at their defaults
 RECIPE_KEYS = {"genemamba": ("lm", "pathway_weight", "pathway_temperature"), "scmamba2": ("zeros_ratio",)}
 #: keys of the workflow's ``pretrain`` sub-tree that the workflow reads itself (which jobs, which GMT files)
-WORKFLOW_KEYS = ("recipes", "transformer_peers", "gene_sets")
+WORKFLOW_KEYS = ("recipes", "transformer_peers", "unidirectional_ablations", "gene_sets")
 #: how each recipe's bidirectional backbone merges its two directions, as published: SC-MAMBA2 sums
 #: them in every layer (its section 4.2: the combined sequence goes to the next layer), GeneMamba
 #: gates them in every block (its Fig. 2). GeneMamba's next-token objective needs each direction's
@@ -128,8 +128,9 @@ class PretrainConfig:
 
     @classmethod
     def from_workflow(cls, model: Mapping[str, Any], pretrain: Mapping[str, Any], *, name: str) -> "PretrainConfig":
-        """The config of the workflow's pretraining job ``name`` ("<recipe>", or
-        "<recipe>_transformer" for its same-size peer) from the ``models.<recipe>`` and
+        """The config of the workflow's pretraining job ``name`` ("<recipe>", "<recipe>_transformer"
+        for its same-size peer, or "<recipe>_u" for its unidirectional ablation: GeneMamba_U, the
+        recipe's Mamba with its backward direction removed) from the ``models.<recipe>`` and
         ``pretrain`` sub-trees of the workflow config, passed whole.
 
         The keys are PretrainConfig's fields, except: ``models.<recipe>.backbone`` is also the
@@ -139,7 +140,7 @@ class PretrainConfig:
         other recipe's objective (:data:`RECIPE_KEYS`) and the workflow's own
         (:data:`WORKFLOW_KEYS`) are left out. Unknown keys are an InputError.
         """
-        recipe = name.removesuffix("_transformer")
+        recipe, variant = split_model_name(name)
         if recipe not in RECIPE_TOKENIZER:
             raise InputError(f"pretraining job {name!r}: recipe must be one of {sorted(RECIPE_TOKENIZER)}")
         model, pretrain = dict(model), {k: v for k, v in pretrain.items() if k not in WORKFLOW_KEYS}
@@ -164,7 +165,12 @@ class PretrainConfig:
                                  f"pretrain.batch_size ({batch})")
             pretrain.update(batch_size=micro, grad_accum=accum * (batch // micro))
         backbone = model.get("backbone", cls.backbone)
-        model.update(match_backbone=backbone, backbone="transformer" if name.endswith("_transformer") else backbone)
+        if variant == UNIDIRECTIONAL:  # GeneMamba_U: the same Mamba, forward direction only
+            if not backbone.startswith("bimamba_"):
+                raise InputError(f"pretraining job {name!r}: the unidirectional ablation needs a bidirectional "
+                                 f"models.{recipe}.backbone (bimamba_mamba2 or bimamba_mamba1), got {backbone!r}")
+            backbone = backbone.removeprefix("bimamba_")
+        model.update(match_backbone=backbone, backbone="transformer" if variant == TRANSFORMER else backbone)
         clash = sorted(set(model) & set(pretrain))
         if clash:
             raise InputError(f"config: {clash} set in both models.{recipe} and pretrain")
@@ -243,6 +249,19 @@ def loader_workers(cpus: int | None, gpus: int = 1) -> int:
         return 0
     per_process = int(cpus) // max(int(gpus), 1)
     return max(0, min(MAX_LOADER_WORKERS, per_process - 1))
+
+
+#: model-name suffixes of the pretraining jobs: the same-size Transformer peer, the unidirectional ablation
+TRANSFORMER, UNIDIRECTIONAL = "_transformer", "_u"
+
+
+def split_model_name(name: str) -> tuple[str, str]:
+    """A pretrained model's name -> (recipe, variant): "genemamba_u" -> ("genemamba", "_u"),
+    "scmamba2_transformer" -> ("scmamba2", "_transformer"), "genemamba" -> ("genemamba", "")."""
+    for suffix in (TRANSFORMER, UNIDIRECTIONAL):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
 
 
 def position_slots(config: PretrainConfig) -> int | None:
