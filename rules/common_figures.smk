@@ -6,6 +6,8 @@ FIGURES = "results/figures"
 FIGURE_TASKS = ("annotation", "integration", "perturbation", "multiomics")
 #: benchmark CSVs committed with the repository (measured on a lent GPU, see benchmarks/)
 GPU_BENCHMARKS = {"throughput": "benchmarks/results/gpu_throughput.csv", "tasks": "benchmarks/results/gpu_tasks.csv"}
+#: the multi-omics methods' wall time and memory vs cells (benchmarks/bench_scalability.py), where measured
+SCALABILITY_BENCHMARK = "benchmarks/results/scalability.csv"
 
 
 def _both(stem):
@@ -31,6 +33,8 @@ def figures():
         out += _both(f"{FIGURES}/pretrain_loss")
     if all(os.path.exists(p) for p in GPU_BENCHMARKS.values()):
         out += _both(f"{FIGURES}/gpu_throughput") + _both(f"{FIGURES}/gpu_tasks")
+    if task_datasets("multiomics") and os.path.exists(SCALABILITY_BENCHMARK):
+        out += _both(f"{FIGURES}/scalability")
     return out
 
 

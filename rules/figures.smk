@@ -166,6 +166,29 @@ rule plot_throughput:
         "../workflow_scripts/plot_throughput.py"
 
 
+rule plot_scalability:
+    """The multi-omics methods' wall time and peak memory vs cells (benchmarks/results)."""
+    input:
+        csv=SCALABILITY_BENCHMARK,
+    output:
+        png=report(
+            f"{FIGURES}/scalability.png",
+            caption="../report/scalability.rst",
+            category="performance",
+            subcategory="scalability",
+            labels={"figure": "cells"},
+        ),
+        pdf=f"{FIGURES}/scalability.pdf",
+    log:
+        "logs/plot_scalability.log",
+    benchmark:
+        "logs/plot_scalability.benchmark.tsv"
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/plot_scalability.py"
+
+
 rule table_report:
     """A benchmark table (results/tables/<task>.md) as an HTML page for the workflow report."""
     input:

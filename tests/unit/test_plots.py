@@ -296,6 +296,24 @@ def test_throughput_and_task_throughput(tmp_path):
         plots.task_throughput(tmp_path / "bad.csv", tmp_path / "bad.png")
 
 
+def test_scalability_reads_gpu_memory_where_measured_else_host(tmp_path):
+    rows = []
+    for device, gpu in (("CPU (2 cores)", None), ("GPU X", 3.0)):
+        for n in (1000, 3000):
+            for method, stage in (("scmamba", "train+embed"), ("scmamba", "embed"), ("pca_cca", "fit")):
+                rows.append({"method": method, "n_cells": n, "stage": stage, "wall_s": n / 100, "peak_host_gib": 1.5,
+                             "peak_gpu_gib": gpu, "device": device, "date": "2026-01-01", "epochs": 1})
+    pd.DataFrame(rows).to_csv(tmp_path / "s.csv", index=False)
+    data = plots.scalability(tmp_path / "s.csv", tmp_path / "s.png")
+    _written(tmp_path / "s.png")
+    assert len(data) == 12
+    assert data.groupby("device")["memory_gib"].unique().map(list).to_dict() == {"CPU (2 cores)": [1.5], "GPU X": [3.0]}
+    assert set(data.loc[data["device"] == "GPU X", "memory"]) == {"GPU"}
+    pd.DataFrame(rows).assign(stage="warmup").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match=r"unknown stage\(s\) \['warmup'\]"):
+        plots.scalability(tmp_path / "bad.csv", tmp_path / "bad.png")
+
+
 # --- tables ---------------------------------------------------------------------------------
 def test_table_html(tmp_path):
     from cellmamba.metrics import summarize, write_table

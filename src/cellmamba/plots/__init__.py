@@ -22,8 +22,9 @@ from .embedding import embedding_umaps
 from .gpu import task_throughput, throughput
 from .loss import loss_curve, loss_curves
 from .perturbation import perturbation_scatter
+from .scalability import scalability
 from .theme import method_color, method_order, save_figure, style
 
 __all__ = ["style", "method_color", "method_order", "save_figure", "metric_bars", "embedding_umaps",
            "perturbation_scatter", "confusion_heatmaps", "loss_curves", "loss_curve", "throughput",
-           "task_throughput", "table_html", "TASK_METRICS"]
+           "task_throughput", "scalability", "table_html", "TASK_METRICS"]
