@@ -20,6 +20,10 @@ include: "rules/baselines.smk"
 include: "rules/metrics.smk"
 include: "rules/common_figures.smk"
 include: "rules/figures.smk"
+include: "rules/common_trajectory.smk"
+include: "rules/trajectory.smk"
+include: "rules/common_genes.smk"
+include: "rules/genes.smk"
 
 
 report: "report/workflow.rst"
@@ -40,7 +44,13 @@ localrules:
     plot_confusion,
     plot_loss_curves,
     plot_throughput,
+    plot_scalability,
     table_report,
+    gene_pairs_table,
+    rank_reconstruction_table,
+    plot_gene_pairs,
+    plot_rank_reconstruction,
+    gene_table_report,
 
 
 rule all:
@@ -52,3 +62,9 @@ rule corpus:
     """Named target: the tokenized pretraining corpus (every configured tokenizer)."""
     input:
         token_manifests(),
+
+
+rule genes:
+    """Named target: GeneMamba's gene analyses (gene pairs, rank reconstruction): tables and figures."""
+    input:
+        gene_targets(),

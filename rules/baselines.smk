@@ -69,7 +69,8 @@ rule baseline_perturbation:
 
 
 rule baseline_multiomics:
-    """PCA of each modality, then CCA of the paired cells: both modalities in one space."""
+    """PCA + CCA, MultiVI (RNA + ATAC: one latent per modality) or totalVI (RNA + protein: one
+    joint latent per cell, a joint file) of the paired cells."""
     input:
         dataset="results/datasets/{dataset}.h5ad",
     output:
@@ -85,6 +86,6 @@ rule baseline_multiomics:
     params:
         method="{method}",
         seed=seed_param,
-        settings=EVAL["multiomics"]["pca_cca"],
+        settings=baseline_settings,
     script:
         "../workflow_scripts/baseline_multiomics.py"

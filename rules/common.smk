@@ -114,7 +114,8 @@ def token_manifests():
 
 def all_targets():
     """Everything `snakemake all` builds (grows as the workflow's stages land)."""
-    return token_manifests() + pretrained_models() + tables() + figures()
+    # gene_targets: rules/common_genes.smk; trajectory_targets: rules/common_trajectory.smk
+    return token_manifests() + pretrained_models() + tables() + figures() + gene_targets() + trajectory_targets()
 
 
 # --- pretraining ---

@@ -15,7 +15,9 @@ ANNOTATION_BASELINES = ["logreg", "knn_pca"]
 INTEGRATION_BASELINES = ["pca", "harmony", "scvi"]
 PERTURBATION_BASELINES = ["no_change", "train_mean", "additive"]
 MULTIOMICS_METHODS = ["scmamba", "scmamba_bimamba", "scmamba_transformer"]
-MULTIOMICS_BASELINES = ["pca_cca"]
+MULTIOMICS_BASELINES = ["pca_cca", "multivi", "totalvi"]
+#: multi-omics baseline -> the modalities it models, sorted; None = any pair (cellmamba.baselines.multiomics.METHOD_MODALITIES)
+MULTIOMICS_BASELINE_MODALITIES = {"pca_cca": None, "multivi": ["atac", "rna"], "totalvi": ["protein", "rna"]}
 #: multi-omics method -> backbone of its towers (scmamba as published; our BiMamba variant; the same-size peer)
 MULTIOMICS_ARCH = {"scmamba": "mamba2", "scmamba_bimamba": "bimamba_mamba2", "scmamba_transformer": "transformer"}
 
@@ -134,6 +136,8 @@ def finetune_settings(task):
 
 
 def baseline_settings(wildcards):
+    if wildcards.method in MULTIOMICS_BASELINES:  # evaluation.multiomics.<method>
+        return dict(EVAL["multiomics"][wildcards.method])
     settings = {}
     if wildcards.method == "scvi":
         settings["max_epochs"] = EVAL["integration"]["scvi_max_epochs"]
@@ -227,14 +231,29 @@ def multiomics_settings(wildcards):
     return settings
 
 
+def multiomics_dataset_methods(dataset):
+    """The multi-omics methods run on a dataset: the towers and pca_cca on every pair, a baseline
+    limited to some modalities (multivi: RNA + ATAC, totalvi: RNA + protein) only on those."""
+    mods = sorted(dataset_entry(dataset).get("modalities") or [])
+    baselines = []
+    for method in EVAL["multiomics"]["baselines"]:
+        want = MULTIOMICS_BASELINE_MODALITIES[method]
+        if want is not None and not mods:
+            raise ValueError(
+                f"config/datasets.yaml: {dataset} states no 'modalities'; the {method} baseline needs them"
+            )
+        if want is None or want == mods:
+            baselines.append(method)
+    return baselines + list(EVAL["multiomics"]["methods"])
+
+
 def multiomics_runs():
-    methods = list(EVAL["multiomics"]["baselines"]) + list(EVAL["multiomics"]["methods"])
-    return expand(
-        "results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv",
-        dataset=task_datasets("multiomics"),
-        method=methods,
-        seed=EVAL["seeds"],
-    )
+    return [
+        f"results/multiomics/{dataset}/{method}/seed{seed}/metrics.csv"
+        for dataset in task_datasets("multiomics")
+        for method in multiomics_dataset_methods(dataset)
+        for seed in EVAL["seeds"]
+    ]
 
 
 def tables():

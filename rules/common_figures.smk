@@ -59,8 +59,7 @@ def umap_inputs(wildcards):
     if wildcards.task == "integration":
         methods = list(EVAL["integration"]["baselines"]) + finetuned_methods()
         return [f"results/integration/{d}/{wildcards.variant}/{m}/seed{s}/embedding.h5ad" for m in methods]
-    methods = list(EVAL["multiomics"]["baselines"]) + list(EVAL["multiomics"]["methods"])
-    return [f"results/multiomics/{d}/{m}/seed{s}/embedding.h5ad" for m in methods]
+    return [f"results/multiomics/{d}/{m}/seed{s}/embedding.h5ad" for m in multiomics_dataset_methods(d)]
 
 
 def perturbation_scatter_inputs(wildcards):

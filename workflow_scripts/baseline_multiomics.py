@@ -1,5 +1,5 @@
-"""Rule baseline_multiomics: PCA of each modality, then CCA of the paired cells (paired-embedding
-h5ad, the models' format)."""
+"""Rule baseline_multiomics: PCA + CCA or MultiVI (paired-embedding h5ad, the models' format), or
+totalVI (a joint-latent h5ad) of the paired cells."""
 import sys
 from pathlib import Path
 

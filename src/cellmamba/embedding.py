@@ -259,7 +259,7 @@ def tokenize_for_model(adata, checkpoint: str | os.PathLike, *, vocabulary: str 
 def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None, layer: str | None = None,
           copy: bool = False, vocabulary: str | os.PathLike | None = None, key: str | None = None,
           max_len: int | None = None, batch_size: int = 64, pooling: str = "auto", device=None,
-          backend: str = "auto", progress: bool = True):
+          backend: str = "auto", progress: bool = True, init: str = "pretrained", seed: int = 0):
     """Embed every cell of ``adata`` with a pretrained model (scanpy's tool conventions:
     ``key_added``, ``layer``, ``copy``).
 
@@ -298,6 +298,12 @@ def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None,
         SSM kernels: "auto" (mamba_ssm's kernels on CUDA when installed), "torch", "cuda".
     progress
         Show a tqdm progress bar.
+    init
+        "pretrained" (the model's weights) or "scratch": the same architecture (config.json)
+        randomly initialised after :func:`cellmamba._util.seed_all` of ``seed``, the weights file
+        not read; the no-pretraining control (``<model>_scratch``) of a zero-shot embedding.
+    seed
+        Seed of the scratch initialisation (not used with ``init="pretrained"``).
 
     Returns
     -------
@@ -305,15 +311,18 @@ def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None,
     embedding, also written to ``adata.obsm[key_added]`` (scanpy's tools return None there; the
     array is returned for scripts that use it). What was done is recorded in
     ``uns["cellmamba"]["embeddings"][key_added]`` (checkpoint, recipe, pooling, tokenizer, max_len,
-    max_len_from, value_source, x_kind, layer, n_genes_used, n_genes_unmapped, vocabulary, device).
+    max_len_from, value_source, x_kind, layer, n_genes_used, n_genes_unmapped, vocabulary, device,
+    init and, for a scratch control, seed).
     """
     from ._version import __version__
     from .models import CellModel
+    from .models.model import check_init
     from .tasks.finetune import FinetuneConfig, collator_for, embed_cells, pick_device, resolve_pooling
     from .tasks.tokens import TokenCells
 
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_init(init, where="embed")
     if key is not None and key_added is not None and key != key_added:
         raise InputError(f"embed: key={key!r} and key_added={key_added!r}; pass key_added only")
     checkpoint = Path(checkpoint)
@@ -334,7 +343,13 @@ def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None,
     tokens, kind = tokenize_for_model(_from_layer(adata, layer) if layer is not None else adata, checkpoint,
                                       vocabulary=vocabulary, max_len=max_len,
                                       source=f"adata.layers[{layer!r}]" if layer is not None else "adata")
-    model = CellModel.from_pretrained(checkpoint, backend=backend)
+    if init == "scratch":
+        from ._util import seed_all
+
+        seed_all(int(seed))
+        model = CellModel.scratch_like(checkpoint, backend=backend)
+    else:
+        model = CellModel.from_pretrained(checkpoint, backend=backend)
     device = pick_device(device)
     emb, _ = embed_cells(model, TokenCells(tokens), collator_for(tokens, mask_ratio=0.0, include_zeros=False, seed=0),
                          pooling=pooling, batch_size=int(batch_size), device=device, progress=progress)
@@ -345,9 +360,11 @@ def embed(adata, checkpoint: str | os.PathLike, *, key_added: str | None = None,
               "n_genes_used": tokens.n_genes_used, "n_genes_unmapped": tokens.n_genes_unmapped,
               "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None
               else str((checkpoint / VOCABULARY_NAME).resolve()),
-              "device": str(device), "cellmamba_version": __version__}
+              "device": str(device), "cellmamba_version": __version__, "init": init,
+              **({"seed": int(seed)} if init == "scratch" else {})}
     adata.uns.setdefault(UNS, {}).setdefault("embeddings", {})[key] = record
-    log.info("embedded %d cells with %s (%s, %s pooling) into obsm[%r]", emb.shape[0], checkpoint, recipe, pooling, key)
+    log.info("embedded %d cells with %s (%s, %s pooling%s) into obsm[%r]", emb.shape[0], checkpoint, recipe, pooling,
+             f", scratch init seed {int(seed)}" if init == "scratch" else "", key)
     return adata if copy else emb
 
 

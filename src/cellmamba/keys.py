@@ -30,6 +30,13 @@ OBS_CONDITION = "condition"
 OBS_MODALITY = "modality"
 #: obs column of a perturbation predictions file: "test" (a test condition) or "reverse_candidate"
 OBS_ROLE = "role"
+#: obs column of the standard schema (trajectory datasets): the published pseudotime; NaN = the cell is on
+#: no published trajectory
+OBS_PSEUDOTIME = "pseudotime"
+#: obs column of the standard schema (trajectory datasets): the measured time of the cell's sample (e.g. hours)
+OBS_TIME = "time"
+#: obs column scanpy's ``tl.dpt`` writes: the diffusion pseudotime from the root cell
+OBS_DPT = "dpt_pseudotime"
 
 # --------------------------------------------------------------------------- var
 #: var column of the census gene table (the vocabulary): the Ensembl id (also the var index)
@@ -76,6 +83,8 @@ UNS_READER = "reader"
 UNS_SOURCE_FILES = "source_files"
 #: uns[UNS] key: JSON text of cellmamba.runlog.provenance(entry) of a prepared dataset
 UNS_PROVENANCE = "provenance"
+#: uns key scanpy's ``tl.dpt`` reads: the index of the root cell of the diffusion pseudotime
+UNS_IROOT = "iroot"
 #: uns key of a simulator's parameters and drawn ground truth: under uns[UNS] for the integration
 #: simulator, top-level for the multiome and perturbation ones (their readers rewrite uns[UNS])
 UNS_SIMULATION = "simulation"

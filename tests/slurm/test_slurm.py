@@ -50,7 +50,7 @@ DEMO_TIMEOUT_S = 900      # the whole demo snakemake call (killed with SIGKILL a
 FAIL_TIMEOUT_S = 120      # the failing one-rule workflow
 MAX_STEPS = 4             # pretraining steps of each demo model (the demo config has 20)
 GPU_RULES = {"pretrain": 1, "finetune_annotation": 1, "finetune_integration": 1, "finetune_perturbation": 1,
-             "train_multiomics": 1}
+             "train_multiomics": 1, "gene_pair_scores": 1, "rank_reconstruction": 1, "embed_trajectory": 1}
 # the evaluation part of the demo, cut to one model, one baseline per task, one variant and no
 # scratch controls (the same rules again), so every evaluation rule runs once or twice (the full
 # set is the plain demo test's job)
@@ -58,7 +58,8 @@ EVAL_OVERRIDES = {"models": ["scmamba2"], "all_genes_variant": False, "scratch_c
                   "annotation": {"baselines": ["logreg"], "finetune": {"epochs": 1}},
                   "integration": {"baselines": ["pca"], "finetune": {"epochs": 1}},
                   "perturbation": {"baselines": ["additive"], "finetune": {"epochs": 1}},
-                  "multiomics": {"methods": ["scmamba"], "baselines": ["pca_cca"], "train": {"epochs": 1}}}
+                  "multiomics": {"methods": ["scmamba"], "baselines": ["pca_cca"], "train": {"epochs": 1}},
+                  "trajectory": {"datasets": []}}
 # pretraining cut to the one model the evaluation uses: the pretrain rule runs once (the plain demo
 # test pretrains all four)
 PRETRAIN_OVERRIDES = {"max_steps": MAX_STEPS, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1,
@@ -411,7 +412,9 @@ def demo_run(slurm_cluster, tmp_path_factory):
     cfg = yaml.safe_load((work / "config/config.yaml").read_text())
     # a second config file is deep-merged over the first (--config KEY={...} would give strings)
     overrides = work / "slurm_test_overrides.yaml"
-    overrides.write_text(yaml.safe_dump({"pretrain": PRETRAIN_OVERRIDES, "evaluation": EVAL_OVERRIDES}))
+    # the gene analyses are off here (their rules are local-run in the plain demo test)
+    overrides.write_text(yaml.safe_dump({"pretrain": PRETRAIN_OVERRIDES, "evaluation": EVAL_OVERRIDES,
+                                         "genes": {"models": []}}))
     cfg["pretrain"].update(PRETRAIN_OVERRIDES)
     t0 = time.monotonic()
     proc = _snakemake(["--executor", "slurm", "--profile", str(profile),

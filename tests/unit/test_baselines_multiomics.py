@@ -248,3 +248,134 @@ def test_files_round_trip_through_the_paired_embedding_format(tmp_path):
     with pytest.raises(InputError, match="unknown setting"):
         run_multiomics_baseline_files(tmp_path / "dataset.h5ad", tmp_path / "e2.h5ad", method="pca_cca", seed=0,
                                       settings={"n_hvg": 100})
+
+
+# --- scvi-tools baselines: MULTIVI (RNA + ATAC, one latent per modality), TOTALVI (RNA + protein, one joint latent)
+
+SCVI_FAST = {"max_epochs": 2, "accelerator": "cpu"}
+
+
+def _sim_cite(n=240, n_genes=60, n_proteins=12, n_types=3, seed=0):
+    """Paired RNA + protein counts of n_types cell types in 2 batches (var modality, layers counts)."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, n_types, size=n)
+    gene_rate = np.exp(rng.normal(0.0, 1.0, size=(n_types, n_genes)))
+    prot_rate = 20 * np.exp(rng.normal(0.0, 1.0, size=(n_types, n_proteins)))
+    counts = np.hstack([rng.poisson(gene_rate[types]), rng.poisson(prot_rate[types] + 5.0)]).astype(np.float32)
+    names = [f"g{j}" for j in range(n_genes)] + [f"p{j}" for j in range(n_proteins)]
+    var = pd.DataFrame({"modality": ["rna"] * n_genes + ["protein"] * n_proteins}, index=names)
+    obs = pd.DataFrame({"cell_type": [f"type{t}" for t in types], "batch": [f"b{i % 2}" for i in range(n)]},
+                       index=[f"c{i}" for i in range(n)])
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    return adata
+
+
+def _sim_multiome_file(tmp_path, n_cells=200, seed=5):
+    from cellmamba.datasets.simulate_multiome import write_simulated_multiome
+
+    write_simulated_multiome(tmp_path / "raw_multiome.h5ad", n_cells=n_cells, n_batches=2, seed=seed)
+    path = tmp_path / "multiome.h5ad"
+    read_bmmc({"h5ad": tmp_path / "raw_multiome.h5ad"}, keys=KEYS).write_h5ad(path)
+    return path
+
+
+def test_multivi_writes_one_latent_per_modality_seeded(tmp_path):
+    import scvi
+
+    from cellmamba.baselines.multiomics import run_multiomics_baseline_files
+    from cellmamba.io import read_h5ad_plain, read_paired_embedding
+
+    dataset = _sim_multiome_file(tmp_path)
+    settings = {"n_latent": 5, **SCVI_FAST}
+    out = run_multiomics_baseline_files(dataset, tmp_path / "a.h5ad", method="multivi", seed=0, settings=settings)
+    obs, mods, x, y = read_paired_embedding(tmp_path / "a.h5ad")
+    assert mods == ["rna", "atac"] and x.shape == y.shape == (200, 5) and x.dtype == np.float32
+    assert np.isfinite(x).all() and np.isfinite(y).all()
+    assert not np.allclose(x, y)                                  # two encoders' latents, not one array twice
+    np.testing.assert_array_equal(x, out["embeddings"]["rna"])
+    info = read_h5ad_plain(tmp_path / "a.h5ad", "test").uns["cellmamba"]
+    assert not info["joint"] and info["method"] == "multivi" and info["seed"] == 0
+    assert info["settings"]["n_latent"] == 5 and info["settings"]["max_epochs"] == 2 and info["epochs"] == 2
+    assert info["scvi_version"] == scvi.__version__
+    assert dict(info["n_features"]) == {"rna": int((read_bmmc_var(dataset) == "rna").sum()),
+                                        "atac": int((read_bmmc_var(dataset) == "atac").sum())}
+    run_multiomics_baseline_files(dataset, tmp_path / "b.h5ad", method="multivi", seed=0, settings=settings)
+    _, _, x2, y2 = read_paired_embedding(tmp_path / "b.h5ad")
+    np.testing.assert_array_equal(x2, x)                          # same seed, same embedding
+    np.testing.assert_array_equal(y2, y)
+    run_multiomics_baseline_files(dataset, tmp_path / "c.h5ad", method="multivi", seed=1, settings=settings)
+    assert not np.allclose(read_paired_embedding(tmp_path / "c.h5ad")[2], x)  # the seed is used
+
+
+def read_bmmc_var(path):
+    return ad.read_h5ad(path).var["modality"].astype(str).to_numpy()
+
+
+def test_totalvi_writes_one_joint_latent_seeded_and_scores_skip_cross_modal(tmp_path):
+    from cellmamba.baselines.multiomics import run_multiomics_baseline_files
+    from cellmamba.io import read_h5ad_plain
+    from cellmamba.metrics.foscttm import CROSS_MODAL_METRICS, score_paired_embedding_file
+
+    dataset = tmp_path / "cite.h5ad"
+    _sim_cite().write_h5ad(dataset)
+    settings = {"n_latent": 6, **SCVI_FAST}
+    out = run_multiomics_baseline_files(dataset, tmp_path / "t.h5ad", method="totalvi", seed=0, settings=settings)
+    a = read_h5ad_plain(tmp_path / "t.h5ad", "test")
+    assert list(a.obsm) == ["X_emb"] and a.obsm["X_emb"].shape == (240, 6)   # ONE latent, no per-modality keys
+    np.testing.assert_array_equal(a.obsm["X_emb"], out["embedding"])
+    info = a.uns["cellmamba"]
+    assert info["joint"] and info["method"] == "totalvi" and list(info["modalities"]) == ["rna", "protein"]
+    assert info["settings"]["n_latent"] == 6 and info["epochs"] == 2
+    assert dict(info["n_features"]) == {"rna": 60, "protein": 12}
+    run_multiomics_baseline_files(dataset, tmp_path / "t2.h5ad", method="totalvi", seed=0, settings=settings)
+    np.testing.assert_array_equal(read_h5ad_plain(tmp_path / "t2.h5ad", "test").obsm["X_emb"], a.obsm["X_emb"])
+    run_multiomics_baseline_files(dataset, tmp_path / "t3.h5ad", method="totalvi", seed=1, settings=settings)
+    assert not np.allclose(read_h5ad_plain(tmp_path / "t3.h5ad", "test").obsm["X_emb"], a.obsm["X_emb"])
+
+    joint = score_paired_embedding_file(tmp_path / "t.h5ad")
+    for name in CROSS_MODAL_METRICS:
+        assert np.isnan(joint[name]) and "joint latent" in joint.notes[name]
+    assert np.isfinite(joint["nmi"]) and np.isfinite(joint["ari"])
+    # the same cells through pca_cca: a paired file, every metric computed, no note
+    run_multiomics_baseline_files(dataset, tmp_path / "p.h5ad", method="pca_cca", seed=0,
+                                  settings={"n_pcs": 10, "n_components": 5})
+    paired = score_paired_embedding_file(tmp_path / "p.h5ad")
+    assert all(np.isfinite(paired[name]) for name in CROSS_MODAL_METRICS) and not paired.notes
+    assert list(paired) == list(joint)                            # the same metric names either way
+
+
+def test_joint_nmi_ari_are_of_the_latent_itself(tmp_path):
+    """A joint file whose latent separates the cell types perfectly scores NMI = ARI = 1."""
+    from cellmamba.baselines.multiomics import write_joint_embedding
+    from cellmamba.metrics.foscttm import score_paired_embedding_file
+
+    rng = np.random.default_rng(0)
+    types = np.repeat([0, 1, 2], 60)
+    centres = 10.0 * np.eye(3, 4)
+    latent = centres[types] + 0.1 * rng.normal(size=(180, 4)) + 1.0
+    obs = pd.DataFrame({"cell_type": [f"t{t}" for t in types]}, index=[f"c{i}" for i in range(180)])
+    write_joint_embedding(obs, latent, tmp_path / "j.h5ad", info={"method": "totalvi", "modalities": ["rna", "protein"]})
+    scores = score_paired_embedding_file(tmp_path / "j.h5ad")
+    assert scores["nmi"] == pytest.approx(1.0) and scores["ari"] == pytest.approx(1.0)
+    write_joint_embedding(obs, rng.normal(size=(180, 4)), tmp_path / "r.h5ad",
+                          info={"method": "totalvi", "modalities": ["rna", "protein"]})
+    assert score_paired_embedding_file(tmp_path / "r.h5ad")["ari"] < 0.2   # random latent: no agreement
+    with pytest.raises(InputError, match="modalities"):
+        write_joint_embedding(obs, latent, tmp_path / "x.h5ad", info={"method": "totalvi"})
+
+
+def test_scvi_methods_refuse_other_modality_pairs(tmp_path):
+    cite = _sim_cite(n=30)
+    with pytest.raises(InputError, match=r"'multivi'.*\['rna', 'protein'\].*only rna \+ atac"):
+        run_multiomics_baseline(cite, method="multivi", **SCVI_FAST)
+    multiome = ad.read_h5ad(_sim_multiome_file(tmp_path, n_cells=30))
+    with pytest.raises(InputError, match=r"'totalvi'.*\['rna', 'atac'\].*only rna \+ protein"):
+        run_multiomics_baseline(multiome, method="totalvi", **SCVI_FAST)
+    with pytest.raises(InputError, match="unknown setting"):
+        run_multiomics_baseline(multiome, method="multivi", n_pcs=10)
+    with pytest.raises(InputError, match="max_epochs"):
+        run_multiomics_baseline(multiome, method="multivi", max_epochs=0)
+    del multiome.obs["batch"]
+    with pytest.raises(InputError, match="batch"):
+        run_multiomics_baseline(multiome, method="multivi", **SCVI_FAST)

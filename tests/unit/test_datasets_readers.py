@@ -527,7 +527,7 @@ def test_read_dataset_checks(tmp_path):
     adata = read_dataset("annotation_pair", files, task="annotation", keys=keys, x_kind="log1p_norm")
     assert adata.uns["cellmamba"]["task"] == "annotation" and adata.uns["cellmamba"]["reader"] == "annotation_pair"
     assert set(READERS) == {"pbmc10k", "annotation_pair", "norman", "bmmc", "pbmc68k_reduced", "user_h5ad",
-                            "sim_integration", "sim_perturbation", "sim_multiome"}
+                            "sim_integration", "sim_perturbation", "sim_multiome", "hsmm"}
 
 
 def _entry(files, keys, **extra):

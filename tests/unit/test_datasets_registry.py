@@ -67,7 +67,7 @@ def test_registry_lists_the_datasets(registry):
     expected = {"pbmc10k": "integration", "sim_integration": "integration", "myeloid": "annotation",
                 "ms": "annotation", "hpancreas": "annotation", "pbmc68k_reduced": "annotation",
                 "norman": "perturbation", "bmmc_cite": "multiomics", "bmmc_multiome": "multiomics",
-                "sim_perturbation": "perturbation", "sim_multiome": "multiomics"}
+                "sim_perturbation": "perturbation", "sim_multiome": "multiomics", "hsmm": "trajectory"}
     assert {name: e["task"] for name, e in registry["datasets"].items()} == expected
 
 

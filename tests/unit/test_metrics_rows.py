@@ -19,7 +19,15 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "ilisi": "higher", "clisi": "higher",
         "pearson_delta*": "higher", "mse*": "lower", "top1": "higher", "top2": "higher", "top3": "higher",
         "top4": "higher", "top5": "higher", "top6": "higher", "top7": "higher", "top8": "higher",
-        "n_conditions": "unranked", "n_queries": "unranked", "n_candidates": "unranked"}
+        "n_conditions": "unranked", "n_queries": "unranked", "n_candidates": "unranked",
+        # metrics.genes (the gene analyses' tables)
+        "auroc": "higher", "auprc": "higher", "positive_rate": "unranked", "n_pairs": "unranked",
+        "n_positive": "unranked", "n_genes": "unranked", "overlap_top10": "higher", "overlap_top50": "higher",
+        "overlap_top100": "higher", "overlap_top*": "higher", "spearman": "higher", "n_cells": "unranked",
+        "n_cells_spearman": "unranked",
+        # metrics.trajectory
+        "trajectory_conservation": "higher", "dpt_spearman_pseudotime": "higher", "dpt_spearman_time": "higher",
+        "root_pseudotime_quantile": "lower"}
     # the former LOWER_IS_BETTER = ("foscttm", "mse") (prefix rule) and NOT_RANKED list, value for value
     expected = {
         "accuracy": True, "precision_macro": True, "recall_macro": True, "f1_macro": True, "f1_micro": True,
@@ -32,13 +40,17 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "pearson_delta_combo_seen1": True, "pearson_delta_de20_unseen_single": True,
         "mse": False, "mse_de20": False, "mse_de50": False, "mse_combo_seen1": False,
         "mse_de20_unseen_single": False, "top1": True, "top8": True,
-        "n_conditions": None, "n_queries": None, "n_candidates": None, "unknown_metric": True}
+        "n_conditions": None, "n_queries": None, "n_candidates": None, "unknown_metric": True,
+        "auroc": True, "overlap_top20": True, "positive_rate": None, "n_pairs": None,
+        "trajectory_conservation": True, "root_pseudotime_quantile": False}
     assert {m: higher_is_better(m) for m in expected} == expected
-    assert tables.LOWER_IS_BETTER == ("foscttm", "mse")
+    assert tables.LOWER_IS_BETTER == ("foscttm", "mse", "root_pseudotime_quantile")
     assert tables.NOT_RANKED == ("f1_macro_union", "n_classes_macro", "n_query_only_classes", "query_only_cell_fraction",
-                                 "n_conditions", "n_queries", "n_candidates")
+                                 "n_conditions", "n_queries", "n_candidates", "positive_rate", "n_pairs", "n_positive",
+                                 "n_genes", "n_cells", "n_cells_spearman")
     summary = summarize([metrics_frame({"accuracy": 0.5}, task="annotation", dataset="d", method="m", seed=0)])
-    assert ("best value per column in **bold** (lower is better for foscttm, mse; higher for the others)."
+    assert ("best value per column in **bold** (lower is better for foscttm, mse, root_pseudotime_quantile; higher "
+            "for the others)."
             in render_markdown(summary, title="t"))
 
 

@@ -320,7 +320,8 @@ def test_workflow_scripts_put_this_checkouts_package_first():
         assert Path(proc.stdout.strip()).resolve() == REPO / "src" / "cellmamba" / "__init__.py", proc.stdout
 
 
-GPU_RULES = {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation", "train_multiomics"}
+GPU_RULES = {"pretrain", "finetune_annotation", "finetune_integration", "finetune_perturbation", "train_multiomics",
+             "gene_pair_scores", "rank_reconstruction", "embed_trajectory"}
 
 
 def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
@@ -335,6 +336,8 @@ def test_slurm_profile_gives_gpu_rules_gpus_and_cpu_rules_none():
                      "results/perturbation/norman/additive/seed0/metrics.csv",
                      "results/multiomics/bmmc_multiome/scmamba/seed0/metrics.csv",
                      "results/multiomics/bmmc_cite/pca_cca/seed0/metrics.csv",
+                     "results/genes/pair_scores/genemamba.csv", "results/genes/rank_reconstruction/genemamba/metrics.csv",
+                     "results/trajectory/hsmm/genemamba/seed0/embedding.h5ad",
                      "--sdm", "env-modules").stdout
     jobs = re.split(r"\n\s*rule ", out)[1:]  # a group job's jobs are indented
     assert jobs, out[-2000:]

@@ -9,8 +9,8 @@ turns each published format into the standard schema (:mod:`.schema`), :mod:`.si
 from .download import MEMBER_SEPARATOR, download_file, extract_member, fetch, gunzip_file, read_lock, verify_file
 from .prepare import UNS_PROVENANCE, UNS_SOURCE_FILES, prepare_dataset
 from .readers import (FEATURE_MODALITY, READERS, UNS_READER, VAR_FEATURE_TYPE, VAR_MODALITY, read_annotation_pair,
-                      read_bmmc, read_dataset, read_norman, read_pbmc10k, read_pbmc68k_reduced, read_sim_integration,
-                      read_sim_multiome, read_sim_perturbation, read_user_h5ad, stratified_split)
+                      read_bmmc, read_dataset, read_hsmm, read_norman, read_pbmc10k, read_pbmc68k_reduced,
+                      read_sim_integration, read_sim_multiome, read_sim_perturbation, read_user_h5ad, stratified_split)
 from .schema import (SPLITS, UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
                      check_normalized, check_size, count_nonfinite, counts_matrix, log_normalized, validate_standard, x_kind)
 from .gears_split import (PerturbationSplit, ReverseGrid, make_split_file, read_split, reverse_grid, simulation_split,
@@ -29,6 +29,7 @@ __all__ = [
     # readers
     "READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
     "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation", "read_sim_multiome",
+    "read_hsmm",
     "stratified_split", "VAR_FEATURE_TYPE",
     "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER",
     # simulation

@@ -34,8 +34,8 @@ import scipy.sparse as sp
 from ..conditions import CTRL, invalid_conditions
 from ..errors import CorruptFileError, InputError
 from ..io import read_h5ad_checked
-from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS, UNS_READER,
-                    UNS_X_KIND, VAR_FEATURE_TYPE, VAR_MODALITY)
+from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_PSEUDOTIME, OBS_SPLIT,
+                    OBS_TIME, UNS, UNS_READER, UNS_X_KIND, VAR_FEATURE_TYPE, VAR_MODALITY)
 from .schema import (UNS_SIMULATED, VAR_GENE_ID, VAR_GENE_NAME, X_KINDS, check_finite, check_log1p_norm,
                      check_normalized, check_size, validate_standard)
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # annotations only: anndata is imported where it is used
 
 __all__ = ["READERS", "read_dataset", "read_pbmc10k", "read_annotation_pair", "read_norman", "read_bmmc",
            "read_pbmc68k_reduced", "read_user_h5ad", "read_sim_integration", "read_sim_perturbation",
-           "read_sim_multiome", "stratified_split",
+           "read_sim_multiome", "read_hsmm", "stratified_split",
            "VAR_FEATURE_TYPE", "VAR_MODALITY", "FEATURE_MODALITY", "UNS_READER", "USER_CONFIG_KEY"]
 
 log = logging.getLogger(__name__)
@@ -566,6 +566,80 @@ def _bmmc_standard(adata, path, *, keys: Mapping, reader: str, simulated: bool =
     return adata
 
 
+# --------------------------------------------------------------------------- trajectory (HSMM)
+def _numeric_obs(adata, key: str, path, *, what: str, nan_ok: bool) -> np.ndarray:
+    """float64 (n_obs,) of obs[key] (numbers, or strings of numbers such as HSMMSingleCell's Hours
+    categories); InputError naming the file and the column otherwise."""
+    if key not in adata.obs:
+        raise InputError(f"{path}: obs has no column {key!r} ({what}); found {list(adata.obs.columns)}")
+    col = adata.obs[key]
+    values = pd.to_numeric(col.astype(str) if not pd.api.types.is_numeric_dtype(col) else col, errors="coerce")
+    bad = values.isna() & ~(col.isna() if nan_ok else False)
+    if bad.any():
+        first = col[bad.to_numpy()].iloc[0]
+        raise InputError(f"{path}: obs[{key!r}] ({what}) has {int(bad.sum())} values that are not numbers "
+                         f"(e.g. {first!r})" + ("" if nan_ok else "; every cell needs one"))
+    return values.to_numpy(np.float64)
+
+
+def _set_numeric(frame: pd.DataFrame, key: str, values: np.ndarray, *, source) -> None:
+    """Set a numeric standard column; an original column of that name with other values is kept as ``source_<key>``."""
+    if key in frame.columns:
+        old = pd.to_numeric(frame[key], errors="coerce").to_numpy(np.float64)
+        if not np.array_equal(old, values, equal_nan=True):
+            if f"source_{key}" in frame.columns:
+                raise InputError(f"{source}: columns {key!r} and 'source_{key}' both exist; cannot keep the original "
+                                 f"{key!r} next to the standard one")
+            frame[f"source_{key}"] = frame[key]
+    frame[key] = values
+
+
+def read_hsmm(files: Mapping[str, os.PathLike], *, keys: Mapping) -> "ad.AnnData":
+    """The HSMM myoblast differentiation time course (Trapnell et al. 2014) as the Bioconductor
+    package HSMMSingleCell ships it, converted to h5ad (resources/README.md).
+
+    Parameters
+    ----------
+    files
+        ``h5ad``: cells x genes, X = FPKM (Cufflinks), var index = versioned Ensembl ids.
+    keys
+        ``pseudotime_key`` (``Pseudotime``: Monocle's), ``time_key`` (``Hours``: 0 / 24 / 48 / 72,
+        the measured time; numbers or their strings), ``gene_name_key`` (``gene_short_name``).
+
+    Returns
+    -------
+    AnnData (n_cells, n_genes): X as published (FPKM, x_kind ``normalized``: no counts exist for
+    it, so methods that need counts refuse it); obs ``pseudotime`` (float, NaN = on no trajectory)
+    and ``time`` (float hours) beside every original column; var ``gene_name`` (symbols) and
+    ``gene_id`` (the Ensembl ids without their version).
+    """
+    reader = "hsmm"
+    path = _file(files, "h5ad", reader)
+    pseudotime_key = _key(keys, "pseudotime_key", reader)
+    time_key = _key(keys, "time_key", reader)
+    name_key = _key(keys, "gene_name_key", reader)
+    adata = read_h5ad_checked(path)
+    check_size(adata, path)
+    check_finite(adata.X, path)
+    check_normalized(adata.X, path)
+    pseudotime = _numeric_obs(adata, pseudotime_key, path, what="published pseudotime", nan_ok=True)
+    hours = _numeric_obs(adata, time_key, path, what="measured time", nan_ok=False)
+    symbols = _var_column(adata, name_key, path, what="gene symbols").astype(str)
+    ids = pd.Index(adata.var_names).str.replace(r"\.\d+$", "", regex=True) if _looks_ensembl(adata.var_names) else None
+    if ids is not None and ids.duplicated().any():
+        raise InputError(f"{path}: {int(ids.duplicated().sum())} Ensembl ids repeat once their versions are dropped "
+                         f"(e.g. {ids[ids.duplicated()][0]!r})")
+    _set_numeric(adata.obs, OBS_PSEUDOTIME, pseudotime, source=path)
+    _set_numeric(adata.obs, OBS_TIME, hours, source=path)
+    _gene_columns(adata, symbols=symbols.to_numpy(), ids=ids)
+    _check_unique_obs(adata, path)
+    _set_uns(adata, x_kind="normalized", reader=reader)
+    adata.uns[UNS]["x_description"] = "FPKM (Cufflinks) of full-length reads, as HSMMSingleCell ships it; not counts"
+    log.info("%s: %d cells x %d genes, time points %s, %d cells with a pseudotime", path, adata.n_obs, adata.n_vars,
+             sorted(set(hours.tolist())), int(np.isfinite(pseudotime).sum()))
+    return adata
+
+
 # --------------------------------------------------------------------------- demo and user data
 def read_pbmc68k_reduced(files: Mapping[str, os.PathLike], *, keys: Mapping, query_fraction: float = 0.3,
                          seed: int = 0) -> "ad.AnnData":
@@ -723,6 +797,7 @@ READERS: dict[str, Callable] = {
     "sim_integration": read_sim_integration,
     "sim_perturbation": read_sim_perturbation,
     "sim_multiome": read_sim_multiome,
+    "hsmm": read_hsmm,
 }
 
 
@@ -738,7 +813,7 @@ def read_dataset(reader: str, files: Mapping[str, os.PathLike], *, task: str, ke
     files
         Logical file name -> local path (empty for the demo readers).
     task
-        ``annotation`` / ``integration`` / ``perturbation`` / ``multiomics``.
+        ``annotation`` / ``integration`` / ``perturbation`` / ``multiomics`` / ``trajectory``.
     keys
         Source column names (registry ``keys``).
     x_kind

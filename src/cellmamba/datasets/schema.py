@@ -1,7 +1,8 @@
 """The standard dataset schema every reader produces (DESIGN.md, "Data flow and formats").
 
 obs: ``cell_type``, ``batch``, ``split`` (``reference`` / ``query`` / ``train`` / ``test``),
-``condition`` (perturbation; ``ctrl`` for controls), ``modality``; var: ``gene_name`` (symbol)
+``condition`` (perturbation; ``ctrl`` for controls), ``modality``, ``pseudotime`` and ``time``
+(trajectory: the published pseudotime, NaN off the trajectories; the measured time, where known); var: ``gene_name`` (symbol)
 and, where known, ``gene_id`` (Ensembl); layer ``counts`` only where the publication provides
 counts; ``uns["cellmamba"]["x_kind"]`` says what X holds. Counts are never faked.
 """
@@ -11,8 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_SPLIT, UNS, UNS_SIMULATED,
-                    UNS_X_KIND, VAR_GENE_ID, VAR_GENE_NAME)
+from ..keys import (LAYER_COUNTS, OBS_BATCH, OBS_CELL_TYPE, OBS_CONDITION, OBS_MODALITY, OBS_PSEUDOTIME, OBS_SPLIT,
+                    OBS_TIME, UNS, UNS_SIMULATED, UNS_X_KIND, VAR_GENE_ID, VAR_GENE_NAME)
 
 __all__ = ["X_KINDS", "SPLITS", "VAR_GENE_NAME", "VAR_GENE_ID", "UNS_SIMULATED",
            "x_kind", "log_normalized", "counts_matrix", "validate_standard", "count_nonfinite",
@@ -38,6 +39,7 @@ _TASK_OBS = {
     "integration": (OBS_CELL_TYPE, OBS_BATCH),
     "perturbation": (OBS_CONDITION,),
     "multiomics": (OBS_CELL_TYPE, OBS_MODALITY),
+    "trajectory": (OBS_PSEUDOTIME,),
 }
 
 
@@ -197,8 +199,33 @@ def validate_standard(adata, task: str, *, source: str = "dataset") -> None:
         bad = sorted(set(adata.obs[OBS_SPLIT].astype(str)) - set(SPLITS))
         if bad:
             raise InputError(f"{source}: obs['{OBS_SPLIT}'] has values {bad}; expected a subset of {SPLITS}")
+    if task == "trajectory":
+        _check_trajectory_columns(adata, source)
     if task == "annotation":
         splits = set(adata.obs[OBS_SPLIT].astype(str))
         if not {"reference", "query"} <= splits:
             raise InputError(f"{source}: annotation needs obs['{OBS_SPLIT}'] with 'reference' and 'query' "
                              f"cells; found {sorted(splits)}")
+
+
+def _check_trajectory_columns(adata, source) -> None:
+    """obs ``pseudotime`` numeric with at least 2 finite values (NaN: a cell on no trajectory; inf is
+    an error); obs ``time``, where present, numeric and finite."""
+    import pandas as pd
+
+    for key, nan_ok in ((OBS_PSEUDOTIME, True), (OBS_TIME, False)):
+        if key not in adata.obs:
+            continue
+        col = adata.obs[key]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            raise InputError(f"{source}: obs['{key}'] has dtype {col.dtype}; expected numbers")
+        values = col.to_numpy(np.float64)
+        if np.isinf(values).any() or (not nan_ok and np.isnan(values).any()):
+            bad = int((np.isinf(values) | (np.isnan(values) & (not nan_ok))).sum())
+            raise InputError(f"{source}: obs['{key}'] holds {bad} " + ("infinite" if nan_ok else "missing or infinite")
+                             + " values; expected " + ("finite values or NaN (on no trajectory)" if nan_ok
+                                                      else "a finite time for every cell"))
+    n_finite = int(np.isfinite(adata.obs[OBS_PSEUDOTIME].to_numpy(np.float64)).sum())
+    if n_finite < 2:
+        raise InputError(f"{source}: obs['{OBS_PSEUDOTIME}'] has {n_finite} finite values; a trajectory needs at "
+                         "least 2 cells with a pseudotime")

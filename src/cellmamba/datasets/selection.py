@@ -9,10 +9,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..keys import LAYER_COUNTS, OBS_BATCH
+from ..keys import LAYER_COUNTS, OBS_BATCH, VAR_MODALITY
 from .schema import counts_matrix, log_normalized, x_kind
 
-__all__ = ["select_genes"]
+__all__ = ["select_genes", "select_modality"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +54,34 @@ def select_genes(adata, *, n_hvg: int | None = None, min_counts: int = 0, source
     log.info("%s: %d highly variable genes (%s)", source, int(hvg.sum()), "seurat_v3 on counts" if has_counts
              else "cell_ranger on log-normalised values")
     return hvg
+
+
+def select_modality(adata, modality: str | None, *, source: str = "dataset"):
+    """The features of one modality of a multi-omics dataset (var ``modality``, e.g. ``rna`` of
+    BMMC CITE-seq), so that models and baselines of an RNA benchmark read genes only (an ADT
+    named like a gene, CD4, would otherwise pass for one).
+
+    Parameters
+    ----------
+    adata
+        A standard-schema dataset (n_cells, n_features).
+    modality
+        The var ``modality`` value to keep; None keeps every feature and returns ``adata`` itself.
+    source
+        The dataset, for messages.
+
+    Returns
+    -------
+    AnnData (n_cells, n_selected): a copy holding the selected features (layers and uns kept).
+    """
+    if modality is None:
+        return adata
+    if VAR_MODALITY not in adata.var:
+        raise InputError(f"{source}: var has no column '{VAR_MODALITY}'; a modality ({modality!r}) can only be "
+                         "selected in a multi-omics dataset (set the reference's modality to null)")
+    keep = (adata.var[VAR_MODALITY].astype(str) == modality).to_numpy()
+    if not keep.any():
+        raise InputError(f"{source}: no feature has var['{VAR_MODALITY}'] == {modality!r}; found "
+                         f"{sorted(set(adata.var[VAR_MODALITY].astype(str)))}")
+    log.info("%s: %d of %d features of modality %r kept", source, int(keep.sum()), adata.n_vars, modality)
+    return adata[:, keep].copy()

@@ -4,6 +4,8 @@
 - :mod:`.classification`: annotation metrics on the query split;
 - :mod:`.perturbation`: Pearson delta, MSE, reverse-perturbation top-k retrieval;
 - :mod:`.foscttm`: multi-omics alignment (FOSCTTM, omics mixing entropy, label transfer);
+- :mod:`.trajectory`: scib's trajectory conservation and the Spearman correlations of an
+  embedding's diffusion pseudotime with the published pseudotime and the measured time;
 - :mod:`.rows`: the long per-run row format (:func:`metrics_frame`, :func:`write_csv`, :func:`read_metrics`);
 - :mod:`.tables`: per-run long frames -> mean / std over seeds -> CSV + Markdown tables.
 
@@ -22,6 +24,8 @@ from .perturbation import (REVERSE_KS, REVERSE_MATCH, condition_profiles, de_gen
                            reverse_perturbation_topk, score_perturbation_files, summarize_perturbation,
                            topk_accuracy)
 from .rows import metrics_frame, read_metrics, write_csv
+from .trajectory import (TRAJECTORY, TRAJECTORY_METRICS, TrajectoryReference, TrajectorySettings,
+                         diffusion_pseudotime, score_trajectory, score_trajectory_files, spearman)
 from .tables import higher_is_better, summarize, write_table
 
 __all__ = [
@@ -36,4 +40,6 @@ __all__ = [
     "foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy", "score_multiomics",
     "score_paired_embedding_file", "MULTIOMICS_METRICS",
     "metrics_frame", "write_csv", "read_metrics", "summarize", "write_table", "higher_is_better",
+    "TRAJECTORY", "TRAJECTORY_METRICS", "TrajectoryReference", "TrajectorySettings", "diffusion_pseudotime",
+    "score_trajectory", "score_trajectory_files", "spearman",
 ]

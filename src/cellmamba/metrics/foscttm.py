@@ -14,7 +14,8 @@ from ..errors import InputError
 from ._common import Scores, as_labels, as_matrix
 
 __all__ = ["foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accuracy",
-           "score_multiomics", "score_paired_embedding_file", "MULTIOMICS_METRICS", "METRICS"]
+           "score_multiomics", "score_paired_embedding_file", "seurat_alignment_score", "MULTIOMICS_METRICS",
+           "METRICS", "CROSS_MODAL_METRICS"]
 
 #: the multi-omics table's metrics, in order -> direction (:mod:`.rows`)
 METRICS = {"foscttm": "lower", "omics_mixing_entropy": "higher", "nmi": "higher", "ari": "higher",
@@ -167,6 +168,62 @@ def label_transfer_accuracy(source, target, *, source_labels, target_labels, k: 
     return float(np.mean(clf.predict(tgt) == yt))
 
 
+def seurat_alignment_score(embedding, groups, *, neighbor_frac: float = 0.01, n_repeats: int = 4,
+                           seed: int = 0) -> float:
+    """Seurat's alignment score (Butler et al. 2018) of groups (datasets, modalities) in one space.
+
+    Every group is subsampled (without replacement, seeded) to the smallest group's size; for
+    each cell of the subsample, x = how many of its k nearest neighbours (Euclidean, the cell
+    itself excluded; k = ``max(round(neighbor_frac * n_subsampled), 1)``, 1% of the cells as in
+    the paper) belong to its own group; the score is ``1 - (mean(x) - k/N) / (k - k/N)`` for N
+    groups, capped at 1 (a mean below chance would exceed 1), averaged over ``n_repeats``
+    subsamples (GLUE's ``seurat_alignment_score``). 0 = groups fully separated, 1 = as mixed as
+    chance. With groups of equal size (the two modalities of paired cells) every subsample holds
+    every cell, so the score does not depend on the seed.
+
+    Parameters
+    ----------
+    embedding
+        (n_cells, n_dims) joint space of the cells of every group (stacked).
+    groups
+        (n_cells,) group of each row (at least 2 distinct).
+    neighbor_frac
+        k as a fraction of the subsampled cells, in (0, 1).
+    n_repeats, seed
+        Subsamples averaged, and their seed.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    emb = as_matrix(embedding, name="embedding")
+    grp = as_labels(groups, name="groups")
+    if len(grp) != emb.shape[0]:
+        raise InputError(f"groups has {len(grp)} labels for {emb.shape[0]} cells")
+    cats = np.unique(grp)
+    if len(cats) < 2:
+        raise InputError(f"groups: the alignment score needs at least 2 groups, found {list(cats)}")
+    if not 0 < neighbor_frac < 1:
+        raise InputError(f"neighbor_frac must be in (0, 1), got {neighbor_frac}")
+    if n_repeats < 1:
+        raise InputError(f"n_repeats must be >= 1, got {n_repeats}")
+    index = [np.flatnonzero(grp == c) for c in cats]
+    size = min(len(i) for i in index)
+    n_groups = len(cats)
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n_repeats):
+        sub = np.concatenate([np.sort(rng.choice(i, size, replace=False)) for i in index])
+        k = min(max(int(round(neighbor_frac * len(sub))), 1), len(sub) - 1)
+        idx = NearestNeighbors(n_neighbors=k + 1).fit(emb[sub]).kneighbors(emb[sub], return_distance=False)
+        own = np.arange(len(sub))[:, None]
+        # drop the cell itself (its first column unless a duplicate point came first)
+        self_col = idx == own
+        keep = np.where(self_col.any(axis=1)[:, None], ~self_col, np.arange(k + 1)[None, :] < k)
+        neigh = idx[keep].reshape(len(sub), k)
+        same = (grp[sub][neigh] == grp[sub][:, None]).sum(axis=1).mean()
+        scores.append(min(1.0 - (same - k / n_groups) / (k - k / n_groups), 1.0))
+    return float(np.mean(scores))
+
+
 def score_multiomics(x, y, *, labels: Sequence[str] | None = None, mixing_k: int = 50,
                      transfer_k: int = 5, metric: str = "euclidean") -> Scores:
     """FOSCTTM, omics mixing entropy and label transfer of paired embeddings.
@@ -200,34 +257,61 @@ def score_multiomics(x, y, *, labels: Sequence[str] | None = None, mixing_k: int
     return scores
 
 
+#: the metrics that compare the two modalities' embeddings of a cell (not computed for a joint latent)
+CROSS_MODAL_METRICS = ("foscttm", "omics_mixing_entropy", "label_transfer", "label_transfer_1to2",
+                       "label_transfer_2to1")
+
+
 def score_paired_embedding_file(path, *, seed: int = 0, label_key: str = "cell_type") -> Scores:
-    """Multi-omics metrics of one method's paired embedding file.
+    """Multi-omics metrics of one method's paired (or joint) embedding file.
 
     Parameters
     ----------
     path
         h5ad of :func:`cellmamba.io.write_paired_embedding`: both modalities' embeddings of every
-        cell (row i = the same cell), obs ``label_key``.
+        cell (row i = the same cell), obs ``label_key``; or a joint file
+        (:func:`cellmamba.baselines.multiomics.write_joint_embedding`: ``uns["cellmamba"]["joint"]``
+        True, one latent per cell in ``obsm["X_emb"]``).
     seed
         Seed of the kNN graph and Leiden (fixed for every run).
 
     Returns
     -------
     Scores
-        :func:`score_multiomics` on the two embeddings as written (FOSCTTM, omics mixing
-        entropy, label transfer both ways), plus ``nmi`` / ``ari`` of the joint embedding:
+        Paired file: :func:`score_multiomics` on the two embeddings as written (FOSCTTM, omics
+        mixing entropy, label transfer both ways), plus ``nmi`` / ``ari`` of the joint embedding:
         each cell's two L2-normalised embeddings concatenated, clustered with scib's
         optimal-resolution Leiden (:func:`cellmamba.metrics.integration.cluster_agreement`).
+        Joint file: ``nmi`` / ``ari`` of the L2-normalised joint latent (as every embedding is
+        L2-normalised before clustering here); :data:`CROSS_MODAL_METRICS` NaN with a note (there
+        is one embedding per cell, not one per modality, so FOSCTTM would be 0 by construction).
     """
-    from ..io import read_paired_embedding
+    from ..io import read_h5ad_plain, read_paired_embedding
+    from ..keys import OBSM_EMBEDDING, UNS
     from .integration import cluster_agreement, l2_normalize
 
-    obs, mods, x, y = read_paired_embedding(path)
+    a = read_h5ad_plain(path, "a paired-embedding h5ad (obsm['X_<method>_<modality>'] x 2, or a joint obsm['X_emb'])")
+    info = a.uns.get(UNS, {})
+    joint_file = bool(info.get("joint", False))
+    if joint_file:
+        if OBSM_EMBEDDING not in a.obsm:
+            raise InputError(f"{path}: a joint embedding file (uns['{UNS}']['joint']) without obsm['{OBSM_EMBEDDING}']; "
+                             f"found {list(a.obsm)}")
+        obs = a.obs
+    else:
+        obs, mods, x, y = read_paired_embedding(path)
     if label_key not in obs:
         raise InputError(f"{path}: obs['{label_key}'] (cell types) is missing; found {list(obs.columns)}")
     labels = obs[label_key].astype(str).to_numpy()
-    scores = score_multiomics(x, y, labels=labels)
-    joint = np.hstack([l2_normalize(x), l2_normalize(y)])
+    if joint_file:
+        scores = Scores()
+        reason = (f"{info.get('method', 'this method')} gives one joint latent per cell, not one embedding per "
+                  "modality: nothing to compare across modalities (FOSCTTM would be 0 by construction)")
+        for name in CROSS_MODAL_METRICS:
+            scores.skip(name, reason)
+        joint = l2_normalize(a.obsm[OBSM_EMBEDDING])
+    else:
+        scores = score_multiomics(x, y, labels=labels)
+        joint = np.hstack([l2_normalize(x), l2_normalize(y)])
     scores.update(cluster_agreement(joint, labels, seed=seed, normalize=False))
-    out = Scores({k: scores[k] for k in MULTIOMICS_METRICS}, notes=scores.notes)
-    return out
+    return Scores({k: scores[k] for k in MULTIOMICS_METRICS}, notes=scores.notes)

@@ -4,7 +4,7 @@ The rows are the long frames of :mod:`.rows` (one row per metric; run identity, 
 ``note``). :func:`summarize` aggregates over seeds; :func:`write_table` writes the tidy CSV and a
 Markdown rendering, where the best value of each metric is bold by the direction its module
 declares (``METRICS`` of :mod:`.classification`, :mod:`.foscttm`, :mod:`.integration`,
-:mod:`.perturbation`).
+:mod:`.perturbation`, :mod:`.genes`, :mod:`.trajectory`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from ..errors import InputError
 from ..io import atomic_path, read_json_object
 from .classification import METRICS as _ANNOTATION
 from .foscttm import METRICS as _MULTIOMICS
+from .genes import METRICS as _GENES
 from .integration import METRICS as _INTEGRATION
 from .perturbation import METRICS as _PERTURBATION
+from .trajectory import METRICS as _TRAJECTORY
 from .rows import CORE_COLUMNS, DIRECTIONS, NOTE, metrics_frame, read_metrics, write_csv
 
 __all__ = ["CORE_COLUMNS", "NOTE", "higher_is_better", "metrics_frame", "write_csv", "read_metrics",
@@ -44,7 +46,7 @@ def _compose(*declarations: Mapping[str, str]) -> dict[str, str]:
 
 
 #: every declared metric -> "higher" / "lower" / "unranked"; ``name*`` covers the names starting with ``name``
-METRIC_DIRECTIONS = _compose(_ANNOTATION, _MULTIOMICS, _INTEGRATION, _PERTURBATION)
+METRIC_DIRECTIONS = _compose(_ANNOTATION, _MULTIOMICS, _INTEGRATION, _PERTURBATION, _GENES, _TRAJECTORY)
 #: metrics (and families) where lower is better, as the table legend names them
 LOWER_IS_BETTER = tuple(name.rstrip("*") for name, d in METRIC_DIRECTIONS.items() if d == "lower")
 #: descriptive counts, never bolded as "best"
@@ -65,7 +67,8 @@ def higher_is_better(metric: str) -> bool | None:
 #: each table's metric order: its task's declaration (a name's first matching entry; ``name*``
 #: entries place the family's names together, by name)
 TASK_METRICS = {"annotation": _ANNOTATION, "integration": _INTEGRATION, "perturbation": _PERTURBATION,
-                "reverse_perturbation": _PERTURBATION, "multiomics": _MULTIOMICS}
+                "reverse_perturbation": _PERTURBATION, "multiomics": _MULTIOMICS, "gene_pairs": _GENES,
+                "rank_reconstruction": _GENES, "trajectory": _TRAJECTORY}
 
 
 def _order_in(declared: Mapping[str, str], metric: str) -> int:

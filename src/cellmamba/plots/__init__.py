@@ -1,5 +1,6 @@
 """Figures of the benchmark: metric bars, embedding UMAPs, perturbation scatter, confusion
-matrices, pretraining loss curves and GPU throughput.
+matrices, pretraining loss curves, GPU throughput and the trajectory scatter (DPT vs the
+published pseudotime).
 
 Every figure is drawn in one style (:mod:`.theme`): readable font sizes, a fixed colour per
 method across all figures (baselines grey, Mamba models blues / green, Transformer peers
@@ -24,7 +25,8 @@ from .loss import loss_curve, loss_curves
 from .perturbation import perturbation_scatter
 from .scalability import scalability
 from .theme import method_color, method_order, save_figure, style
+from .trajectory import trajectory_scatter
 
 __all__ = ["style", "method_color", "method_order", "save_figure", "metric_bars", "embedding_umaps",
            "perturbation_scatter", "confusion_heatmaps", "loss_curves", "loss_curve", "throughput",
-           "task_throughput", "scalability", "table_html", "TASK_METRICS"]
+           "task_throughput", "scalability", "table_html", "TASK_METRICS", "trajectory_scatter"]

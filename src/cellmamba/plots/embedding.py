@@ -41,6 +41,8 @@ def _read_embedding(path: Path) -> tuple[pd.DataFrame, np.ndarray, bool]:
 
     a = read_h5ad_plain(path, "an embedding h5ad (obsm['X_emb'] or obsm['X_<method>_<modality>'] x 2)")
     if OBSM_EMBEDDING in a.obsm:
+        if a.uns.get(UNS, {}).get("joint"):  # one joint latent of both modalities per cell (totalVI)
+            return a.obs.assign(modality="joint"), np.asarray(a.obsm[OBSM_EMBEDDING]), True
         return a.obs.copy(), np.asarray(a.obsm[OBSM_EMBEDDING]), False
     if len(a.uns.get(UNS, {}).get("modalities", [])) == 2:
         obs, mods, x, y = read_paired_embedding(path)
