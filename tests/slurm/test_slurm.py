@@ -15,6 +15,7 @@ skips with the reason; anything that goes wrong once the cluster is up fails.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -295,10 +296,10 @@ PartitionName=gpu Nodes={h} Default=NO MaxTime=INFINITE State=UP
         return records
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the real-Slurm test needs root (it installs packages and starts munged/slurmctld/slurmd)")
+@contextlib.contextmanager
+def machine_lock():
+    """Hold LOCK (one real-Slurm cluster on this machine at a time: /etc/slurm is machine-wide);
+    skips when another run holds it for LOCK_WAIT_S."""
     lock = open(LOCK, "w")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
@@ -311,6 +312,17 @@ def slurm_cluster(tmp_path_factory):
                 pytest.skip(f"another real-Slurm test run held {LOCK} for {LOCK_WAIT_S} s")
             time.sleep(2)
     try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the real-Slurm test needs root (it installs packages and starts munged/slurmctld/slurmd)")
+    with machine_lock():
         _ensure_packages()
         cluster = Cluster(tmp_path_factory.mktemp("slurm"))
         try:
@@ -319,9 +331,6 @@ def slurm_cluster(tmp_path_factory):
             yield cluster
         finally:
             cluster.stop()
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
 
 
 # --------------------------------------------------------------------------------------------

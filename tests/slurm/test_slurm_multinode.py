@@ -17,7 +17,6 @@ Infrastructure that cannot be had skips with the reason; anything wrong once the
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -37,7 +36,7 @@ if os.environ.get("CELLMAMBA_TEST_SLURM") != "1":
     pytest.skip("real-Slurm test is opt-in: set CELLMAMBA_TEST_SLURM=1 (.ci/run does); it installs "
                 "slurm-wlm/munge, starts root daemons and makes network namespaces", allow_module_level=True)
 
-from test_slurm import (GRES_CONF, LOCK, LOCK_WAIT_S, SLURM_CONF, Cluster, _diagnostics, _ensure_packages,  # noqa: E402
+from test_slurm import (GRES_CONF, SLURM_CONF, Cluster, _diagnostics, _ensure_packages, machine_lock,  # noqa: E402
                         _job_env, _run, _tail, _test_profile)
 
 sys.path.insert(0, str(REPO / "tests" / "unit"))
@@ -161,18 +160,7 @@ class TwoNodeCluster(Cluster):
 def two_node_cluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the two-node Slurm test needs root (packages, daemons, network namespaces)")
-    lock = open(LOCK, "w")
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                lock.close()
-                pytest.skip(f"another real-Slurm test run held {LOCK} for {LOCK_WAIT_S} s")
-            time.sleep(2)
-    try:
+    with machine_lock():
         _ensure_packages()
         cluster = TwoNodeCluster(tmp_path_factory.mktemp("slurm_multinode"))
         try:
@@ -182,9 +170,6 @@ def two_node_cluster(tmp_path_factory):
             yield cluster
         finally:
             cluster.stop()
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ import dataclasses
 import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -241,10 +241,28 @@ class PcaCcaSettings:
 _ACCELERATORS = ("auto", "cpu", "gpu")
 
 
+class _ScviSettings:
+    """The checks of the scvi-tools baselines' settings: ``n_latent``, ``max_epochs`` and
+    ``batch_size`` positive integers (None where the class's ``OPTIONAL`` allows scvi's own rule)."""
+
+    METHOD: ClassVar[str]
+    OPTIONAL: ClassVar[tuple[str, ...]]
+
+    def __post_init__(self):
+        what = f"multi-omics baseline '{self.METHOD}'"
+        for key in ("n_latent", "max_epochs", "batch_size"):
+            value = getattr(self, key)
+            if value is not None or key not in self.OPTIONAL:
+                check_positive_int(value, key=key, what=what)
+        check_choice(self.accelerator, key="accelerator", what=what, choices=_ACCELERATORS)
+
+
 @dataclasses.dataclass(frozen=True)
-class MultiviSettings:
+class MultiviSettings(_ScviSettings):
     """Settings of the ``multivi`` baseline (scvi-tools' defaults unless stated)."""
 
+    METHOD: ClassVar[str] = "multivi"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("n_latent",)
     #: latent dimensions; None is scvi's default (MULTIVAE: sqrt of the encoder width)
     n_latent: int | None = None
     #: training epochs (scvi's default 500, with its early stopping on the validation ELBO)
@@ -254,19 +272,13 @@ class MultiviSettings:
     #: "auto" (a CUDA GPU when there is one, else the CPU), "cpu" or "gpu"
     accelerator: str = "auto"
 
-    def __post_init__(self):
-        what = "multi-omics baseline 'multivi'"
-        for key in ("max_epochs", "batch_size"):
-            check_positive_int(getattr(self, key), key=key, what=what)
-        if self.n_latent is not None:
-            check_positive_int(self.n_latent, key="n_latent", what=what)
-        check_choice(self.accelerator, key="accelerator", what=what, choices=_ACCELERATORS)
-
 
 @dataclasses.dataclass(frozen=True)
-class TotalviSettings:
+class TotalviSettings(_ScviSettings):
     """Settings of the ``totalvi`` baseline (scvi-tools' defaults unless stated)."""
 
+    METHOD: ClassVar[str] = "totalvi"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("max_epochs",)
     #: latent dimensions (scvi's default 20)
     n_latent: int = 20
     #: training epochs; None is scvi's rule min(round(20000 / n_cells * 400), 400), early stopping on
@@ -275,14 +287,6 @@ class TotalviSettings:
     batch_size: int = 256
     #: "auto" (a CUDA GPU when there is one, else the CPU), "cpu" or "gpu"
     accelerator: str = "auto"
-
-    def __post_init__(self):
-        what = "multi-omics baseline 'totalvi'"
-        for key in ("n_latent", "batch_size"):
-            check_positive_int(getattr(self, key), key=key, what=what)
-        if self.max_epochs is not None:
-            check_positive_int(self.max_epochs, key="max_epochs", what=what)
-        check_choice(self.accelerator, key="accelerator", what=what, choices=_ACCELERATORS)
 
 
 METHOD_SETTINGS = {"pca_cca": PcaCcaSettings, "multivi": MultiviSettings, "totalvi": TotalviSettings}
