@@ -12,7 +12,7 @@ def test_composed_directions_equal_the_former_hard_coded_table():
         "accuracy": "higher", "precision_macro": "higher", "recall_macro": "higher", "f1_macro": "higher",
         "f1_micro": "higher", "f1_macro_union": "unranked", "n_classes_macro": "unranked",
         "n_query_only_classes": "unranked", "query_only_cell_fraction": "unranked",
-        "foscttm": "lower", "omics_mixing_entropy": "higher", "nmi": "higher", "ari": "higher",
+        "foscttm": "lower", "omics_mixing_entropy": "higher", "seurat_alignment": "higher", "nmi": "higher", "ari": "higher",
         "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher",
         "avg_bio": "higher", "avg_batch": "higher", "asw_cell": "higher", "isolated_label_f1": "higher",
         "isolated_label_asw": "higher", "asw_batch": "higher", "graph_connectivity": "higher", "pcr": "higher",

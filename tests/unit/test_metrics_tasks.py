@@ -130,12 +130,19 @@ def test_score_paired_embedding_file_pairs_and_shuffles(tmp_path):
     obs = pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))])
     write_paired_embedding(obs, {"rna": x, "protein": y}, tmp_path / "good.h5ad", info={"method": "m"})
     good = score_paired_embedding_file(tmp_path / "good.h5ad")
-    assert list(good) == ["foscttm", "omics_mixing_entropy", "nmi", "ari", "label_transfer", "label_transfer_1to2",
-                          "label_transfer_2to1"]
+    assert list(good) == ["foscttm", "omics_mixing_entropy", "seurat_alignment", "nmi", "ari", "label_transfer",
+                          "label_transfer_1to2", "label_transfer_2to1"]
     assert good["foscttm"] < 0.05 and good["label_transfer"] == 1.0 and good["ari"] > 0.95
+    # y is x with tiny noise: each cell's nearest neighbours are of either modality, about evenly
+    from cellmamba.metrics.foscttm import seurat_alignment_score
+    assert good["seurat_alignment"] == seurat_alignment_score(np.vstack([x, y]), ["1"] * len(x) + ["2"] * len(y))
+    assert good["seurat_alignment"] > 0.8
     write_paired_embedding(obs, {"rna": x, "protein": y[rng.permutation(len(y))]}, tmp_path / "bad.h5ad", info={"method": "m"})
     bad = score_paired_embedding_file(tmp_path / "bad.h5ad")
     assert 0.3 < bad["foscttm"] < 0.7
+    far = {"rna": x, "protein": y + 100.0}  # the modalities apart: no cell has a neighbour of the other
+    write_paired_embedding(obs, far, tmp_path / "far.h5ad", info={"method": "m"})
+    assert score_paired_embedding_file(tmp_path / "far.h5ad")["seurat_alignment"] == 0.0
     write_paired_embedding(obs[[]], {"rna": x, "protein": y}, tmp_path / "nolabel.h5ad", info={"method": "m"})
     with pytest.raises(InputError, match="cell_type"):
         score_paired_embedding_file(tmp_path / "nolabel.h5ad")
@@ -149,8 +156,8 @@ def test_table_metric_order_is_each_tasks_own():
                           method="pca_cca", seed=0)]
     out = summarize(rows)
     assert list(out[out["task"] == "integration"]["metric"]) == list(INTEGRATION_METRICS)
-    assert list(out[out["task"] == "multiomics"]["metric"]) == ["foscttm", "omics_mixing_entropy", "nmi", "ari",
-                                                               "label_transfer", "label_transfer_1to2",
+    assert list(out[out["task"] == "multiomics"]["metric"]) == ["foscttm", "omics_mixing_entropy", "seurat_alignment",
+                                                               "nmi", "ari", "label_transfer", "label_transfer_1to2",
                                                                "label_transfer_2to1"]
 
 

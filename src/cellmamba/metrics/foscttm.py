@@ -18,8 +18,8 @@ __all__ = ["foscttm", "foscttm_per_cell", "mixing_entropy", "label_transfer_accu
            "METRICS", "CROSS_MODAL_METRICS"]
 
 #: the multi-omics table's metrics, in order -> direction (:mod:`.rows`)
-METRICS = {"foscttm": "lower", "omics_mixing_entropy": "higher", "nmi": "higher", "ari": "higher",
-           "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher"}
+METRICS = {"foscttm": "lower", "omics_mixing_entropy": "higher", "seurat_alignment": "higher", "nmi": "higher",
+           "ari": "higher", "label_transfer": "higher", "label_transfer_1to2": "higher", "label_transfer_2to1": "higher"}
 #: the multi-omics table's metrics, in order
 MULTIOMICS_METRICS = tuple(METRICS)
 
@@ -258,7 +258,7 @@ def score_multiomics(x, y, *, labels: Sequence[str] | None = None, mixing_k: int
 
 
 #: the metrics that compare the two modalities' embeddings of a cell (not computed for a joint latent)
-CROSS_MODAL_METRICS = ("foscttm", "omics_mixing_entropy", "label_transfer", "label_transfer_1to2",
+CROSS_MODAL_METRICS = ("foscttm", "omics_mixing_entropy", "seurat_alignment", "label_transfer", "label_transfer_1to2",
                        "label_transfer_2to1")
 
 
@@ -279,7 +279,8 @@ def score_paired_embedding_file(path, *, seed: int = 0, label_key: str = "cell_t
     -------
     Scores
         Paired file: :func:`score_multiomics` on the two embeddings as written (FOSCTTM, omics
-        mixing entropy, label transfer both ways), plus ``nmi`` / ``ari`` of the joint embedding:
+        mixing entropy, label transfer both ways), :func:`seurat_alignment_score` of the two
+        modalities' stacked embeddings, plus ``nmi`` / ``ari`` of the joint embedding:
         each cell's two L2-normalised embeddings concatenated, clustered with scib's
         optimal-resolution Leiden (:func:`cellmamba.metrics.integration.cluster_agreement`).
         Joint file: ``nmi`` / ``ari`` of the L2-normalised joint latent (as every embedding is
@@ -312,6 +313,9 @@ def score_paired_embedding_file(path, *, seed: int = 0, label_key: str = "cell_t
         joint = l2_normalize(a.obsm[OBSM_EMBEDDING])
     else:
         scores = score_multiomics(x, y, labels=labels)
+        # scMamba and GLUE report it beside the mixing entropy: the two modalities' cells in one space
+        scores["seurat_alignment"] = seurat_alignment_score(np.vstack([x, y]), ["1"] * len(x) + ["2"] * len(y),
+                                                            seed=seed)
         joint = np.hstack([l2_normalize(x), l2_normalize(y)])
     scores.update(cluster_agreement(joint, labels, seed=seed, normalize=False))
     return Scores({k: scores[k] for k in MULTIOMICS_METRICS}, notes=scores.notes)
