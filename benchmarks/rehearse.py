@@ -132,7 +132,7 @@ def make_plan(configfiles, *, snakefile: Path = REPO / "Snakefile", workdir: Pat
 
         models = list(g["pretrain_models"]())
         for model in models:
-            recipe = model.removesuffix("_transformer")
+            recipe = g["_recipe"](model)  # rules/common.smk: "<recipe>", "<recipe>_transformer", "<recipe>_u"
             add("pretrain", f"pretrain/{model}", {"model": model}, jobs_in_dag=1,
                 tokenizer=g["RECIPE_TOKENIZER"][recipe],
                 tokenize=dict(config["tokenize"][g["RECIPE_TOKENIZER"][recipe]],

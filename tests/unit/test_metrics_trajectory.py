@@ -288,7 +288,7 @@ def test_scratch_embedding_is_the_seeded_random_architecture(tmp_path):
     import cellmamba
     from cellmamba._util import seed_all
     from cellmamba.models import BackboneConfig, CellModel, CellModelConfig, EmbeddingConfig, HeadConfig
-    from cellmamba.tasks import embed_dataset_file
+    from cellmamba.trajectory_embeddings import embed_dataset_file
     from cellmamba.vocab import N_SPECIAL
 
     genes = [f"ENSG{j:011d}" for j in range(40)]

@@ -46,7 +46,8 @@ def test_plan_covers_every_gpu_job_of_the_paper_dag(paper_plan):
         planned = sum(j["jobs_in_dag"] for j in paper_plan["jobs"] if j["rule"] == rule)
         assert planned == counts[rule], (rule, planned, counts[rule])
     kinds = [j["job"] for j in paper_plan["jobs"]]
-    assert len(kinds) == len(set(kinds)) == 4 + 4 + 8 + 4 + 6
+    # pretrain, annotation, integration (2 variants), perturbation: 5 models each (genemamba_u the fifth); multi-omics 6
+    assert len(kinds) == len(set(kinds)) == 5 + 5 + 10 + 5 + 6
 
 
 def test_plan_params_are_the_rules_and_keep_the_papers_batch(paper_plan):
