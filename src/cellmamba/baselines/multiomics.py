@@ -339,6 +339,22 @@ def _accelerator(requested: str, what: str) -> str:
     return requested if requested != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
 
 
+def _scvi_setup(adata, method: str, other: str, settings, *, seed: int, source: str):
+    """What both scvi-tools baselines do first: check the dataset's modalities for ``method``, take
+    the raw counts of rna and of ``other``, resolve the accelerator, import and seed scvi.
+
+    Returns (scvi module, accelerator, rna counts, (``other`` counts, ``other`` feature names))."""
+    _check_method_modalities(method, list(dict.fromkeys(_modalities(adata, source))), source)
+    rna, _ = _scvi_counts(adata, "rna", source)
+    counts = _scvi_counts(adata, other, source)
+    accelerator = _accelerator(settings.accelerator, f"{method} on {source}")
+    import scvi  # lazy: slow import, pulls in lightning
+
+    scvi.settings.seed = seed
+    scvi.settings.verbosity = logging.WARNING
+    return scvi, accelerator, rna, counts
+
+
 def _train(model, *, max_epochs, batch_size: int, accelerator: str, what: str) -> dict[str, Any]:
     """Train an scvi-tools model quietly; returns the epochs run and the last training ELBO."""
     from .integration import _quiet_lightning
@@ -377,15 +393,7 @@ def multivi(adata, *, seed: int = 0, settings: MultiviSettings = MultiviSettings
     import mudata
 
     what = f"multivi on {source}"
-    mods = list(dict.fromkeys(_modalities(adata, source)))
-    _check_method_modalities("multivi", mods, source)
-    rna, _ = _scvi_counts(adata, "rna", source)
-    atac, _ = _scvi_counts(adata, "atac", source)
-    accelerator = _accelerator(settings.accelerator, what)
-    import scvi  # lazy: slow import, pulls in lightning
-
-    scvi.settings.seed = seed
-    scvi.settings.verbosity = logging.WARNING
+    scvi, accelerator, rna, (atac, _) = _scvi_setup(adata, "multivi", "atac", settings, seed=seed, source=source)
     # scvi-tools 1.4 sets MULTIVI up from a MuData only (setup_anndata is deprecated and registers nothing)
     obs = _scvi_obs(adata, source)
     data = mudata.MuData({"rna": ad.AnnData(X=rna, obs=obs.copy()), "atac": ad.AnnData(X=atac, obs=obs.copy())})
@@ -428,15 +436,8 @@ def totalvi(adata, *, seed: int = 0, settings: TotalviSettings = TotalviSettings
     import pandas as pd
 
     what = f"totalvi on {source}"
-    mods = list(dict.fromkeys(_modalities(adata, source)))
-    _check_method_modalities("totalvi", mods, source)
-    rna, _ = _scvi_counts(adata, "rna", source)
-    protein, names = _scvi_counts(adata, "protein", source)
-    accelerator = _accelerator(settings.accelerator, what)
-    import scvi
-
-    scvi.settings.seed = seed
-    scvi.settings.verbosity = logging.WARNING
+    scvi, accelerator, rna, (protein, names) = _scvi_setup(adata, "totalvi", "protein", settings, seed=seed,
+                                                           source=source)
     data = ad.AnnData(X=rna, obs=_scvi_obs(adata, source))
     data.obsm["protein_expression"] = pd.DataFrame(protein.toarray(), index=data.obs_names, columns=names)
     scvi.model.TOTALVI.setup_anndata(data, protein_expression_obsm_key="protein_expression", batch_key=OBS_BATCH)
